@@ -1,0 +1,36 @@
+"""fpjax: fast score pre-computation for score-based diffusion models, in JAX.
+
+Solve the log-density Fokker-Planck equation of each image on its pixel grid,
+turn the solution into scores, and (in later modules) embed, train and sample.
+"""
+
+from fpjax.density import initial_log_density, validate_image
+from fpjax.fokker_planck import (
+    ConvergenceError,
+    FPConfig,
+    FPSolution,
+    check_solution,
+    diffusion_schedule,
+    pixel_score,
+    score,
+    solve,
+    solve_image,
+    solve_images,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConvergenceError",
+    "FPConfig",
+    "FPSolution",
+    "check_solution",
+    "diffusion_schedule",
+    "initial_log_density",
+    "pixel_score",
+    "score",
+    "solve",
+    "solve_image",
+    "solve_images",
+    "validate_image",
+]

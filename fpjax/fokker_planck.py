@@ -1,0 +1,478 @@
+"""The log-density Fokker-Planck equation on an image's pixel grid (DESIGN.md section 2).
+
+For ``dx = f dt + g dW`` the log-density ``m = log p`` solves (cross-matrix
+paper, eq. 5)::
+
+    m_t = -div f - <f, grad m> + 1/2 g^2 lap m + 1/2 g^2 |grad m|^2
+
+discretised with backward Euler in time and the five-point stencil in space
+(eqs. 6-17). Each time step solves the nonlinear equation ``F(m) = 0`` with::
+
+    F(m) = m/dt - 1/2 g^2 lap m + <f - 1/2 g^2 grad m, grad m> + div f - m_prev/dt
+
+by Picard iteration (freeze ``grad m`` in the advection velocity: one linear
+system ``A(m~) m = b`` per outer iteration, eqs. 10-18) or by damped Newton.
+Both stop on the relative change ``||m_k - m_(k-1)|| / ||m_k|| <= outer_tol``.
+
+The step solve is wrapped in ``lax.custom_root``, so derivatives of the
+solution (with respect to the initial field, ``g`` or anything the drift
+closes over) come from the implicit function theorem, one transposed linear
+solve per step, never from differentiating the iteration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import warnings
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from fpjax import linsolve, stencil
+from fpjax.density import initial_log_density, validate_image
+
+LINEARIZATIONS = ("picard", "newton")
+ADVECTIONS = ("central", "upwind")
+SCORE_COMPONENTS = ("sum", "x", "y")
+_LINE_SEARCH_HALVINGS = 8
+
+
+class ConvergenceError(RuntimeError):
+    """A Fokker-Planck step did not converge (raised by the non-jitted entry points)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FPConfig:
+    """Settings of the log-density Fokker-Planck solve; hashable, usable as a static argument.
+
+    Attributes:
+      T: number of time steps; ``dt = 1/T``, ``t_n = n dt``.
+      g: diffusion coefficient: a scalar, a length ``T+1`` sequence (value at
+        each ``t_n``) or a function of ``t`` (traceable with ``jax.numpy``).
+        To differentiate with respect to ``g``, pass it to :func:`solve` as
+        ``g=`` instead.
+      drift: ``None`` (zero drift) or a traceable function ``t -> (f_x, f_y)``
+        returning fields broadcastable to ``(H, W)``.
+      boundary: ``"zero"`` (papers' zero padding) or ``"reflect"`` (zero flux).
+      linearization: ``"picard"`` (papers' semi-explicit iteration) or
+        ``"newton"`` (damped, falling back to a Picard update when the line
+        search fails).
+      advection: ``"central"`` (papers' scheme) or ``"upwind"`` (keeps the
+        step matrix an M-matrix where advection dominates).
+      outer_tol, max_outer: stopping rule of the outer iteration.
+      solver: ``"bicgstab"`` (``jax.scipy``), ``"bicgstab_counted"`` (same
+        recurrence, reports iteration counts) or ``"gmres"``.
+      tol: relative tolerance of each linear solve; ``maxiter`` its cap
+        (default ``10 H W``).
+      preconditioner: ``"dst"`` (default: exact fast inverse of
+        ``1/dt - 1/2 g^2 lap``; the papers use a direct solver, so any
+        preconditioner is ours, and this one cuts the iterations at no cost
+        in accuracy) or ``"none"``.
+      spacing: ``(hx, hy)``; default ``(1/W, 1/H)`` (the papers' text; their
+        script uses ``1/(H-1)``).
+      transform: how the ``"dst"`` preconditioner transforms: ``"auto"``,
+        ``"dense"`` or ``"fft"``.
+    """
+
+    T: int = 100
+    g: float | tuple | Callable = 0.5
+    drift: Callable | None = None
+    boundary: str = "zero"
+    linearization: str = "picard"
+    advection: str = "central"
+    outer_tol: float = 1e-5
+    max_outer: int = 50
+    solver: str = "bicgstab"
+    tol: float = 1e-6
+    maxiter: int | None = None
+    preconditioner: str = "dst"
+    spacing: tuple | None = None
+    transform: str = "auto"
+
+    def __post_init__(self):
+        def choice(name, options):
+            if getattr(self, name) not in options:
+                raise ValueError(f"FPConfig.{name} must be one of {options}, got {getattr(self, name)!r}")
+
+        if not (isinstance(self.T, int) and self.T >= 1):
+            raise ValueError(f"FPConfig.T must be a positive int, got {self.T!r}")
+        stencil.check_boundary(self.boundary)
+        choice("linearization", LINEARIZATIONS)
+        choice("advection", ADVECTIONS)
+        choice("solver", linsolve.SOLVERS)
+        choice("preconditioner", linsolve.PRECONDITIONERS)
+        choice("transform", linsolve.TRANSFORMS)
+        if not self.max_outer >= 1:
+            raise ValueError(f"FPConfig.max_outer must be >= 1, got {self.max_outer}")
+        if not (self.tol > 0 and self.outer_tol >= 0):
+            raise ValueError(f"FPConfig tolerances must be positive, got tol={self.tol}, outer_tol={self.outer_tol}")
+        if not callable(self.g) and np.ndim(self.g) > 0:
+            g = tuple(float(v) for v in np.asarray(self.g).ravel())
+            if len(g) != self.T + 1:
+                raise ValueError(f"FPConfig.g has {len(g)} values; give one per time t_0..t_T, i.e. T+1 = {self.T + 1}")
+            object.__setattr__(self, "g", g)
+        if self.spacing is not None:
+            object.__setattr__(self, "spacing", tuple(float(h) for h in self.spacing))
+
+    @property
+    def dt(self) -> float:
+        return 1.0 / self.T
+
+    def grid_spacing(self, shape) -> tuple[float, float]:
+        """``(hx, hy)`` for a field of shape ``(H, W)``."""
+        height, width = shape[-2:]
+        return self.spacing if self.spacing is not None else (1.0 / width, 1.0 / height)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class FPSolution:
+    """Solution of :func:`solve`; a pytree, so it passes through ``jit`` and ``vmap``.
+
+    Attributes:
+      m: ``(T+1, H, W)`` log-density trajectory, ``m[0] = m0``.
+      outer_iterations: ``(T,)`` int, outer iterations used at each step.
+      linear_iterations: ``(T,)`` int, linear iterations summed over the step's
+        outer iterations (``-1`` where the solver does not count them).
+      residual: ``(T,)`` relative nonlinear residual ``||F(m^n)|| / ||m^(n-1)/dt||``.
+      converged: ``(T,)`` bool: the outer iteration met ``outer_tol`` within
+        ``max_outer``, the last linear solve's normwise backward error is
+        within ``max(10 tol, 100 eps)`` and everything is finite.
+    """
+
+    m: jax.Array
+    outer_iterations: jax.Array
+    linear_iterations: jax.Array
+    residual: jax.Array
+    converged: jax.Array
+
+
+class _Step(NamedTuple):
+    """Coefficients of one time step: ``c0 = 1/dt``, ``c1 = g^2/2``, drift ``(2, H, W)``, ``div f``."""
+
+    c0: jax.Array
+    c1: jax.Array
+    drift: jax.Array
+    div_drift: jax.Array
+
+
+# ----------------------------------------------------------------------------
+# Operators of one step
+
+
+def advection_velocity(m_frozen, step: _Step, spacing, boundary):
+    """``f - 1/2 g^2 grad m~`` , ``(2, H, W)``: the velocity of the frozen-gradient advection term."""
+    return step.drift - step.c1 * stencil.gradient(m_frozen, spacing, boundary)
+
+
+def picard_operator(m_frozen, step: _Step, spacing, boundary, advection="central"):
+    """The matrix-free step matrix ``A(m~)`` of eqs. 11-16: ``v -> v/dt - 1/2 g^2 lap v + <f - 1/2 g^2 grad m~, grad v>``."""
+    velocity = advection_velocity(m_frozen, step, spacing, boundary)
+
+    def matvec(v):
+        return step.c0 * v - step.c1 * stencil.laplacian(v, spacing, boundary) + stencil.advect(
+            v, velocity, spacing, boundary, advection
+        )
+
+    return matvec
+
+
+def step_rhs(m_prev, step: _Step):
+    """Right-hand side ``b = m_prev/dt - div f`` (eq. 17)."""
+    return step.c0 * m_prev - step.div_drift
+
+
+def step_residual(m, m_prev, step: _Step, spacing, boundary, advection="central"):
+    """Nonlinear step residual ``F(m) = A(m) m - b``; zero at the backward-Euler solution."""
+    return picard_operator(m, step, spacing, boundary, advection)(m) - step_rhs(m_prev, step)
+
+
+def _operator_norm_bound(step: _Step, velocity, spacing):
+    """Row-sum bound on ``||A||`` for the stencil (used for backward errors)."""
+    hx, hy = spacing
+    return (
+        step.c0
+        + 4 * step.c1 * (1 / hx**2 + 1 / hy**2)
+        + jnp.max(jnp.abs(velocity[0])) / hx
+        + jnp.max(jnp.abs(velocity[1])) / hy
+    )
+
+
+def _backward_error(matvec, x, b, norm_bound):
+    return jnp.linalg.norm(b - matvec(x)) / (norm_bound * jnp.linalg.norm(x) + jnp.linalg.norm(b))
+
+
+def _relative_change(new, old):
+    return jnp.linalg.norm(new - old) / jnp.linalg.norm(new)
+
+
+# ----------------------------------------------------------------------------
+# One nonlinear step
+
+
+def _outer_loop(update, m_init, config: FPConfig):
+    """Run ``update(m) -> (m_new, linear_iters, backward_error)`` until the relative change <= outer_tol."""
+    dtype = m_init.dtype
+
+    def cond(state):
+        k, _, change, *_ = state
+        return (k < config.max_outer) & (change > config.outer_tol)  # NaN change stops the loop
+
+    def body(state):
+        k, m, _, iters, _ = state
+        m_new, it, err = update(m)
+        return k + 1, m_new, _relative_change(m_new, m), iters + it, err
+
+    init = (jnp.int32(0), m_init, jnp.asarray(jnp.inf, dtype), jnp.int32(0), jnp.asarray(0.0, dtype))
+    k, m, change, iters, err = lax.while_loop(cond, body, init)
+    return m, (k, change, iters, err)
+
+
+def _solve_step(m_prev, step: _Step, config: FPConfig, spacing, precond):
+    """``m^n`` from ``m^(n-1)``; returns ``(m, outer_iterations, linear_iterations, residual, converged)``."""
+    boundary, advection = config.boundary, config.advection
+    solve_kw = dict(solver=config.solver, tol=config.tol, maxiter=config.maxiter, precond=precond)
+    residual_fn = lambda m: step_residual(m, m_prev, step, spacing, boundary, advection)  # noqa: E731
+    rhs = step_rhs(m_prev, step)
+
+    def picard_update(m):
+        matvec = picard_operator(m, step, spacing, boundary, advection)
+        m_new, it, _ = linsolve.linear_solve(matvec, rhs, m, **solve_kw)
+        norm = _operator_norm_bound(step, advection_velocity(m, step, spacing, boundary), spacing)
+        return m_new, it, _backward_error(matvec, m_new, rhs, norm)
+
+    def newton_update(m):
+        f_m, jvp = jax.linearize(residual_fn, m)
+        d, it, _ = linsolve.linear_solve(jvp, -f_m, None, **solve_kw)
+        velocity = step.drift - 2 * step.c1 * stencil.gradient(m, spacing, boundary)
+        err = _backward_error(jvp, d, -f_m, _operator_norm_bound(step, velocity, spacing))
+        norm_f = jnp.linalg.norm(f_m)
+
+        def insufficient(state):
+            j, lam = state
+            trial = jnp.linalg.norm(residual_fn(m + lam * d))
+            return (j < _LINE_SEARCH_HALVINGS) & ~(trial <= (1 - 1e-4 * lam) * norm_f)
+
+        j, lam = lax.while_loop(insufficient, lambda s: (s[0] + 1, s[1] / 2), (jnp.int32(0), jnp.ones((), m.dtype)))
+        accepted = (j < _LINE_SEARCH_HALVINGS) & jnp.all(jnp.isfinite(d))
+        return lax.cond(
+            accepted,
+            lambda: (m + lam * d, it, err),
+            lambda: (lambda p: (p[0], it + p[1], p[2]))(picard_update(m)),
+        )
+
+    update = newton_update if config.linearization == "newton" else picard_update
+
+    def root_solve(_, m_init):
+        return _outer_loop(update, m_init, config)
+
+    def tangent_solve(linear_fn, y):
+        return linsolve.differentiable_solve(
+            linear_fn, y, solver="gmres" if config.solver == "gmres" else "bicgstab",
+            tol=config.tol, maxiter=config.maxiter, precond=precond,
+        )
+
+    m, (k, change, iters, err) = lax.custom_root(residual_fn, m_prev, root_solve, tangent_solve, has_aux=True)
+    if config.solver != "bicgstab_counted":
+        iters = jnp.int32(-1)
+    m_stopped = lax.stop_gradient(m)
+    residual = jnp.linalg.norm(residual_fn(m_stopped)) / jnp.linalg.norm(step.c0 * m_prev)
+    eps = jnp.finfo(m.dtype).eps
+    converged = (
+        (change <= config.outer_tol)
+        & (err <= jnp.maximum(10 * config.tol, 100 * eps))
+        & jnp.all(jnp.isfinite(m_stopped))
+        & jnp.isfinite(residual)
+    )
+    return m, k, iters, lax.stop_gradient(residual), converged
+
+
+# ----------------------------------------------------------------------------
+# Time stepping
+
+
+def diffusion_schedule(config: FPConfig, g=None, dtype=jnp.float32):
+    """``g(t_n)`` for ``n = 0..T`` as a ``(T+1,)`` array.
+
+    ``g`` overrides ``config.g`` (a scalar or ``(T+1,)`` array, possibly
+    traced: this is the handle for differentiating with respect to ``g``).
+    """
+    source = config.g if g is None else g
+    times = jnp.arange(config.T + 1, dtype=dtype) * config.dt
+    if callable(source):
+        values = source(times)
+    else:
+        values = jnp.asarray(source, dtype)
+    values = jnp.asarray(values, dtype)
+    if values.ndim == 0:
+        return jnp.broadcast_to(values, times.shape)
+    if values.shape != times.shape:
+        raise ValueError(f"g must be a scalar or have shape ({config.T + 1},) (one value per t_0..t_T), got {values.shape}")
+    return values
+
+
+def _drift_fields(config: FPConfig, t, shape, dtype, spacing):
+    if config.drift is None:
+        drift = jnp.zeros((2,) + tuple(shape), dtype)
+    else:
+        fx, fy = config.drift(t)
+        drift = jnp.stack([jnp.broadcast_to(jnp.asarray(fx, dtype), shape), jnp.broadcast_to(jnp.asarray(fy, dtype), shape)])
+    return drift, stencil.divergence(drift, spacing, config.boundary)
+
+
+def _solve(m0, g_values, config: FPConfig) -> FPSolution:
+    shape, dtype = m0.shape, m0.dtype
+    spacing = config.grid_spacing(shape)
+    helmholtz = (
+        linsolve.make_helmholtz_inverse(shape, spacing, config.boundary, config.transform)
+        if config.preconditioner == "dst"
+        else None
+    )
+    c0 = jnp.asarray(1.0 / config.dt, dtype)
+
+    def time_step(m_prev, inputs):
+        t, g = inputs
+        drift, div_drift = _drift_fields(config, t, shape, dtype, spacing)
+        step = _Step(c0, 0.5 * g**2, drift, div_drift)
+        precond = None if helmholtz is None else (lambda r: helmholtz(r, step.c0, step.c1))
+        m, k, iters, residual, converged = _solve_step(m_prev, step, config, spacing, precond)
+        return m, (m, k, iters, residual, converged)
+
+    times = jnp.arange(1, config.T + 1, dtype=dtype) * config.dt
+    _, (ms, k, iters, residual, converged) = lax.scan(time_step, m0, (times, g_values[1:].astype(dtype)))
+    return FPSolution(jnp.concatenate([m0[None], ms]), k, iters, residual, converged)
+
+
+_solve_jit = jax.jit(_solve, static_argnames="config")
+
+
+def _check_field(m0):
+    if jnp.ndim(m0) != 2:
+        raise ValueError(f"m0 must be one (H, W) field, got shape {jnp.shape(m0)}; use jax.vmap or solve_image for batches")
+    if min(jnp.shape(m0)) < 3:
+        raise ValueError(f"grid {jnp.shape(m0)} is too small; fpjax needs at least 3x3")
+    if not isinstance(m0, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(m0))):
+        raise ValueError(f"m0 has {int((~np.isfinite(np.asarray(m0))).sum())} non-finite values")
+
+
+def check_solution(solution: FPSolution, config: FPConfig, on_failure: str = "raise") -> FPSolution:
+    """Raise :class:`ConvergenceError` (or warn) naming the first step that failed, for concrete solutions.
+
+    ``on_failure``: ``"raise"``, ``"warn"`` or ``"ignore"``. Under
+    ``jit``/``vmap``/``grad`` the flags are traced and nothing is checked:
+    read ``solution.converged`` instead.
+    """
+    if on_failure not in ("raise", "warn", "ignore"):
+        raise ValueError(f"on_failure must be 'raise', 'warn' or 'ignore', got {on_failure!r}")
+    if on_failure == "ignore" or isinstance(solution.converged, jax.core.Tracer):
+        return solution
+    converged = np.asarray(solution.converged)
+    if converged.all():
+        return solution
+    bad = np.argwhere(~converged)[0]
+    n = int(bad[-1]) + 1
+    index = tuple(int(i) for i in bad)
+    message = (
+        f"Fokker-Planck solve did not converge at step n={n} (t={n * config.dt:.4g})"
+        + (f" of batch member {index[:-1]}" if len(index) > 1 else "")
+        + f": {int(np.asarray(solution.outer_iterations)[index])} outer iterations "
+        f"(max_outer={config.max_outer}), relative residual {float(np.asarray(solution.residual)[index]):.3g}; "
+        f"{int((~converged).sum())} of {converged.size} steps failed. Try a larger T, advection='upwind', "
+        "linearization='newton' or a larger max_outer."
+    )
+    if on_failure == "raise":
+        raise ConvergenceError(message)
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
+    return solution
+
+
+def solve(m0, config: FPConfig = FPConfig(), *, g=None, on_failure: str = "raise") -> FPSolution:
+    """Solve the log-density Fokker-Planck equation from ``m0`` over ``t in [0, 1]``.
+
+    Jittable, vmappable and differentiable (implicit differentiation through
+    each step), with respect to ``m0`` and ``g``.
+
+    Args:
+      m0: ``(H, W)`` initial log-density (float32 or float64; the solve runs
+        in this dtype).
+      config: :class:`FPConfig` (static).
+      g: optional override of ``config.g``: scalar or ``(T+1,)`` array; pass
+        ``g`` here to differentiate with respect to it.
+      on_failure: when called outside a transformation, ``"raise"``
+        :class:`ConvergenceError` naming the first failed step, ``"warn"``, or
+        ``"ignore"``.
+
+    Returns:
+      :class:`FPSolution` with ``m`` of shape ``(T+1, H, W)``.
+    """
+    _check_field(m0)
+    m0 = jnp.asarray(m0)
+    if not jnp.issubdtype(m0.dtype, jnp.floating):
+        m0 = m0.astype(jnp.float32)
+    solution = _solve_jit(m0, diffusion_schedule(config, g, m0.dtype), config)
+    return check_solution(solution, config, on_failure)
+
+
+def solve_image(image, config: FPConfig = FPConfig(), *, density: str = "position_kde", per_channel=None,
+                g=None, on_failure: str = "raise") -> FPSolution:
+    """Solve for every channel of an ``(H, W, C)`` image.
+
+    The initial log-density comes from :func:`fpjax.initial_log_density`
+    (``density``, ``per_channel``). A shared field is solved once and
+    broadcast, so the result always has a leading channel axis: ``m`` is
+    ``(C, T+1, H, W)`` and the statistics ``(C, T)``.
+    """
+    channels = jnp.shape(image)[-1] if jnp.ndim(image) == 3 else None
+    m0 = initial_log_density(image, density, per_channel=per_channel)
+    fields = m0[None] if m0.ndim == 2 else m0
+    solution = jax.vmap(lambda f: _solve_jit(f, diffusion_schedule(config, g, f.dtype), config))(fields)
+    solution = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (channels,) + a.shape[1:]), solution)
+    return check_solution(solution, config, on_failure)
+
+
+def solve_images(images, config: FPConfig = FPConfig(), **kwargs) -> FPSolution:
+    """:func:`solve_image` vmapped over an NHWC batch: ``m`` is ``(N, C, T+1, H, W)``."""
+    if jnp.ndim(images) != 4:
+        raise ValueError(f"images must be NHWC, got shape {jnp.shape(images)}")
+    on_failure = kwargs.pop("on_failure", "raise")
+    if not isinstance(images, jax.core.Tracer):
+        for image in np.asarray(images):  # value checks need concrete images; vmap would skip them
+            validate_image(image)
+    solution = jax.vmap(lambda im: solve_image(im, config, on_failure="ignore", **kwargs))(jnp.asarray(images))
+    return check_solution(solution, config, on_failure)
+
+
+# ----------------------------------------------------------------------------
+# Scores
+
+
+def score(m, boundary: str = "zero"):
+    """Score ``grad m`` in pixel units (cross-matrix paper, eq. 25): ``(..., H, W) -> (..., 2, H, W)``.
+
+    ``s_x = (m_E - m_W)/2`` (component 0, axis -1), ``s_y = (m_N - m_S)/2``.
+    """
+    return stencil.gradient(m, (1.0, 1.0), boundary)
+
+
+def pixel_score(m, component: str = "sum", boundary: str = "zero"):
+    """Scalar pixel score (score-embedding paper, eq. 19): ``(..., H, W) -> (..., H, W)``.
+
+    ``component``: ``"sum"`` (``s_x + s_y``, default), ``"x"`` (the
+    cross-matrix paper's script) or ``"y"``.
+    """
+    if component not in SCORE_COMPONENTS:
+        raise ValueError(f"component must be one of {SCORE_COMPONENTS}, got {component!r}")
+    s = score(m, boundary)
+    if component == "sum":
+        return s[..., 0, :, :] + s[..., 1, :, :]
+    return s[..., 0 if component == "x" else 1, :, :]
+
+
+__all__ = [
+    "ConvergenceError", "FPConfig", "FPSolution", "check_solution", "diffusion_schedule", "pixel_score",
+    "picard_operator", "score", "solve", "solve_image", "solve_images", "step_residual",
+]

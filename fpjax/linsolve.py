@@ -1,0 +1,219 @@
+"""Matrix-free linear solves and the fast spectral ("dst") preconditioner.
+
+The Fokker-Planck step systems ``A x = b`` are applied matrix-free; this
+module solves them with a Krylov method and, optionally, preconditions with
+the exact fast inverse of their constant-coefficient part
+``c0 I - c1 Laplacian`` (``c0 = 1/dt``, ``c1 = g^2/2``): diagonal in the sine
+basis (DST-I) for the zero boundary and in the cosine basis (DCT-II) for the
+reflecting one.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+SOLVERS = ("bicgstab", "bicgstab_counted", "gmres")
+PRECONDITIONERS = ("none", "dst")
+TRANSFORMS = ("auto", "dense", "fft")
+DENSE_TRANSFORM_MAX_SIZE = 64  # measured by `fpjax bench solver`: dense matmuls win below this on CPU
+
+
+# ----------------------------------------------------------------------------
+# Real trigonometric transforms
+
+
+def dst1(x, axis: int = -1):
+    """DST type I along ``axis``, equal to ``scipy.fft.dst(x, type=1)`` (unnormalised).
+
+    ``y[k] = 2 sum_n x[n] sin(pi (k + 1)(n + 1) / (N + 1))``, computed from
+    the FFT of the odd extension ``[0, x, 0, -x[::-1]]`` (JAX has no DST).
+    """
+    x = jnp.moveaxis(x, axis, -1)
+    n = x.shape[-1]
+    zero = jnp.zeros(x.shape[:-1] + (1,), x.dtype)
+    extended = jnp.concatenate([zero, x, zero, -x[..., ::-1]], axis=-1)
+    y = -jnp.imag(jnp.fft.rfft(extended, axis=-1))[..., 1 : n + 1]
+    return jnp.moveaxis(y.astype(x.dtype), -1, axis)
+
+
+@functools.lru_cache(maxsize=64)
+def _sine_basis(n: int) -> np.ndarray:
+    """Orthonormal, symmetric DST-I matrix ``Q`` (``Q @ Q = I``), float64."""
+    k = np.arange(1, n + 1)
+    return math.sqrt(2.0 / (n + 1)) * np.sin(np.pi * np.outer(k, k) / (n + 1))
+
+
+@functools.lru_cache(maxsize=64)
+def _cosine_basis(n: int) -> np.ndarray:
+    """Orthonormal DCT-II matrix ``C`` (rows are basis vectors, ``C.T @ C = I``), float64."""
+    k = np.arange(n)[:, None]
+    j = np.arange(n)[None, :]
+    c = np.cos(np.pi * k * (j + 0.5) / n) * math.sqrt(2.0 / n)
+    c[0] /= math.sqrt(2.0)
+    return c
+
+
+def laplacian_eigenvalues(n: int, h: float, boundary: str) -> np.ndarray:
+    """Eigenvalues of the 1-D three-point Laplacian on ``n`` points, spacing ``h``.
+
+    ``"zero"``: ``-(4/h^2) sin^2(pi k / (2(n+1)))``, ``k = 1..n`` (sine modes).
+    ``"reflect"``: ``-(4/h^2) sin^2(pi k / (2n))``, ``k = 0..n-1`` (cosine modes).
+    """
+    if boundary == "zero":
+        k = np.arange(1, n + 1)
+        return -(4.0 / h**2) * np.sin(np.pi * k / (2 * (n + 1))) ** 2
+    k = np.arange(n)
+    return -(4.0 / h**2) * np.sin(np.pi * k / (2 * n)) ** 2
+
+
+def _transform_pair(n: int, axis: int, boundary: str, method: str):
+    """(forward, inverse) orthonormal transforms along ``axis`` for one grid length."""
+    if method == "dense":
+        basis = _sine_basis(n) if boundary == "zero" else _cosine_basis(n)
+
+        def apply(mat, x):
+            mat = jnp.asarray(mat, x.dtype)
+            return jnp.moveaxis(jnp.tensordot(mat, jnp.moveaxis(x, axis, 0), axes=1), 0, axis)
+
+        return (lambda x: apply(basis, x)), (lambda x: apply(basis.T, x))
+    if boundary == "zero":
+        scale = 1.0 / math.sqrt(2.0 * (n + 1))
+        forward = lambda x: dst1(x, axis) * scale  # noqa: E731 - orthonormal DST-I is its own inverse
+        return forward, forward
+    return (
+        lambda x: jax.scipy.fft.dct(x, type=2, axis=axis, norm="ortho"),
+        lambda x: jax.scipy.fft.idct(x, type=2, axis=axis, norm="ortho"),
+    )
+
+
+def make_helmholtz_inverse(shape, spacing, boundary: str, transform: str = "auto"):
+    """Exact fast solver of ``(c0 I - c1 Laplacian) x = r`` on an ``(H, W)`` grid.
+
+    Args:
+      shape: ``(H, W)``.
+      spacing: ``(hx, hy)``.
+      boundary: ``"zero"`` (DST-I) or ``"reflect"`` (DCT-II).
+      transform: ``"dense"`` (basis matrices, fastest on CPU for small grids),
+        ``"fft"`` or ``"auto"`` (dense up to ``DENSE_TRANSFORM_MAX_SIZE``).
+
+    Returns:
+      ``inverse(r, c0, c1)`` for ``r`` of shape ``(H, W)``; linear and
+      symmetric in ``r``, so it is also right for transposed solves.
+    """
+    if transform not in TRANSFORMS:
+        raise ValueError(f"transform must be one of {TRANSFORMS}, got {transform!r}")
+    height, width = shape
+    hx, hy = spacing
+    if transform == "auto":
+        transform = "dense" if max(height, width) <= DENSE_TRANSFORM_MAX_SIZE else "fft"
+    fy, iy = _transform_pair(height, -2, boundary, transform)
+    fx, ix = _transform_pair(width, -1, boundary, transform)
+    lap = laplacian_eigenvalues(height, hy, boundary)[:, None] + laplacian_eigenvalues(width, hx, boundary)[None, :]
+
+    def inverse(r, c0, c1):
+        spectrum = fx(fy(r))
+        spectrum = spectrum / (c0 - c1 * jnp.asarray(lap, r.dtype))
+        return ix(iy(spectrum))
+
+    return inverse
+
+
+# ----------------------------------------------------------------------------
+# Krylov solves
+
+
+def _bicgstab_counted(matvec, b, x0, *, tol, atol, maxiter, precond):
+    """Preconditioned BiCGSTAB, the same recurrence as ``jax.scipy.sparse.linalg.bicgstab``,
+    also returning the number of iterations run (a breakdown stops the loop;
+    the caller's true-residual check reports it)."""
+    vdot = lambda u, v: jnp.sum(u * v)  # noqa: E731
+    atol2 = jnp.maximum(tol**2 * vdot(b, b), atol**2)
+
+    def cond(state):
+        _, r, *_, k, _ = state
+        return (vdot(r, r) > atol2) & (k < maxiter) & (k >= 0)
+
+    def body(state):
+        x, r, rhat, alpha, omega, rho, p, q, k, count = state
+        rho_ = vdot(rhat, r)
+        beta = rho_ / rho * alpha / omega
+        p_ = r + beta * (p - omega * q)
+        phat = precond(p_)
+        q_ = matvec(phat)
+        alpha_ = rho_ / vdot(rhat, q_)
+        s = r - alpha_ * q_
+        exit_early = vdot(s, s) < atol2
+        shat = precond(s)
+        t = matvec(shat)
+        omega_ = vdot(t, s) / vdot(t, t)
+        x_ = jnp.where(exit_early, x + alpha_ * phat, x + alpha_ * phat + omega_ * shat)
+        r_ = jnp.where(exit_early, s, s - omega_ * t)
+        k_ = jnp.where((omega_ == 0) | (alpha_ == 0), -11, k + 1)
+        k_ = jnp.where(rho_ == 0, -10, k_)
+        return x_, r_, rhat, alpha_, omega_, rho_, p_, q_, k_, count + 1
+
+    r0 = b - matvec(x0)
+    one = jnp.ones((), b.dtype)
+    init = (x0, r0, r0, one, one, one, r0, r0, jnp.int32(0), jnp.int32(0))
+    x, *_, count = lax.while_loop(cond, body, init)
+    return x, count
+
+
+def relative_residual(matvec, x, b):
+    """``||b - A x|| / ||b||`` (``||b - A x||`` when ``b = 0``)."""
+    norm_b = jnp.linalg.norm(b)
+    r = jnp.linalg.norm(b - matvec(x))
+    return jnp.where(norm_b > 0, r / jnp.where(norm_b > 0, norm_b, 1), r)
+
+
+def linear_solve(matvec, b, x0=None, *, solver="bicgstab", tol=1e-6, atol=0.0, maxiter=None, precond=None):
+    """Solve ``matvec(x) = b`` for a field ``b`` of any shape.
+
+    Args:
+      matvec: linear function ``x -> A x``.
+      b, x0: right-hand side and initial guess (default zeros), same shape.
+      solver: ``"bicgstab"`` (``jax.scipy.sparse.linalg.bicgstab``, the
+        default), ``"bicgstab_counted"`` (the same recurrence, but counting
+        its iterations) or ``"gmres"`` (``jax.scipy``, restart 20).
+      tol, atol: stop when ``||r|| <= max(tol ||b||, atol)``.
+      maxiter: iteration cap (default ``10 * b.size``, SciPy's).
+      precond: linear function approximating ``A^-1`` (default identity).
+
+    Returns:
+      ``(x, iterations, rel_residual)``: the solution, the iterations used
+      (``-1`` where the backend does not count them)
+      and the true relative residual ``||b - A x|| / ||b||``, recomputed
+      because the JAX solvers report no convergence information.
+    """
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    x0 = jnp.zeros_like(b) if x0 is None else x0
+    maxiter = 10 * b.size if maxiter is None else maxiter
+    precond = (lambda r: r) if precond is None else precond
+    if solver == "bicgstab_counted":
+        x, iterations = _bicgstab_counted(matvec, b, x0, tol=tol, atol=atol, maxiter=maxiter, precond=precond)
+    elif solver == "bicgstab":
+        x, _ = jax.scipy.sparse.linalg.bicgstab(matvec, b, x0, tol=tol, atol=atol, maxiter=maxiter, M=precond)
+        iterations = jnp.int32(-1)
+    else:
+        x, _ = jax.scipy.sparse.linalg.gmres(
+            matvec, b, x0, tol=tol, atol=atol, restart=20, maxiter=maxiter, M=precond
+        )
+        iterations = jnp.int32(-1)
+    return x, iterations, relative_residual(matvec, x, b)
+
+
+def differentiable_solve(matvec, b, *, solver="bicgstab", tol=1e-6, maxiter=None, precond=None):
+    """``A^-1 b`` through ``jax.scipy``'s Krylov solvers, which are wrapped in
+    ``lax.custom_linear_solve`` and so transpose (for reverse mode) by solving
+    ``A^T y = c`` with the same, symmetric, preconditioner."""
+    maxiter = 10 * b.size if maxiter is None else maxiter
+    if solver == "gmres":
+        return jax.scipy.sparse.linalg.gmres(matvec, b, tol=tol, restart=20, maxiter=maxiter, M=precond)[0]
+    return jax.scipy.sparse.linalg.bicgstab(matvec, b, tol=tol, maxiter=maxiter, M=precond)[0]
