@@ -14,15 +14,16 @@ by Picard iteration (freeze ``grad m`` in the advection velocity: one linear
 system ``A(m~) m = b`` per outer iteration, eqs. 10-18) or by damped Newton.
 Both stop on the relative change ``||m_k - m_(k-1)|| / ||m_k|| <= outer_tol``.
 
-The step solve is wrapped in ``lax.custom_root``, so derivatives of the
-solution (with respect to the initial field, ``g`` or anything the drift
-closes over) come from the implicit function theorem, one transposed linear
-solve per step, never from differentiating the iteration.
+Each step solve carries a custom VJP, so reverse-mode derivatives of the
+solution (with respect to the initial field and ``g``) come from the implicit
+function theorem, one transposed linear solve per step, never from
+differentiating the iteration. Forward mode (``jvp``) is not defined.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import warnings
 from typing import Callable, NamedTuple
@@ -232,9 +233,17 @@ def _outer_loop(update, m_init, config: FPConfig):
     return m, (k, change, iters, err)
 
 
-def _solve_step(m_prev, step: _Step, config: FPConfig, spacing, precond):
-    """``m^n`` from ``m^(n-1)``; returns ``(m, outer_iterations, linear_iterations, residual, converged)``."""
+def _preconditioner(shape, step: _Step, config: FPConfig, spacing):
+    if config.preconditioner != "dst":
+        return None
+    helmholtz = linsolve.make_helmholtz_inverse(shape, spacing, config.boundary, config.transform)
+    return lambda r: helmholtz(r, step.c0, step.c1)
+
+
+def _iterate_step(m_prev, step: _Step, config: FPConfig, spacing):
+    """Outer iteration of one step: ``(m, outer_iterations, linear_iterations, backward_error, change)``."""
     boundary, advection = config.boundary, config.advection
+    precond = _preconditioner(m_prev.shape, step, config, spacing)
     solve_kw = dict(solver=config.solver, tol=config.tol, maxiter=config.maxiter, precond=precond)
     residual_fn = lambda m: step_residual(m, m_prev, step, spacing, boundary, advection)  # noqa: E731
     rhs = step_rhs(m_prev, step)
@@ -266,21 +275,53 @@ def _solve_step(m_prev, step: _Step, config: FPConfig, spacing, precond):
         )
 
     update = newton_update if config.linearization == "newton" else picard_update
+    m, (k, change, iters, err) = _outer_loop(update, m_prev, config)
+    return m, k, iters, err, change
 
-    def root_solve(_, m_init):
-        return _outer_loop(update, m_init, config)
 
-    def tangent_solve(linear_fn, y):
-        return linsolve.differentiable_solve(
-            linear_fn, y, solver="gmres" if config.solver == "gmres" else "bicgstab",
-            tol=config.tol, maxiter=config.maxiter, precond=precond,
-        )
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _implicit_step(m_prev, step: _Step, config: FPConfig, spacing):
+    """``m^n`` from ``m^(n-1)`` with implicit-function-theorem gradients.
 
-    m, (k, change, iters, err) = lax.custom_root(residual_fn, m_prev, root_solve, tangent_solve, has_aux=True)
+    The forward pass iterates to ``F(m) = 0``; the backward pass solves one
+    transposed system ``J^T lam = cotangent`` with ``J = dF/dm`` at the
+    solution and never differentiates the iteration.
+    """
+    return _iterate_step(m_prev, step, config, spacing)
+
+
+def _implicit_step_fwd(m_prev, step, config, spacing):
+    out = _iterate_step(m_prev, step, config, spacing)
+    return out, (out[0], m_prev, step)
+
+
+def _implicit_step_bwd(config, spacing, saved, cotangents):
+    m, m_prev, step = saved
+    residual = lambda m_, m_prev_, step_: step_residual(  # noqa: E731
+        m_, m_prev_, step_, spacing, config.boundary, config.advection
+    )
+    _, transposed_jacobian = jax.vjp(lambda m_: residual(m_, m_prev, step), m)
+    precond = _preconditioner(m.shape, step, config, spacing)
+    lam, _, _ = linsolve.linear_solve(
+        lambda v: transposed_jacobian(v)[0], cotangents[0], solver="gmres" if config.solver == "gmres" else "bicgstab",
+        tol=config.tol, maxiter=config.maxiter, precond=precond,
+    )
+    _, param_vjp = jax.vjp(lambda m_prev_, step_: residual(m, m_prev_, step_), m_prev, step)
+    return param_vjp(-lam)
+
+
+_implicit_step.defvjp(_implicit_step_fwd, _implicit_step_bwd)
+
+
+def _solve_step(m_prev, step: _Step, config: FPConfig, spacing):
+    """One time step with its statistics: ``(m, outer_iterations, linear_iterations, residual, converged)``."""
+    m, k, iters, err, change = _implicit_step(m_prev, step, config, spacing)
     if config.solver != "bicgstab_counted":
         iters = jnp.int32(-1)
     m_stopped = lax.stop_gradient(m)
-    residual = jnp.linalg.norm(residual_fn(m_stopped)) / jnp.linalg.norm(step.c0 * m_prev)
+    residual = jnp.linalg.norm(
+        step_residual(m_stopped, m_prev, step, spacing, config.boundary, config.advection)
+    ) / jnp.linalg.norm(step.c0 * m_prev)
     eps = jnp.finfo(m.dtype).eps
     converged = (
         (change <= config.outer_tol)
@@ -327,19 +368,13 @@ def _drift_fields(config: FPConfig, t, shape, dtype, spacing):
 def _solve(m0, g_values, config: FPConfig) -> FPSolution:
     shape, dtype = m0.shape, m0.dtype
     spacing = config.grid_spacing(shape)
-    helmholtz = (
-        linsolve.make_helmholtz_inverse(shape, spacing, config.boundary, config.transform)
-        if config.preconditioner == "dst"
-        else None
-    )
     c0 = jnp.asarray(1.0 / config.dt, dtype)
 
     def time_step(m_prev, inputs):
         t, g = inputs
         drift, div_drift = _drift_fields(config, t, shape, dtype, spacing)
         step = _Step(c0, 0.5 * g**2, drift, div_drift)
-        precond = None if helmholtz is None else (lambda r: helmholtz(r, step.c0, step.c1))
-        m, k, iters, residual, converged = _solve_step(m_prev, step, config, spacing, precond)
+        m, k, iters, residual, converged = _solve_step(m_prev, step, config, spacing)
         return m, (m, k, iters, residual, converged)
 
     times = jnp.arange(1, config.T + 1, dtype=dtype) * config.dt
