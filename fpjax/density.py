@@ -28,8 +28,7 @@ def validate_image(image, *, allow_constant: bool = False) -> None:
     shape = jnp.shape(image)
     if len(shape) != 3:
         raise ValueError(
-            f"image must have shape (H, W, C), got shape {shape}; "
-            "for a grey-scale (H, W) image pass image[..., None]"
+            f"image must have shape (H, W, C), got shape {shape}; for a grey-scale (H, W) image pass image[..., None]"
         )
     height, width, _ = shape
     if height < MIN_GRID or width < MIN_GRID:
@@ -41,9 +40,7 @@ def validate_image(image, *, allow_constant: bool = False) -> None:
         raise ValueError(f"image must be floating point in [0, 1], got dtype {values.dtype}; divide uint8 data by 255")
     n_nan, n_inf = int(np.isnan(values).sum()), int(np.isinf(values).sum())
     if n_nan or n_inf:
-        raise ValueError(
-            f"image has NaN at {n_nan} and inf at {n_inf} pixels; fpjax expects finite values in [0, 1]"
-        )
+        raise ValueError(f"image has NaN at {n_nan} and inf at {n_inf} pixels; fpjax expects finite values in [0, 1]")
     n_out = int(((values < 0) | (values > 1)).sum())
     if n_out:
         raise ValueError(

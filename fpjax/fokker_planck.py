@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-
 import warnings
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -171,12 +171,17 @@ def advection_velocity(m_frozen, step: _Step, spacing, boundary):
 
 
 def picard_operator(m_frozen, step: _Step, spacing, boundary, advection="central"):
-    """The matrix-free step matrix ``A(m~)`` of eqs. 11-16: ``v -> v/dt - 1/2 g^2 lap v + <f - 1/2 g^2 grad m~, grad v>``."""
+    """The matrix-free step matrix ``A(m~)`` of eqs. 11-16.
+
+    ``v -> v/dt - 1/2 g^2 lap v + <f - 1/2 g^2 grad m~, grad v>``.
+    """
     velocity = advection_velocity(m_frozen, step, spacing, boundary)
 
     def matvec(v):
-        return step.c0 * v - step.c1 * stencil.laplacian(v, spacing, boundary) + stencil.advect(
-            v, velocity, spacing, boundary, advection
+        return (
+            step.c0 * v
+            - step.c1 * stencil.laplacian(v, spacing, boundary)
+            + stencil.advect(v, velocity, spacing, boundary, advection)
         )
 
     return matvec
@@ -303,8 +308,12 @@ def _implicit_step_bwd(config, spacing, saved, cotangents):
     _, transposed_jacobian = jax.vjp(lambda m_: residual(m_, m_prev, step), m)
     precond = _preconditioner(m.shape, step, config, spacing)
     lam, _, _ = linsolve.linear_solve(
-        lambda v: transposed_jacobian(v)[0], cotangents[0], solver="gmres" if config.solver == "gmres" else "bicgstab",
-        tol=config.tol, maxiter=config.maxiter, precond=precond,
+        lambda v: transposed_jacobian(v)[0],
+        cotangents[0],
+        solver="gmres" if config.solver == "gmres" else "bicgstab",
+        tol=config.tol,
+        maxiter=config.maxiter,
+        precond=precond,
     )
     _, param_vjp = jax.vjp(lambda m_prev_, step_: residual(m, m_prev_, step_), m_prev, step)
     return param_vjp(-lam)
@@ -352,7 +361,9 @@ def diffusion_schedule(config: FPConfig, g=None, dtype=jnp.float32):
     if values.ndim == 0:
         return jnp.broadcast_to(values, times.shape)
     if values.shape != times.shape:
-        raise ValueError(f"g must be a scalar or have shape ({config.T + 1},) (one value per t_0..t_T), got {values.shape}")
+        raise ValueError(
+            f"g must be a scalar or have shape ({config.T + 1},) (one value per t_0..t_T), got {values.shape}"
+        )
     return values
 
 
@@ -361,7 +372,9 @@ def _drift_fields(config: FPConfig, t, shape, dtype, spacing):
         drift = jnp.zeros((2,) + tuple(shape), dtype)
     else:
         fx, fy = config.drift(t)
-        drift = jnp.stack([jnp.broadcast_to(jnp.asarray(fx, dtype), shape), jnp.broadcast_to(jnp.asarray(fy, dtype), shape)])
+        drift = jnp.stack(
+            [jnp.broadcast_to(jnp.asarray(fx, dtype), shape), jnp.broadcast_to(jnp.asarray(fy, dtype), shape)]
+        )
     return drift, stencil.divergence(drift, spacing, config.boundary)
 
 
@@ -387,7 +400,9 @@ _solve_jit = jax.jit(_solve, static_argnames="config")
 
 def _check_field(m0):
     if jnp.ndim(m0) != 2:
-        raise ValueError(f"m0 must be one (H, W) field, got shape {jnp.shape(m0)}; use jax.vmap or solve_image for batches")
+        raise ValueError(
+            f"m0 must be one (H, W) field, got shape {jnp.shape(m0)}; use jax.vmap or solve_image for batches"
+        )
     if min(jnp.shape(m0)) < 3:
         raise ValueError(f"grid {jnp.shape(m0)} is too small; fpjax needs at least 3x3")
     if not isinstance(m0, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(m0))):
@@ -452,8 +467,15 @@ def solve(m0, config: FPConfig = FPConfig(), *, g=None, on_failure: str = "raise
     return check_solution(solution, config, on_failure)
 
 
-def solve_image(image, config: FPConfig = FPConfig(), *, density: str = "position_kde", per_channel=None,
-                g=None, on_failure: str = "raise") -> FPSolution:
+def solve_image(
+    image,
+    config: FPConfig = FPConfig(),
+    *,
+    density: str = "position_kde",
+    per_channel=None,
+    g=None,
+    on_failure: str = "raise",
+) -> FPSolution:
     """Solve for every channel of an ``(H, W, C)`` image.
 
     The initial log-density comes from :func:`fpjax.initial_log_density`
@@ -508,6 +530,16 @@ def pixel_score(m, component: str = "sum", boundary: str = "zero"):
 
 
 __all__ = [
-    "ConvergenceError", "FPConfig", "FPSolution", "check_solution", "diffusion_schedule", "pixel_score",
-    "picard_operator", "score", "solve", "solve_image", "solve_images", "step_residual",
+    "ConvergenceError",
+    "FPConfig",
+    "FPSolution",
+    "check_solution",
+    "diffusion_schedule",
+    "pixel_score",
+    "picard_operator",
+    "score",
+    "solve",
+    "solve_image",
+    "solve_images",
+    "step_residual",
 ]

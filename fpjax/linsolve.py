@@ -202,9 +202,7 @@ def linear_solve(matvec, b, x0=None, *, solver="bicgstab", tol=1e-6, atol=0.0, m
         x, _ = jax.scipy.sparse.linalg.bicgstab(matvec, b, x0, tol=tol, atol=atol, maxiter=maxiter, M=precond)
         iterations = jnp.int32(-1)
     else:
-        x, _ = jax.scipy.sparse.linalg.gmres(
-            matvec, b, x0, tol=tol, atol=atol, restart=20, maxiter=maxiter, M=precond
-        )
+        x, _ = jax.scipy.sparse.linalg.gmres(matvec, b, x0, tol=tol, atol=atol, restart=20, maxiter=maxiter, M=precond)
         iterations = jnp.int32(-1)
     return x, iterations, relative_residual(matvec, x, b)
 

@@ -69,7 +69,7 @@ def gradient(u, spacing, boundary: str):
     ``spacing = (hx, hy)``; DESIGN.md section 2, eq. 7 of the cross-matrix paper.
     """
     return jnp.stack(
-        [central_difference(u, ax, h, boundary) for ax, h in zip(_AXIS_OF_COMPONENT, spacing)],
+        [central_difference(u, ax, h, boundary) for ax, h in zip(_AXIS_OF_COMPONENT, spacing, strict=False)],
         axis=-3,
     )
 
@@ -78,7 +78,7 @@ def laplacian(u, spacing, boundary: str):
     """Five-point Laplacian of ``(..., H, W)``; cross-matrix paper eq. 8."""
     return sum(
         (shift(u, 1, ax, boundary) - 2 * u + shift(u, -1, ax, boundary)) / h**2
-        for ax, h in zip(_AXIS_OF_COMPONENT, spacing)
+        for ax, h in zip(_AXIS_OF_COMPONENT, spacing, strict=False)
     )
 
 
@@ -86,7 +86,7 @@ def divergence(v, spacing, boundary: str):
     """Central divergence of a vector field ``(..., 2, H, W) -> (..., H, W)``; eq. 9."""
     return sum(
         central_difference(v[..., c, :, :], ax, h, boundary)
-        for c, (ax, h) in enumerate(zip(_AXIS_OF_COMPONENT, spacing))
+        for c, (ax, h) in enumerate(zip(_AXIS_OF_COMPONENT, spacing, strict=False))
     )
 
 
@@ -102,7 +102,7 @@ def advect(u, velocity, spacing, boundary: str, scheme: str = "central"):
         non-negative diagonal and non-positive off-diagonals).
     """
     total = 0.0
-    for c, (ax, h) in enumerate(zip(_AXIS_OF_COMPONENT, spacing)):
+    for c, (ax, h) in enumerate(zip(_AXIS_OF_COMPONENT, spacing, strict=False)):
         a = velocity[..., c, :, :]
         if scheme == "central":
             total = total + a * central_difference(u, ax, h, boundary)

@@ -36,8 +36,10 @@ def assemble_step_matrix(m_frozen, g, fx, fy, dt, hx, hy, boundary, advection="c
     for i in range(h):
         for j in range(w):
             p = (i, j)
-            nb = {name: _neighbour(i, j, di, dj, shape, boundary)
-                  for name, (di, dj) in dict(E=(0, 1), W=(0, -1), N=(1, 0), S=(-1, 0)).items()}
+            nb = {
+                name: _neighbour(i, j, di, dj, shape, boundary)
+                for name, (di, dj) in dict(E=(0, 1), W=(0, -1), N=(1, 0), S=(-1, 0)).items()
+            }
             dmx = _value(m_frozen, nb["E"]) - _value(m_frozen, nb["W"])
             dmy = _value(m_frozen, nb["N"]) - _value(m_frozen, nb["S"])
             add(p, p, 1.0 / dt + 2 * c1 / hx**2 + 2 * c1 / hy**2)

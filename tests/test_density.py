@@ -90,7 +90,7 @@ def test_jit_vmap_grad(method):
     images = np.stack([_image(seed=s) for s in range(3)])
     f = jax.jit(lambda x: fpjax.initial_log_density(x, method))
     batched = jax.vmap(f)(jnp.asarray(images))
-    for image, out in zip(images, batched):
+    for image, out in zip(images, batched, strict=False):
         np.testing.assert_allclose(np.asarray(out), np.asarray(fpjax.initial_log_density(image, method)), rtol=1e-12)
     probe = np.random.default_rng(1).normal(size=batched.shape[1:])
     loss = lambda x: jnp.sum(fpjax.initial_log_density(x, method) * probe)  # noqa: E731

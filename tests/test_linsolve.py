@@ -12,14 +12,17 @@ from fpjax import linsolve
 @pytest.mark.parametrize("n", [1, 5, 16, 33])
 def test_dst1_matches_scipy(n):
     x = np.random.default_rng(n).normal(size=(3, n))
-    np.testing.assert_allclose(np.asarray(linsolve.dst1(x, axis=-1)), scipy.fft.dst(x, type=1, axis=-1),
-                               rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(np.asarray(linsolve.dst1(x.T, axis=0)), scipy.fft.dst(x.T, type=1, axis=0),
-                               rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(
+        np.asarray(linsolve.dst1(x, axis=-1)), scipy.fft.dst(x, type=1, axis=-1), rtol=1e-10, atol=1e-10
+    )
+    np.testing.assert_allclose(
+        np.asarray(linsolve.dst1(x.T, axis=0)), scipy.fft.dst(x.T, type=1, axis=0), rtol=1e-10, atol=1e-10
+    )
 
 
 def _helmholtz_matrix(shape, spacing, boundary, c0, c1):
     """``c0 I - c1 lap`` assembled from 1-D second-difference matrices."""
+
     def second_difference(n, h):
         d = sp.diags([np.ones(n - 1), -2 * np.ones(n), np.ones(n - 1)], [-1, 0, 1]).tolil()
         if boundary == "reflect":
@@ -62,8 +65,9 @@ def test_counted_bicgstab_follows_jax_bicgstab():
     a, b = _nonsymmetric_system()
     matvec = lambda x: (jnp.asarray(a) @ x.ravel()).reshape(x.shape)  # noqa: E731
     for maxiter in (1, 3, 50):
-        ours, count, _ = linsolve.linear_solve(matvec, jnp.asarray(b), solver="bicgstab_counted", tol=1e-10,
-                                               maxiter=maxiter)
+        ours, count, _ = linsolve.linear_solve(
+            matvec, jnp.asarray(b), solver="bicgstab_counted", tol=1e-10, maxiter=maxiter
+        )
         theirs, *_ = jax.scipy.sparse.linalg.bicgstab(matvec, jnp.asarray(b), tol=1e-10, maxiter=maxiter)
         np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), rtol=1e-12, atol=1e-12)
         assert int(count) <= maxiter

@@ -61,8 +61,9 @@ def test_upwind_advection_is_an_m_matrix_term(boundary):
     shape = (5, 6)
     velocity = rng.normal(size=(2,) + shape)
     basis = np.eye(np.prod(shape)).reshape((-1,) + shape)
-    columns = np.stack([np.asarray(stencil.advect(e, velocity, (0.5, 0.5), boundary, "upwind")).ravel()
-                        for e in basis], axis=1)
+    columns = np.stack(
+        [np.asarray(stencil.advect(e, velocity, (0.5, 0.5), boundary, "upwind")).ravel() for e in basis], axis=1
+    )
     off = columns - np.diag(np.diag(columns))
     assert (np.diag(columns) >= 0).all()
     assert (off <= 1e-12).all()
