@@ -72,16 +72,8 @@ def laplacian_eigenvalues(n: int, h: float, boundary: str) -> np.ndarray:
     return -(4.0 / h**2) * np.sin(np.pi * k / (2 * n)) ** 2
 
 
-def _transform_pair(n: int, axis: int, boundary: str, method: str):
-    """(forward, inverse) orthonormal transforms along ``axis`` for one grid length."""
-    if method == "dense":
-        basis = _sine_basis(n) if boundary == "zero" else _cosine_basis(n)
-
-        def apply(mat, x):
-            mat = jnp.asarray(mat, x.dtype)
-            return jnp.moveaxis(jnp.tensordot(mat, jnp.moveaxis(x, axis, 0), axes=1), 0, axis)
-
-        return (lambda x: apply(basis, x)), (lambda x: apply(basis.T, x))
+def _fft_transform_pair(n: int, axis: int, boundary: str):
+    """(forward, inverse) orthonormal FFT-based transforms along ``axis``."""
     if boundary == "zero":
         scale = 1.0 / math.sqrt(2.0 * (n + 1))
         forward = lambda x: dst1(x, axis) * scale  # noqa: E731 - orthonormal DST-I is its own inverse
@@ -90,6 +82,10 @@ def _transform_pair(n: int, axis: int, boundary: str, method: str):
         lambda x: jax.scipy.fft.dct(x, type=2, axis=axis, norm="ortho"),
         lambda x: jax.scipy.fft.idct(x, type=2, axis=axis, norm="ortho"),
     )
+
+
+def _basis(n: int, boundary: str) -> np.ndarray:
+    return _sine_basis(n) if boundary == "zero" else _cosine_basis(n)
 
 
 def make_helmholtz_inverse(shape, spacing, boundary: str, transform: str = "auto"):
@@ -112,13 +108,24 @@ def make_helmholtz_inverse(shape, spacing, boundary: str, transform: str = "auto
     hx, hy = spacing
     if transform == "auto":
         transform = "dense" if max(height, width) <= DENSE_TRANSFORM_MAX_SIZE else "fft"
-    fy, iy = _transform_pair(height, -2, boundary, transform)
-    fx, ix = _transform_pair(width, -1, boundary, transform)
     lap = laplacian_eigenvalues(height, hy, boundary)[:, None] + laplacian_eigenvalues(width, hx, boundary)[None, :]
 
+    if transform == "dense":
+        by, bx = _basis(height, boundary), _basis(width, boundary)
+
+        def inverse(r, c0, c1):
+            # plain matmuls on both sides: no transposes of r, which cost more than the products on small grids
+            qy, qx = jnp.asarray(by, r.dtype), jnp.asarray(bx, r.dtype)
+            spectrum = (qy @ r @ qx.T) / (c0 - c1 * jnp.asarray(lap, r.dtype))
+            return qy.T @ spectrum @ qx
+
+        return inverse
+
+    fy, iy = _fft_transform_pair(height, -2, boundary)
+    fx, ix = _fft_transform_pair(width, -1, boundary)
+
     def inverse(r, c0, c1):
-        spectrum = fx(fy(r))
-        spectrum = spectrum / (c0 - c1 * jnp.asarray(lap, r.dtype))
+        spectrum = fx(fy(r)) / (c0 - c1 * jnp.asarray(lap, r.dtype))
         return ix(iy(spectrum))
 
     return inverse

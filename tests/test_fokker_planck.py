@@ -54,7 +54,12 @@ def test_picard_matches_spsolve_scheme(dtype, bound, boundary):
         zeros = np.zeros_like(m0)
         expected = picard_spsolve(m0, T, 0.5, zeros, zeros, h, h, boundary, outer)
         config = fpjax.FPConfig(
-            T=T, boundary=boundary, outer_tol=0.0, max_outer=outer, tol=1e-7 if dtype == np.float32 else 1e-13
+            T=T,
+            boundary=boundary,
+            outer_tol=0.0,
+            predictor="previous",
+            max_outer=outer,
+            tol=1e-7 if dtype == np.float32 else 1e-13,
         )
         sol = fpjax.solve(m0.astype(dtype), config, on_failure="ignore")
         assert sol.m.dtype == dtype
@@ -69,7 +74,13 @@ def test_picard_matches_spsolve_with_drift_and_g_schedule():
     fx, fy = _drift(shape, seed=3, scale=0.5)
     g = np.linspace(0.3, 0.6, T + 1)
     config = fpjax.FPConfig(
-        T=T, g=tuple(g), drift=lambda t: (jnp.asarray(fx), jnp.asarray(fy)), outer_tol=0.0, max_outer=outer, tol=1e-13
+        T=T,
+        g=tuple(g),
+        drift=lambda t: (jnp.asarray(fx), jnp.asarray(fy)),
+        outer_tol=0.0,
+        predictor="previous",
+        max_outer=outer,
+        tol=1e-13,
     )
     sol = fpjax.solve(m0, config, on_failure="ignore")
     hx, hy = 1 / 12, 1 / 9
@@ -101,6 +112,15 @@ def test_picard_and_newton_agree_at_convergence(boundary):
     np.testing.assert_allclose(np.asarray(newton.m), np.asarray(picard.m), rtol=1e-9)
     assert np.asarray(newton.outer_iterations).mean() < np.asarray(picard.outer_iterations).mean()
     assert float(jnp.max(newton.residual)) < 1e-9
+
+
+@pytest.mark.parametrize("predictor", ["previous", "extrapolate"])
+def test_predictors_reach_the_same_solution(predictor):
+    m0 = fpjax.initial_log_density(_test_images(1)[0].astype(np.float64))
+    tight = fpjax.solve(m0, fpjax.FPConfig(T=10, outer_tol=1e-12, tol=1e-13, max_outer=100, predictor="previous"))
+    sol = fpjax.solve(m0, fpjax.FPConfig(T=10, predictor=predictor))
+    error = float(jnp.linalg.norm(sol.m - tight.m) / jnp.linalg.norm(tight.m))
+    assert error < 1e-5, error
 
 
 @pytest.mark.parametrize("linearization", ["picard", "newton"])

@@ -1,0 +1,214 @@
+"""``fpjax bench solver``: fpjax against SciPy ``spsolve`` on the same discretisation.
+
+For each image size: the papers' baseline (SciPy-assembled step matrix, a
+direct ``spsolve`` per Picard iteration, float64) on a few images, and fpjax
+in float32 with each preconditioner and linearization, jitted, one image at a
+time and as a vmapped batch. Reported: seconds per image (median), outer
+iterations per step, linear iterations per solve, relative L2 error of the
+whole trajectory against a float64 fpjax reference (Newton, tight
+tolerances) and the speed-up over ``spsolve`` (ratio of medians).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import numpy as np
+
+VARIANTS = {
+    # name: FPConfig overrides (all float32, bicgstab_counted so iterations are counted)
+    "picard+none": dict(linearization="picard", preconditioner="none", solver="bicgstab_counted"),
+    "picard+dst": dict(linearization="picard", preconditioner="dst", solver="bicgstab_counted"),
+    "newton+dst": dict(linearization="newton", preconditioner="dst", solver="bicgstab_counted"),
+    "picard+dst (jax bicgstab, default)": dict(linearization="picard", preconditioner="dst", solver="bicgstab"),
+}
+BATCHED = "picard+dst"
+DEFAULT_SPSOLVE_IMAGES = {32: 4, 64: 2, 128: 1, 256: 0}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 128, 256])
+    parser.add_argument("--T", type=int, default=100)
+    parser.add_argument("--images", type=int, default=4, help="images timed per fpjax variant")
+    parser.add_argument(
+        "--spsolve-images",
+        type=int,
+        nargs="*",
+        help="images for the spsolve baseline per size (default 4, 2, 1, 0 for 32..256)",
+    )
+    parser.add_argument("--batch", type=int, default=8, help="vmapped batch size for the batched line (0: skip)")
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), help="subset of: " + ", ".join(VARIANTS))
+    parser.add_argument("--out", default="bench_solver.json")
+
+
+def _images(size: int, n: int) -> np.ndarray:
+    from fpjax.data import _resize, sample_images
+
+    if size in (32, 64, 128):
+        return sample_images(size)[:n]
+    return np.stack([_resize(im, size) for im in sample_images(128)[:n]])
+
+
+def _rel_error(m, reference):
+    m, reference = np.asarray(m, np.float64), np.asarray(reference, np.float64)
+    return float(np.linalg.norm(m - reference) / np.linalg.norm(reference))
+
+
+def _timed(fn, *args):
+    start = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - start
+
+
+def run(args) -> int:
+    import jax
+
+    jax.config.update("jax_enable_x64", True)  # for the float64 reference; fpjax runs follow their inputs' dtype
+    import jax.numpy as jnp
+
+    import fpjax
+    from fpjax.bench.baseline import solve_spsolve
+
+    rows, records = [], []
+    n_spsolve = dict(DEFAULT_SPSOLVE_IMAGES)
+    if args.spsolve_images:
+        n_spsolve.update(dict(zip(args.sizes, args.spsolve_images)))
+    for size in args.sizes:
+        images = _images(size, max(args.images, args.batch, n_spsolve.get(size, 0)))
+        m0_64 = [np.asarray(fpjax.initial_log_density(im.astype(np.float64))) for im in images]
+        ref_config = fpjax.FPConfig(T=args.T, linearization="newton", outer_tol=1e-11, tol=1e-12, max_outer=100)
+        references = [np.asarray(fpjax.solve(m0, ref_config, on_failure="warn").m) for m0 in m0_64[: args.images]]
+
+        k = n_spsolve.get(size, 0)
+        if k:
+            times, errors, outers = [], [], []
+            for i in range(k):
+                (m, outer), seconds = _timed(solve_spsolve, m0_64[i], args.T)
+                times.append(seconds)
+                outers.append(outer.mean())
+                if i < len(references):
+                    errors.append(_rel_error(m, references[i]))
+            record = dict(
+                size=size,
+                method="scipy spsolve (float64)",
+                images=k,
+                seconds=float(np.median(times)),
+                outer_per_step=float(np.mean(outers)),
+                linear_per_solve=None,
+                rel_error=float(np.max(errors)) if errors else None,
+                speedup=1.0,
+            )
+            records.append(record)
+            baseline_seconds = record["seconds"]
+        else:
+            baseline_seconds = None
+
+        for name in args.variants:
+            config = fpjax.FPConfig(T=args.T, **VARIANTS[name])
+            solve = jax.jit(lambda m0, config=config: fpjax.solve(m0, config))
+            m0s = [jnp.asarray(m0, jnp.float32) for m0 in m0_64[: args.images]]
+            jax.block_until_ready(solve(m0s[0]))  # compile
+            times, errors, outer, linear, residual, converged = [], [], [], [], [], True
+            for m0, reference in zip(m0s, references):
+                sol, seconds = _timed(lambda m: jax.block_until_ready(solve(m)), m0)
+                times.append(seconds)
+                errors.append(_rel_error(sol.m, reference))
+                outer.append(float(np.mean(sol.outer_iterations)))
+                iters = np.asarray(sol.linear_iterations)
+                linear.append(float(iters.sum() / np.sum(sol.outer_iterations)) if iters.min() >= 0 else None)
+                residual.append(float(np.max(sol.residual)))
+                converged &= bool(np.all(sol.converged))
+            seconds = float(np.median(times))
+            records.append(
+                dict(
+                    size=size,
+                    method=f"fpjax {name}",
+                    images=len(times),
+                    seconds=seconds,
+                    outer_per_step=float(np.mean(outer)),
+                    linear_per_solve=None if None in linear else float(np.mean(linear)),
+                    rel_error=float(np.max(errors)),
+                    max_residual=float(np.max(residual)),
+                    converged=converged,
+                    speedup=baseline_seconds / seconds if baseline_seconds else None,
+                )
+            )
+            if name == BATCHED and args.batch:
+                batch = jnp.asarray(np.stack(m0_64[: args.batch]), jnp.float32)
+                batched = jax.jit(jax.vmap(lambda m0, config=config: fpjax.solve(m0, config)))
+                jax.block_until_ready(batched(batch))
+                repeats = [_timed(lambda b: jax.block_until_ready(batched(b)), batch)[1] for _ in range(3)]
+                seconds = float(np.median(repeats)) / args.batch
+                records.append(
+                    dict(
+                        size=size,
+                        method=f"fpjax {name}, vmap batch of {args.batch}",
+                        images=args.batch,
+                        seconds=seconds,
+                        outer_per_step=None,
+                        linear_per_solve=None,
+                        rel_error=None,
+                        speedup=baseline_seconds / seconds if baseline_seconds else None,
+                    )
+                )
+        for r in records[len(rows) :]:
+            rows.append(r)
+            _print_row(r, header=len(rows) == 1)
+
+    result = dict(
+        command="fpjax bench solver "
+        + " ".join(
+            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k in ("sizes", "T", "images", "batch")
+        ),
+        machine=dict(
+            platform=platform.platform(),
+            processor=platform.processor(),
+            cpus=_cpu_count(),
+            jax=jax.__version__,
+            backend=jax.default_backend(),
+        ),
+        T=args.T,
+        rows=records,
+    )
+    _print_growth(records)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _cpu_count():
+    import os
+
+    return os.cpu_count()
+
+
+def _fmt(value, spec):
+    return "-" if value is None else format(value, spec)
+
+
+def _print_row(r, header=False):
+    if header:
+        print(
+            f"{'size':>5} {'method':44s} {'imgs':>4} {'s/image':>9} {'speedup':>8} {'outer/step':>10} "
+            f"{'lin/solve':>9} {'rel L2 err':>10}"
+        )
+    print(
+        f"{r['size']:>5} {r['method']:44s} {r['images']:>4} {r['seconds']:>9.4f} {_fmt(r['speedup'], '>8.1f')} "
+        f"{_fmt(r['outer_per_step'], '>10.2f')} {_fmt(r['linear_per_solve'], '>9.2f')} "
+        f"{_fmt(r['rel_error'], '>10.1e')}",
+        flush=True,
+    )
+
+
+def _print_growth(records):
+    dst = {r["size"]: r["linear_per_solve"] for r in records if r["method"] == "fpjax picard+dst"}
+    if len(dst) > 1:
+        lo, hi = min(dst), max(dst)
+        print(
+            f"dst linear iterations per solve: {dst[lo]:.2f} at {lo} -> {dst[hi]:.2f} at {hi} "
+            f"(x{dst[hi] / dst[lo]:.2f})"
+        )

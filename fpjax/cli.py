@@ -1,0 +1,181 @@
+"""The ``fpjax`` command line: a thin layer over the library.
+
+fpjax precompute [--images DIR] [--size 32] [--T 100] ... --out DIR
+fpjax bench solver [--sizes 32 64 128 256] ... --out FILE.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import pathlib
+import sys
+import time
+
+import numpy as np
+
+
+def _add_fp_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--T", type=int, default=100, help="time steps (dt = 1/T)")
+    parser.add_argument("--g", type=float, default=0.5, help="diffusion coefficient (constant)")
+    parser.add_argument("--boundary", choices=["zero", "reflect"], default="zero")
+    parser.add_argument("--linearization", choices=["picard", "newton"], default="picard")
+    parser.add_argument("--advection", choices=["central", "upwind"], default="central")
+    parser.add_argument(
+        "--solver",
+        choices=["bicgstab", "bicgstab_counted", "gmres"],
+        default="bicgstab_counted",
+        help="linear solver (bicgstab_counted = jax.scipy's recurrence, with iteration counts)",
+    )
+    parser.add_argument("--preconditioner", choices=["dst", "none"], default="dst")
+    parser.add_argument("--outer-tol", type=float, default=1e-5)
+    parser.add_argument("--max-outer", type=int, default=50)
+    parser.add_argument("--tol", type=float, default=1e-6)
+
+
+def _config_from(args):
+    from fpjax import FPConfig
+
+    return FPConfig(
+        T=args.T,
+        g=args.g,
+        boundary=args.boundary,
+        linearization=args.linearization,
+        advection=args.advection,
+        solver=args.solver,
+        preconditioner=args.preconditioner,
+        outer_tol=args.outer_tol,
+        max_outer=args.max_outer,
+        tol=args.tol,
+    )
+
+
+def _load_images(args):
+    from fpjax.data import load_image_folder, sample_images, sample_names
+
+    if args.images is None:
+        images, names = sample_images(args.size), list(sample_names())
+    else:
+        images, names = load_image_folder(args.images, args.size)
+    if args.n is not None:
+        images, names = images[: args.n], names[: args.n]
+    return images, names
+
+
+def precompute(args) -> int:
+    """Solve the FP equation for each image; write ``fp_solutions.npz`` and ``precompute.png``."""
+    import jax
+    from tqdm import tqdm
+
+    import fpjax
+    from fpjax.figures import plot_convergence, plot_solutions
+
+    if args.dtype == "float64":
+        jax.config.update("jax_enable_x64", True)
+    config = _config_from(args)
+    images, names = _load_images(args)
+    images = images.astype(args.dtype)
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    shared = args.density == "position_kde" and not args.per_channel
+    per_channel = None if not args.per_channel else True
+    print(f"fpjax precompute: {len(images)} images {images.shape[1]}x{images.shape[2]}, {config}", flush=True)
+
+    results = {k: [] for k in ("m", "outer_iterations", "linear_iterations", "residual", "converged", "seconds")}
+    bar = tqdm(list(zip(names, images)), desc="FP solve", unit="image", file=sys.stdout)
+    try:
+        for name, image in bar:
+            start = time.perf_counter()
+            sol = fpjax.solve_image(
+                image, config, density=args.density, per_channel=per_channel, on_failure=args.on_failure
+            )
+            seconds = time.perf_counter() - start
+            keep = slice(0, 1) if shared else slice(None)  # a shared density is solved once, not per channel
+            sol = jax.tree_util.tree_map(lambda a: np.asarray(a)[keep], sol)
+            for key in ("m", "outer_iterations", "linear_iterations", "residual", "converged"):
+                results[key].append(getattr(sol, key))
+            results["seconds"].append(seconds)
+            lin = sol.linear_iterations
+            lin_text = f"{lin.mean() / max(sol.outer_iterations.mean(), 1):5.1f}" if lin.min() >= 0 else "  n/a"
+            bar.write(
+                f"{name:32s} {seconds:7.2f} s  outer/step {sol.outer_iterations.mean():5.2f} "
+                f"(max {sol.outer_iterations.max():2d})  linear/solve {lin_text}  "
+                f"max residual {sol.residual.max():.2e}  converged {int(sol.converged.sum())}/{sol.converged.size}"
+            )
+    except KeyboardInterrupt:
+        print(f"interrupted: saving the {len(results['m'])} images finished so far", flush=True)
+    done = len(results["m"])
+    if done == 0:
+        return 1
+    m = np.stack(results["m"])  # (N, K, T+1, H, W), K = 1 for a shared density
+    scores = np.asarray(fpjax.score(m, config.boundary))  # (N, K, T+1, 2, H, W)
+    path = out / "fp_solutions.npz"
+    np.savez_compressed(
+        path,
+        m=m,
+        score=scores,
+        names=np.array(names[:done]),
+        **{k: np.stack(results[k]) for k in ("outer_iterations", "linear_iterations", "residual", "converged")},
+        seconds=np.array(results["seconds"]),
+        config=json.dumps({k: v for k, v in dataclasses.asdict(config).items() if k != "drift"}, default=str),
+        density=args.density,
+        channels_shared=shared,
+    )
+    shown = min(done, 4)
+    fig = plot_solutions(
+        images[:shown],
+        m[:shown, 0],
+        names[:shown],
+        boundary=config.boundary,
+        component=args.component,
+        title=f"log-density m and pixel score ({args.density})",
+    )
+    fig.savefig(out / "precompute.png", dpi=110)
+    fig = plot_convergence(
+        np.stack(results["outer_iterations"])[:, 0], np.stack(results["residual"])[:, 0], names[:done]
+    )
+    fig.savefig(out / "convergence.png", dpi=110)
+    seconds = np.array(results["seconds"])
+    print(f"wrote {path} (m {m.shape}, score {scores.shape}), {out / 'precompute.png'}, {out / 'convergence.png'}")
+    print(
+        f"seconds per image: median {np.median(seconds[1:] if done > 1 else seconds):.3f} "
+        f"(first image, with compilation: {seconds[0]:.2f})"
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fpjax", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    pre = sub.add_parser("precompute", help="solve the log-density FP equation for images")
+    pre.add_argument("--images", help="folder of PNG/JPEG images (default: the embedded sample images)")
+    pre.add_argument("--size", type=int, default=32, help="image size (sample images: 32, 64 or 128)")
+    pre.add_argument("--n", type=int, help="use only the first N images")
+    pre.add_argument("--density", choices=["position_kde", "intensity_kde", "intensity"], default="position_kde")
+    pre.add_argument("--per-channel", action="store_true", help="one density per channel")
+    pre.add_argument("--component", choices=["sum", "x", "y"], default="sum", help="pixel score shown")
+    pre.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    pre.add_argument("--on-failure", choices=["raise", "warn"], default="warn")
+    pre.add_argument("--out", default="fpjax_out")
+    _add_fp_arguments(pre)
+    pre.set_defaults(func=precompute)
+
+    bench = sub.add_parser("bench", help="benchmarks (measurements, not tests)")
+    bench_sub = bench.add_subparsers(dest="bench", required=True)
+    solver = bench_sub.add_parser("solver", help="fpjax against SciPy spsolve on the same discretisation")
+    from fpjax.bench.solver import add_arguments, run
+
+    add_arguments(solver)
+    solver.set_defaults(func=run)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
