@@ -83,7 +83,7 @@ def precompute(args) -> int:
     print(f"fpjax precompute: {len(images)} images {images.shape[1]}x{images.shape[2]}, {config}", flush=True)
 
     results = {k: [] for k in ("m", "outer_iterations", "linear_iterations", "residual", "converged", "seconds")}
-    bar = tqdm(list(zip(names, images)), desc="FP solve", unit="image", file=sys.stdout)
+    bar = tqdm(list(zip(names, images, strict=True)), desc="FP solve", unit="image", file=sys.stdout)
     try:
         for name, image in bar:
             start = time.perf_counter()
@@ -92,7 +92,7 @@ def precompute(args) -> int:
             )
             seconds = time.perf_counter() - start
             keep = slice(0, 1) if shared else slice(None)  # a shared density is solved once, not per channel
-            sol = jax.tree_util.tree_map(lambda a: np.asarray(a)[keep], sol)
+            sol = jax.tree_util.tree_map(lambda a, keep=keep: np.asarray(a)[keep], sol)
             for key in ("m", "outer_iterations", "linear_iterations", "residual", "converged"):
                 results[key].append(getattr(sol, key))
             results["seconds"].append(seconds)
