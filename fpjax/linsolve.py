@@ -21,7 +21,9 @@ from jax import lax
 SOLVERS = ("bicgstab", "bicgstab_counted", "gmres")
 PRECONDITIONERS = ("none", "dst")
 TRANSFORMS = ("auto", "dense", "fft")
-DENSE_TRANSFORM_MAX_SIZE = 64  # measured by `fpjax bench solver`: dense matmuls win below this on CPU
+DENSE_TRANSFORM_MAX_SIZE = (
+    512  # `fpjax bench solver` on a 2-core CPU: basis matmuls beat JAX's FFT up to 256 and beyond
+)
 
 
 # ----------------------------------------------------------------------------

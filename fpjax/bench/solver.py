@@ -8,12 +8,14 @@ time and as a vmapped batch. The baseline runs twice: the papers' scheme
 the algorithmic gain and the implementation gain can be told apart. Reported: seconds per image (median), outer
 iterations per step, linear iterations per solve, relative L2 error of the
 whole trajectory against a float64 fpjax reference (Newton, tight
-tolerances) and the speed-up over ``spsolve`` (ratio of medians).
+tolerances) and the speed-up over ``spsolve`` (ratio of medians; fpjax's
+median is over images x repeats, the baseline's over images, one run each).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import time
@@ -45,6 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="*",
         help="images for the spsolve baseline per size (default 4, 2, 1, 0 for 32..256)",
     )
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per image for fpjax (median of all)")
     parser.add_argument("--batch", type=int, default=8, help="vmapped batch size for the batched line (0: skip)")
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), help="subset of: " + ", ".join(VARIANTS))
     parser.add_argument("--out", default="bench_solver.json")
@@ -99,7 +102,7 @@ def run(args) -> int:
         for label, predictor in BASELINES.items() if k else ():
             times, errors, outers = [], [], []
             for i in range(k):
-                (m, outer), seconds = _timed(solve_spsolve, m0_64[i], args.T, predictor=predictor)
+                (m, outer), seconds = _timed(functools.partial(solve_spsolve, predictor=predictor), m0_64[i], args.T)
                 times.append(seconds)
                 outers.append(outer.mean())
                 if i < len(references):
@@ -126,8 +129,9 @@ def run(args) -> int:
             jax.block_until_ready(solve(m0s[0]))  # compile
             times, errors, outer, linear, residual, converged = [], [], [], [], [], True
             for m0, reference in zip(m0s, references, strict=True):
-                sol, seconds = _timed(_run, solve, m0)
-                times.append(seconds)
+                for _ in range(args.repeats):
+                    sol, seconds = _timed(_run, solve, m0)
+                    times.append(seconds)
                 errors.append(_rel_error(sol.m, reference))
                 outer.append(float(np.mean(sol.outer_iterations)))
                 iters = np.asarray(sol.linear_iterations)
@@ -139,7 +143,7 @@ def run(args) -> int:
                 dict(
                     size=size,
                     method=f"fpjax {name}",
-                    images=len(times),
+                    images=len(m0s),
                     seconds=seconds,
                     outer_per_step=float(np.mean(outer)),
                     linear_per_solve=None if None in linear else float(np.mean(linear)),
@@ -174,7 +178,9 @@ def run(args) -> int:
     result = dict(
         command="fpjax bench solver "
         + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k in ("sizes", "T", "images", "batch")
+            f"--{k.replace('_', '-')} {v}"
+            for k, v in vars(args).items()
+            if k in ("sizes", "T", "images", "repeats", "batch")
         ),
         machine=dict(
             platform=platform.platform(),

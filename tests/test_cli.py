@@ -1,0 +1,37 @@
+import matplotlib.image as mpimg
+import numpy as np
+
+import fpjax
+from fpjax.cli import main
+from fpjax.data import sample_images
+
+
+def test_precompute_writes_solutions_scores_and_figures(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["precompute", "--n", "2", "--T", "5", "--size", "32", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "astronaut_r0_c64" in printed and "converged 5/5" in printed
+    data = np.load(out / "fp_solutions.npz")
+    m, score = data["m"], data["score"]
+    assert m.shape == (2, 1, 6, 32, 32) and score.shape == (2, 1, 6, 2, 32, 32)
+    padded = np.pad(m, [(0, 0)] * 3 + [(1, 1), (1, 1)])  # zero boundary, pixel units (eq. 25)
+    np.testing.assert_allclose(score[:, :, :, 0], (padded[..., 1:-1, 2:] - padded[..., 1:-1, :-2]) / 2, atol=1e-6)
+    np.testing.assert_allclose(score[:, :, :, 1], (padded[..., 2:, 1:-1] - padded[..., :-2, 1:-1]) / 2, atol=1e-6)
+    m0 = fpjax.initial_log_density(sample_images(32)[1])
+    np.testing.assert_allclose(m[1, 0, 0], np.asarray(m0), rtol=1e-6)
+    assert data["converged"].all() and list(data["names"]) == ["astronaut_r0_c64", "astronaut_r64_c96"]
+    for figure in ("precompute.png", "convergence.png"):
+        assert mpimg.imread(out / figure).shape[0] > 100
+
+
+def test_precompute_reads_an_image_folder_per_channel(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, image in enumerate(sample_images(32)[:2, :16, :20]):
+        mpimg.imsave(folder / f"{i}.png", image)
+    out = tmp_path / "run"
+    args = ["precompute", "--images", str(folder), "--T", "3", "--density", "intensity", "--per-channel"]
+    assert main(args + ["--out", str(out)]) == 0
+    data = np.load(out / "fp_solutions.npz")
+    assert data["m"].shape == (2, 3, 4, 16, 20)
+    assert not bool(data["channels_shared"])
