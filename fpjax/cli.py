@@ -55,7 +55,7 @@ def _load_images(args):
     from fpjax.data import load_image_folder, sample_images, sample_names
 
     if args.images is None:
-        images, names = sample_images(args.size), list(sample_names())
+        images, names = sample_images(args.size or 32), list(sample_names())
     else:
         images, names = load_image_folder(args.images, args.size)
     if args.n is not None:
@@ -151,7 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     pre = sub.add_parser("precompute", help="solve the log-density FP equation for images")
     pre.add_argument("--images", help="folder of PNG/JPEG images (default: the embedded sample images)")
-    pre.add_argument("--size", type=int, default=32, help="image size (sample images: 32, 64 or 128)")
+    pre.add_argument(
+        "--size",
+        type=int,
+        help="image size (sample images: 32 (default), 64 or 128; a folder's "
+        "images are resized to size x size when given, else kept as they are)",
+    )
     pre.add_argument("--n", type=int, help="use only the first N images")
     pre.add_argument("--density", choices=["position_kde", "intensity_kde", "intensity"], default="position_kde")
     pre.add_argument("--per-channel", action="store_true", help="one density per channel")
