@@ -213,12 +213,12 @@ def _print_row(r, header=False):
     if header:
         print(
             f"{'size':>5} {'method':44s} {'imgs':>4} {'s/image':>9} {'speedup':>8} {'outer/step':>10} "
-            f"{'lin/solve':>9} {'rel L2 err':>10}"
+            f"{'lin/solve':>9} {'rel L2 err':>10} {'converged':>9}"
         )
     print(
         f"{r['size']:>5} {r['method']:44s} {r['images']:>4} {r['seconds']:>9.4f} {_fmt(r['speedup'], '>8.1f')} "
         f"{_fmt(r['outer_per_step'], '>10.2f')} {_fmt(r['linear_per_solve'], '>9.2f')} "
-        f"{_fmt(r['rel_error'], '>10.1e')}",
+        f"{_fmt(r['rel_error'], '>10.1e')} {_fmt(None if r.get('converged') is None else str(r['converged']), '>9')}",
         flush=True,
     )
 
