@@ -1,6 +1,8 @@
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fpjax import stencil
 
@@ -72,3 +74,22 @@ def test_upwind_advection_is_an_m_matrix_term(boundary):
 def test_bad_boundary_is_named():
     with pytest.raises(ValueError, match="boundary"):
         stencil.shift(np.zeros((3, 3)), 1, -1, "periodic")
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    height=st.integers(3, 9),
+    width=st.integers(3, 9),
+    hx=st.floats(0.05, 2.0),
+    hy=st.floats(0.05, 2.0),
+    boundary=st.sampled_from(["zero", "reflect"]),
+    seed=st.integers(0, 2**16),
+)
+def test_laplacian_is_symmetric_negative_semidefinite(height, width, hx, hy, boundary, seed):
+    """<u, lap v> = <lap u, v> and <u, lap u> <= 0 for both boundaries, any grid and spacing."""
+    rng = np.random.default_rng(seed)
+    u, v = rng.normal(size=(2, height, width))
+    lap = lambda a: np.asarray(stencil.laplacian(a, (hx, hy), boundary))  # noqa: E731
+    scale = np.abs(u).sum() * np.abs(v).sum() * (1 / hx**2 + 1 / hy**2)
+    assert abs(np.vdot(u, lap(v)) - np.vdot(lap(u), v)) <= 1e-12 * scale
+    assert np.vdot(u, lap(u)) <= 1e-12 * scale
