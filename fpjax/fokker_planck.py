@@ -393,26 +393,45 @@ def _drift_fields(config: FPConfig, t, shape, dtype, spacing):
     return drift, stencil.divergence(drift, spacing, config.boundary)
 
 
-def _solve(m0, g_values, config: FPConfig) -> FPSolution:
+def step_coefficients(config: FPConfig, t, g, shape, dtype) -> _Step:
+    """Coefficients of the step ending at time ``t`` with diffusion ``g`` (a scalar)."""
+    spacing = config.grid_spacing(shape)
+    drift, div_drift = _drift_fields(config, t, shape, dtype, spacing)
+    return _Step(jnp.asarray(1.0 / config.dt, dtype), 0.5 * g**2, drift, div_drift)
+
+
+def _solve(m0, g_values, config: FPConfig, guides=None, guess_fn=None, approximate=False) -> FPSolution:
+    """The time loop. ``guess_fn(guide_n, m_prev, step) -> (H, W)``, with ``guides`` scanned over the
+    steps, replaces the predictor (cross-matrix projection); ``approximate`` takes that guess as the
+    step's solution without iterating."""
     shape, dtype = m0.shape, m0.dtype
     spacing = config.grid_spacing(shape)
-    c0 = jnp.asarray(1.0 / config.dt, dtype)
 
     def time_step(carry, inputs):
         m_prev, m_before = carry
-        t, g = inputs
-        drift, div_drift = _drift_fields(config, t, shape, dtype, spacing)
-        step = _Step(c0, 0.5 * g**2, drift, div_drift)
-        guess = 2 * m_prev - m_before if config.predictor == "extrapolate" else m_prev
-        m, k, iters, residual, converged = _solve_step(m_prev, guess, step, config, spacing)
-        return (m, m_prev), (m, k, iters, residual, converged)
+        t, g, guide = inputs
+        step = step_coefficients(config, t, g, shape, dtype)
+        if guess_fn is not None:
+            guess = lax.stop_gradient(guess_fn(guide, m_prev, step))
+        else:
+            guess = 2 * m_prev - m_before if config.predictor == "extrapolate" else m_prev
+        if approximate:
+            m = guess
+            residual = jnp.linalg.norm(
+                step_residual(m, m_prev, step, spacing, config.boundary, config.advection)
+            ) / jnp.linalg.norm(step.c0 * m_prev)
+            stats = (jnp.int32(0), jnp.int32(0), residual, jnp.all(jnp.isfinite(m)))
+        else:
+            m, *stats = _solve_step(m_prev, guess, step, config, spacing)
+        return (m, m_prev), (m, *stats)
 
     times = jnp.arange(1, config.T + 1, dtype=dtype) * config.dt
-    _, (ms, k, iters, residual, converged) = lax.scan(time_step, (m0, m0), (times, g_values[1:].astype(dtype)))
+    xs = (times, g_values[1:].astype(dtype), guides)
+    _, (ms, k, iters, residual, converged) = lax.scan(time_step, (m0, m0), xs)
     return FPSolution(jnp.concatenate([m0[None], ms]), k, iters, residual, converged)
 
 
-_solve_jit = jax.jit(_solve, static_argnames="config")
+_solve_jit = jax.jit(_solve, static_argnames=("config", "guess_fn", "approximate"))
 
 
 def _check_field(m0):
