@@ -52,15 +52,62 @@ def _config_from(args):
 
 
 def _load_images(args):
-    from fpjax.data import load_image_folder, sample_images, sample_names
+    from fpjax.data import load_dataset, load_image_folder
 
-    if args.images is None:
-        images, names = sample_images(args.size or 32), list(sample_names())
-    else:
+    if args.images is not None:
         images, names = load_image_folder(args.images, args.size)
-    if args.n is not None:
-        images, names = images[: args.n], names[: args.n]
-    return images, names
+        return images[: args.n], names[: args.n]
+    return load_dataset(args.data, args.size, args.n)
+
+
+def precompute_to_store(args) -> int:
+    """Batched (and optionally projected) pre-computation streamed to a resumable zarr store."""
+    from tqdm import tqdm
+
+    from fpjax.precompute import precompute as run
+
+    config = _config_from(args)
+    images, names = _load_images(args)
+    print(
+        f"fpjax precompute: {len(images)} images {images.shape[1]}x{images.shape[2]} -> {args.store}, "
+        f"projection={args.projection}, batch {args.batch_size}",
+        flush=True,
+    )
+    bar = tqdm(total=len(images), desc="FP solve", unit="image", file=sys.stdout)
+
+    def progress(done, total):
+        bar.update(done - bar.n)
+
+    result = run(
+        images.astype(args.dtype),
+        config,
+        projection=args.projection,
+        dim=args.dim,
+        cycle=args.cycle,
+        batch_size=args.batch_size,
+        store=args.store,
+        ids=names,
+        density=args.density,
+        per_channel=True if args.per_channel else None,
+        progress=progress,
+        on_failure=args.on_failure,
+    )
+    bar.update(len(images) - bar.n)
+    bar.close()
+    stats = result.stats
+    lin = stats["linear_iterations"]
+    print(
+        "| images | skipped (already in store) | wall s | s/batch (median) | outer/step | linear/step "
+        "| max residual | converged images |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    print(
+        f"| {len(images)} | {result.skipped} | {result.seconds:.2f} | "
+        f"{np.median(result.batch_seconds) if result.batch_seconds else float('nan'):.3f} | "
+        f"{stats['outer_iterations'].mean():.2f} | {lin.mean() if lin.min() >= 0 else float('nan'):.2f} | "
+        f"{stats['residual'].max():.2e} | {int(stats['converged'].all(axis=(1, 2)).sum())}/{len(images)} |"
+    )
+    return 0
 
 
 def precompute(args) -> int:
@@ -73,6 +120,8 @@ def precompute(args) -> int:
 
     if args.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
+    if args.store is not None:
+        return precompute_to_store(args)
     config = _config_from(args)
     images, names = _load_images(args)
     images = images.astype(args.dtype)
@@ -150,7 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     pre = sub.add_parser("precompute", help="solve the log-density FP equation for images")
-    pre.add_argument("--images", help="folder of PNG/JPEG images (default: the embedded sample images)")
+    pre.add_argument("--data", default="samples", help="samples | cifar10:PATH[:CLASS] | folder:PATH (CelebA layout)")
+    pre.add_argument("--images", help="folder of PNG/JPEG images of one shape (alternative to --data)")
+    pre.add_argument("--store", help="zarr store to stream to (batched, resumable); without it: npz + figures")
+    pre.add_argument("--projection", choices=["off", "initial_guess", "approximate", "galerkin"], default="off")
+    pre.add_argument("--cycle", type=int, default=50, help="images per seed (projection)")
+    pre.add_argument("--dim", type=int, default=20, help="Krylov basis size (projection)")
+    pre.add_argument("--batch-size", type=int, default=16)
     pre.add_argument(
         "--size",
         type=int,

@@ -99,7 +99,7 @@ def _difficulty(m0s):
 
 def precompute(
     images,
-    config: fp.FPConfig = fp.FPConfig(),
+    config: fp.FPConfig | None = None,
     *,
     projection: str = "off",
     dim: int = 20,
@@ -116,7 +116,7 @@ def precompute(
 
     Args:
       images: ``(N, H, W, C)``.
-      config: :class:`fpjax.FPConfig`.
+      config: :class:`fpjax.FPConfig` (default ``FPConfig()``).
       projection: ``"off"`` (each step warm-starts from the predictor),
         ``"initial_guess"`` (cross-matrix projection, the paper's method),
         ``"approximate"`` (projected solution, no iterations; its error shows
@@ -130,6 +130,7 @@ def precompute(
       progress: a callable ``progress(done_images, total_images)`` or ``None``.
       on_failure: ``"raise"``, ``"warn"`` or ``"ignore"`` for unconverged steps.
     """
+    config = fp.FPConfig() if config is None else config
     if projection not in krylov.MODES:
         raise ValueError(f"projection must be one of {krylov.MODES}, got {projection!r}")
     images = np.asarray(images)

@@ -70,6 +70,88 @@ def load_image_folder(folder, size: int | None = None) -> tuple[np.ndarray, list
     return np.stack(images), [p.name for p in paths]
 
 
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def _class_index(selection) -> int:
+    if isinstance(selection, str) and not selection.isdigit():
+        if selection not in CIFAR10_CLASSES:
+            raise ValueError(f"unknown CIFAR-10 class {selection!r}; one of {CIFAR10_CLASSES}")
+        return CIFAR10_CLASSES.index(selection)
+    return int(selection)
+
+
+def load_cifar10(path, class_name=None, split: str = "test") -> tuple[np.ndarray, np.ndarray]:
+    """CIFAR-10 as NHWC float32 in ``[0, 1]`` and labels, optionally one class (the papers' trucks).
+
+    ``path`` is the extracted ``cifar-10-batches-py`` folder of the python
+    pickle release (``split`` = ``"test"`` reads ``test_batch``, ``"train"``
+    the five ``data_batch_*``) or an ``.npz`` with ``images`` (uint8 NHWC)
+    and ``labels`` (such as ``../shared/data/cifar10_subset.npz``).
+    """
+    import pickle
+
+    path = pathlib.Path(path)
+    if path.suffix == ".npz":
+        with np.load(path) as data:
+            images, labels = data["images"], data["labels"]
+    else:
+        names = ["test_batch"] if split == "test" else [f"data_batch_{i}" for i in range(1, 6)]
+        batches = []
+        for name in names:
+            with open(path / name, "rb") as f:
+                batches.append(pickle.load(f, encoding="bytes"))
+        raw = np.concatenate([b[b"data"] for b in batches])
+        images = raw.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        labels = np.concatenate([np.asarray(b[b"labels"]) for b in batches])
+    labels = np.asarray(labels)
+    if class_name is not None:
+        keep = labels == _class_index(class_name)
+        images, labels = images[keep], labels[keep]
+    return images.astype(np.float32) / 255.0, labels
+
+
+def load_celeba_folder(folder, size: int = 64, n: int | None = None) -> tuple[np.ndarray, list[str]]:
+    """Images of a folder in CelebA's ``img_align_celeba`` layout: centre-cropped to a square, resized.
+
+    Returns NHWC float32 in ``[0, 1]`` of shape ``(N, size, size, 3)`` and file names.
+    """
+    import matplotlib.image as mpimg
+
+    paths = sorted(p for p in pathlib.Path(folder).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    if not paths:
+        raise ValueError(f"no .png/.jpg images in {folder}")
+    paths = paths[:n] if n is not None else paths
+    images = []
+    for path in paths:
+        image = np.asarray(mpimg.imread(path))
+        image = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32)
+        image = np.repeat(image[..., None], 3, -1) if image.ndim == 2 else image[..., :3]
+        h, w, _ = image.shape
+        side = min(h, w)
+        top, left = (h - side) // 2, (w - side) // 2
+        images.append(_resize(image[top : top + side, left : left + side], size))
+    return np.stack(images), [p.name for p in paths]
+
+
+def load_dataset(spec: str, size: int | None = None, n: int | None = None) -> tuple[np.ndarray, list[str]]:
+    """``"samples"``, ``"cifar10:PATH[:CLASS]"`` or ``"folder:PATH"`` -> (NHWC float32 images, ids)."""
+    kind, _, rest = spec.partition(":")
+    if kind == "samples":
+        images, ids = sample_images(size or 32), list(sample_names())
+    elif kind == "cifar10":
+        path, _, class_name = rest.partition(":")
+        images, labels = load_cifar10(path, class_name or None)
+        ids = [f"cifar10_{i}" for i in range(len(images))]
+        if size not in (None, 32):
+            images = np.stack([_resize(im, size) for im in images])
+    elif kind == "folder":
+        images, ids = load_celeba_folder(rest, size or 64, n)
+    else:
+        raise ValueError(f"data must be samples, cifar10:PATH[:CLASS] or folder:PATH, got {spec!r}")
+    return images[:n], list(ids)[:n]
+
+
 def _resize(image: np.ndarray, size: int) -> np.ndarray:
     """Bilinear resize of an ``(H, W, C)`` image to ``(size, size, C)``."""
     h, w, _ = image.shape
