@@ -229,6 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(solver)
     solver.set_defaults(func=run)
+    projection = bench_sub.add_parser("projection", help="the cross-matrix paper's Table 4: projection vs spsolve")
+    from fpjax.bench import projection as projection_bench
+
+    projection_bench.add_arguments(projection)
+    projection.set_defaults(func=projection_bench.run)
     return parser
 
 

@@ -1,0 +1,144 @@
+"""``fpjax bench projection``: the cross-matrix paper's Table 4, side by side on this machine.
+
+For N images per size (CIFAR-10 trucks from ``../shared/data/cifar10_subset.npz``
+when present, resized for 64/128; else the sample images, repeated), T = 100:
+SciPy ``spsolve`` of the papers' scheme (timed on a subset, scaled to N),
+fpjax one image at a time, fpjax batched, and the cross-matrix projection
+(``initial_guess`` and ``approximate``). Columns: total seconds for N images,
+mean relative L2 error against ``spsolve`` (on the subset), time reduction,
+mean outer and linear iterations per step.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import platform
+import time
+
+import numpy as np
+
+SUBSET = {32: 4, 64: 2, 128: 1}
+CIFAR = pathlib.Path(__file__).resolve().parents[3] / "shared" / "data" / "cifar10_subset.npz"
+PAPER = {32: (51.7, 43.5), 64: (244.7, 171.9), 128: (1222.6, 688.7)}  # spsolve / projection, seconds, their CPU
+
+
+def add_arguments(parser):
+    parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 128])
+    parser.add_argument("--n", type=int, default=100)
+    parser.add_argument("--T", type=int, default=100)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--cifar", default=str(CIFAR), help="CIFAR-10 npz/pickle folder (trucks are used)")
+    parser.add_argument("--out", default="bench_projection.json")
+
+
+def _dataset(size, n, cifar):
+    from fpjax.data import _resize, load_cifar10, sample_images
+
+    if pathlib.Path(cifar).exists():
+        images, _ = load_cifar10(cifar, "truck")
+        source = f"CIFAR-10 trucks ({cifar})"
+    else:
+        images = sample_images(32)
+        source = "sample images (repeated)"
+    images = np.concatenate([images] * (-(-n // len(images))))[:n]
+    if size != 32:
+        images = np.stack([_resize(im, size) for im in images])
+    return images, source
+
+
+def run(args) -> int:
+    import jax
+
+    import fpjax
+    from fpjax.bench.baseline import solve_spsolve
+    from fpjax.precompute import precompute
+
+    records = []
+    for size in args.sizes:
+        images, source = _dataset(size, args.n, args.cifar)
+        k = SUBSET.get(size, 1)
+        m0s = [np.asarray(fpjax.initial_log_density(im.astype(np.float64))) for im in images[:k]]
+        start = time.perf_counter()
+        references = [solve_spsolve(m0, args.T)[0] for m0 in m0s]
+        sp_total = (time.perf_counter() - start) / k * args.n
+        records.append(
+            dict(
+                size=size,
+                method=f"scipy spsolve (timed on {k}, scaled to {args.n})",
+                seconds=sp_total,
+                rel_error=0.0,
+                reduction=0.0,
+                outer=None,
+                linear=None,
+            )
+        )
+        base = fpjax.FPConfig(T=args.T, solver="bicgstab_counted")
+        runs = [
+            ("fpjax, one image at a time", dict(projection="off", batch_size=1)),
+            (f"fpjax, batch {args.batch}", dict(projection="off", batch_size=args.batch)),
+            (f"projection initial_guess, batch {args.batch}", dict(projection="initial_guess", batch_size=args.batch)),
+            (f"projection approximate, batch {args.batch}", dict(projection="approximate", batch_size=args.batch)),
+        ]
+        for label, kwargs in runs:
+            precompute(images[: max(kwargs["batch_size"], 2)], base, on_failure="ignore", **kwargs)  # compile
+            result = precompute(images, base, on_failure="ignore", **kwargs)
+            errors = [
+                float(np.linalg.norm(result.m[i, ..., 0] - ref) / np.linalg.norm(ref))
+                for i, ref in enumerate(references)
+            ]
+            records.append(
+                dict(
+                    size=size,
+                    method=label,
+                    seconds=result.seconds,
+                    rel_error=float(np.mean(errors)),
+                    reduction=1 - result.seconds / sp_total,
+                    outer=float(result.stats["outer_iterations"].mean()),
+                    linear=float(result.stats["linear_iterations"].mean()),
+                    converged=bool(result.stats["converged"].all()),
+                )
+            )
+        for r in records:
+            if r["size"] == size:
+                print(
+                    f"{size:>4} {r['method']:48s} {r['seconds']:9.2f} s  err {r['rel_error']:.1e}  "
+                    f"reduction {100 * r['reduction']:5.1f}%  outer {r['outer'] or 0:5.2f}  "
+                    f"linear/step {r['linear'] or 0:6.2f}",
+                    flush=True,
+                )
+        print(
+            f"{size:>4} paper (their CPU): spsolve {PAPER[size][0]} s, projection {PAPER[size][1]} s"
+            if size in PAPER
+            else "",
+            flush=True,
+        )
+    result = dict(
+        n=args.n,
+        T=args.T,
+        data=source,
+        machine=dict(platform=platform.platform(), jax=jax.__version__),
+        command=f"fpjax bench projection --sizes {' '.join(map(str, args.sizes))} --n {args.n}",
+        rows=records,
+        paper=PAPER,
+    )
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=2)
+    print(markdown(records))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def markdown(records) -> str:
+    lines = [
+        "| size | method | total s | mean rel. L2 error vs spsolve | time reduction | outer/step | linear/step |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        outer = "-" if r["outer"] is None else f"{r['outer']:.2f}"
+        linear = "-" if r["linear"] is None else f"{r['linear']:.2f}"
+        lines.append(
+            f"| {r['size']} | {r['method']} | {r['seconds']:.2f} | {r['rel_error']:.1e} | "
+            f"{100 * r['reduction']:.1f}% | {outer} | {linear} |"
+        )
+    return "\n".join(lines)
