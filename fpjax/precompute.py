@@ -85,7 +85,7 @@ def _initial_fields(images, density, per_channel):
 
 def _shard(batch):
     """Place a batch over all devices along its first axis (it must divide evenly)."""
-    devices = jax.devices()
+    devices = jax.local_devices()  # each process shards its own batches (multi-host: its share of the images)
     if len(devices) == 1:
         return batch
     mesh = Mesh(np.array(devices), ("batch",))
@@ -111,6 +111,7 @@ def precompute(
     per_channel=None,
     progress=None,
     on_failure: str = "warn",
+    process: tuple[int, int] | None = None,
 ) -> PrecomputeResult:
     """Solve the FP equation for every channel of NHWC ``images`` in ``[0, 1]``.
 
@@ -129,6 +130,11 @@ def precompute(
       density, per_channel: initial log-density (see :func:`fpjax.initial_log_density`).
       progress: a callable ``progress(done_images, total_images)`` or ``None``.
       on_failure: ``"raise"``, ``"warn"`` or ``"ignore"`` for unconverged steps.
+      process: ``(index, count)`` of this process among several sharing the
+        work into one store (default ``(jax.process_index(),
+        jax.process_count())``, i.e. what ``jax.distributed.initialize`` set
+        up). Process ``p`` takes every ``count``-th batch; process 0 creates
+        the store and the others wait for it.
     """
     config = fp.FPConfig() if config is None else config
     if projection not in krylov.MODES:
@@ -142,6 +148,9 @@ def precompute(
         except ValueError as error:
             raise ValueError(f"image {i}: {error}") from None
     n, height, width, channels = images.shape
+    process_index, process_count = (jax.process_index(), jax.process_count()) if process is None else process
+    if process_count > 1 and store is None:
+        raise ValueError("several processes share their work through a store: pass store=PATH")
     ids = list(range(n)) if ids is None else list(ids)
     start = time.perf_counter()
 
@@ -155,7 +164,14 @@ def precompute(
     if store is not None:
         meta = _metadata(config, density, per_channel, projection, dim, cycle, ids, (height, width), m0s.dtype)
         fpstore = FPStore.open(
-            store, metadata=meta, n=n, T=T, shape=(height, width), channels=k_fields, dtype=str(m0s.dtype)
+            store,
+            metadata=meta,
+            n=n,
+            T=T,
+            shape=(height, width),
+            channels=k_fields,
+            dtype=str(m0s.dtype),
+            create=process_index == 0,
         )
         done = fpstore.done()
         m_out = None
@@ -175,14 +191,20 @@ def precompute(
             for name in STAT_NAMES:
                 stats[name][index] = sol_stats[name]
 
-    n_devices = len(jax.devices())
+    n_devices = len(jax.local_devices())
     batch_size = -(-batch_size // n_devices) * n_devices
     seeds = np.full(n, -1)
     batch_seconds = []
     finished = skipped
     group_size = cycle if projection != "off" else n
-    for group_start in range(0, n, group_size):
+    batch_number = -1
+    for group_number, group_start in enumerate(range(0, n, group_size)):
         members = np.arange(group_start, min(group_start + group_size, n))
+        n_batches = -(-(len(members) - (projection != "off")) // batch_size)
+        owned = [(batch_number + 1 + b) % process_count == process_index for b in range(n_batches)]
+        if not any(owned) and not (projection != "off" and group_number % process_count == process_index):
+            batch_number += n_batches
+            continue
         bases = None
         if projection != "off":
             seed = members[0]
@@ -192,16 +214,18 @@ def precompute(
             else:
                 sol = _solve_batch(m0s[seed][None], None, config, "off")
                 m_seed = sol.m[0]
-                save(seed, m_seed, {name: np.asarray(getattr(sol, name)[0]) for name in STAT_NAMES})
-                done[seed] = True
-                finished += 1
+                if group_number % process_count == process_index:  # one writer per seed
+                    save(seed, m_seed, {name: np.asarray(getattr(sol, name)[0]) for name in STAT_NAMES})
+                    done[seed] = True
+                    finished += 1
             bases = jax.vmap(lambda m, cfg=config: krylov.seed_bases(m, cfg, dim))(m_seed)
             members = members[1:]
         # similar images share a batch, so vmap's slowest member stays near the mean
         members = members[np.argsort(_difficulty(m0s[members]), kind="stable")] if len(members) else members
         for batch_start in range(0, len(members), batch_size):
             batch = members[batch_start : batch_start + batch_size]
-            if done[batch].all():
+            batch_number += 1
+            if batch_number % process_count != process_index or done[batch].all():
                 continue
             padded = np.concatenate([batch, np.repeat(batch[-1:], batch_size - len(batch))])
             tick = time.perf_counter()

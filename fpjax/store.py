@@ -18,10 +18,20 @@ image as done; rerunning skips finished images.
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 
 STATS = {"outer_iterations": "int32", "linear_iterations": "int32", "residual": None, "converged": "bool"}
+
+
+def _has_metadata(path) -> bool:
+    import zarr
+
+    try:
+        return "fpjax" in zarr.open_group(str(path), mode="r").attrs
+    except Exception:  # noqa: BLE001 - not there yet, or being written
+        return False
 
 
 class StoreMismatchError(ValueError):
@@ -35,8 +45,23 @@ class FPStore:
         self.group = group
 
     @classmethod
-    def open(cls, path, *, metadata: dict, n: int, T: int, shape, channels: int, dtype="float32"):
+    def open(
+        cls,
+        path,
+        *,
+        metadata: dict,
+        n: int,
+        T: int,
+        shape,
+        channels: int,
+        dtype="float32",
+        create=True,
+        wait_seconds: float = 600.0,
+    ):
         """Create the store at ``path``, or reopen it if its metadata equal ``metadata``.
+
+        With ``create=False`` (the other processes of a multi-process run)
+        wait up to ``wait_seconds`` for the creating process instead.
 
         Raises:
           StoreMismatchError: naming the settings that differ.
@@ -44,6 +69,12 @@ class FPStore:
         import zarr
 
         metadata = json.loads(json.dumps(metadata, default=str))  # the form it takes on disk
+        if not create:
+            deadline = time.monotonic() + wait_seconds
+            while not _has_metadata(path):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no process created the store at {path} within {wait_seconds} s")
+                time.sleep(0.2)
         group = zarr.open_group(str(path), mode="a")
         if "fpjax" in group.attrs:
             stored = dict(group.attrs["fpjax"])

@@ -132,3 +132,36 @@ def test_precompute_accepts_jax_arrays(tmp_path):
     result = precompute(jnp.asarray(_images(2)), CONFIG)
     assert isinstance(result.m, np.ndarray)
     assert pathlib.Path(tmp_path).exists()
+
+
+def test_two_processes_share_the_work_into_one_store(tmp_path):
+    script = tmp_path / "share.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+        import sys, numpy as np, fpjax
+        from fpjax.data import sample_images
+        from fpjax.precompute import precompute
+        index, store = int(sys.argv[1]), sys.argv[2]
+        images = sample_images(32)[:9, :16, :16]
+        r = precompute(images, fpjax.FPConfig(T=6), store=store, batch_size=2, projection="initial_guess",
+                       cycle=5, dim=4, process=(index, 2))
+        print(len(r.batch_seconds))
+        """
+        )
+    )
+    store = tmp_path / "shared.zarr"
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    procs = [
+        subprocess.Popen([sys.executable, str(script), str(i), str(store)], stdout=subprocess.PIPE, text=True, env=env)
+        for i in (1, 0)
+    ]
+    batches = [int(p.communicate()[0].split()[-1]) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert all(b > 0 for b in batches)  # both did some of the work
+    import zarr
+
+    shared = zarr.open_group(str(store))
+    assert np.asarray(shared["done"][:]).all()
+    single = precompute(_images(9), CONFIG, batch_size=2, projection="initial_guess", cycle=5, dim=4)
+    np.testing.assert_allclose(np.asarray(shared["m"][:])[..., 0], single.m[..., 0], rtol=1e-6, atol=1e-6)
