@@ -91,6 +91,7 @@ def precompute_to_store(args) -> int:
         per_channel=True if args.per_channel else None,
         progress=progress,
         on_failure=args.on_failure,
+        seeds_by=args.seeds,
     )
     bar.update(len(images) - bar.n)
     bar.close()
@@ -205,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--projection", choices=["off", "initial_guess", "approximate", "galerkin"], default="off")
     pre.add_argument("--cycle", type=int, default=50, help="images per seed (projection)")
     pre.add_argument("--dim", type=int, default=20, help="Krylov basis size (projection)")
+    pre.add_argument("--seeds", choices=["cycle", "cluster"], default="cycle", help="how seeds are chosen")
     pre.add_argument("--batch-size", type=int, default=16)
     pre.add_argument(
         "--size",

@@ -92,6 +92,57 @@ def _shard(batch):
     return jax.device_put(batch, NamedSharding(mesh, PartitionSpec("batch")))
 
 
+def _thumbnails(images, side: int = 8):
+    n, h, w, c = images.shape
+    rows = np.linspace(0, h, side + 1).astype(int)
+    cols = np.linspace(0, w, side + 1).astype(int)
+    return np.stack(
+        [
+            images[:, rows[i] : rows[i + 1], cols[j] : cols[j + 1]].mean(axis=(1, 2))
+            for i in range(side)
+            for j in range(side)
+        ],
+        axis=1,
+    ).reshape(n, -1)
+
+
+def kmeans(points, k: int, iterations: int = 25, seed: int = 0):
+    """Plain Lloyd k-means with k-means++ initialisation; returns ``(labels, centres)``."""
+    rng = np.random.default_rng(seed)
+    centres = [points[rng.integers(len(points))]]
+    for _ in range(1, k):
+        d2 = np.min(((points[:, None] - np.asarray(centres)[None]) ** 2).sum(-1), axis=1)
+        centres.append(points[rng.choice(len(points), p=d2 / d2.sum()) if d2.sum() > 0 else rng.integers(len(points))])
+    centres = np.asarray(centres)
+    for _ in range(iterations):
+        labels = np.argmin(((points[:, None] - centres[None]) ** 2).sum(-1), axis=1)
+        new = np.asarray([points[labels == j].mean(0) if np.any(labels == j) else centres[j] for j in range(k)])
+        if np.allclose(new, centres):
+            break
+        centres = new
+    return labels, centres
+
+
+def seed_groups(images, projection: str, cycle: int, seeds_by: str = "cycle"):
+    """Index arrays, one per group; with a projection, each group's first index is its seed."""
+    n = len(images)
+    if projection == "off":
+        return [np.arange(n)]
+    if seeds_by == "cycle":
+        return [np.arange(s, min(s + cycle, n)) for s in range(0, n, cycle)]
+    if seeds_by != "cluster":
+        raise ValueError(f"seeds_by must be 'cycle' or 'cluster', got {seeds_by!r}")
+    points = _thumbnails(np.asarray(images))
+    labels, centres = kmeans(points, max(1, -(-n // cycle)))
+    groups = []
+    for j in range(len(centres)):
+        members = np.flatnonzero(labels == j)
+        if len(members):
+            seed = members[np.argmin(((points[members] - centres[j]) ** 2).sum(-1))]
+            groups.append(np.concatenate([[seed], members[members != seed]]))
+    return groups
+
+
 def _difficulty(m0s):
     """Cheap proxy for the work of a field (its gradient energy), to batch similar images together."""
     return np.asarray(jnp.sum(jnp.diff(m0s, axis=-1) ** 2, axis=(-3, -2, -1)))
@@ -112,6 +163,7 @@ def precompute(
     progress=None,
     on_failure: str = "warn",
     process: tuple[int, int] | None = None,
+    seeds_by: str = "cycle",
 ) -> PrecomputeResult:
     """Solve the FP equation for every channel of NHWC ``images`` in ``[0, 1]``.
 
@@ -130,6 +182,10 @@ def precompute(
       density, per_channel: initial log-density (see :func:`fpjax.initial_log_density`).
       progress: a callable ``progress(done_images, total_images)`` or ``None``.
       on_failure: ``"raise"``, ``"warn"`` or ``"ignore"`` for unconverged steps.
+      seeds_by: ``"cycle"`` (a new seed every ``cycle`` images, the paper's
+        scheme) or ``"cluster"`` (k-means on 8x8 thumbnails into
+        ``ceil(N / cycle)`` clusters, the image nearest each centre is its
+        seed: the paper's proposed remedy for diverse datasets).
       process: ``(index, count)`` of this process among several sharing the
         work into one store (default ``(jax.process_index(),
         jax.process_count())``, i.e. what ``jax.distributed.initialize`` set
@@ -196,10 +252,9 @@ def precompute(
     seeds = np.full(n, -1)
     batch_seconds = []
     finished = skipped
-    group_size = cycle if projection != "off" else n
+    groups = seed_groups(images, projection, cycle, seeds_by)
     batch_number = -1
-    for group_number, group_start in enumerate(range(0, n, group_size)):
-        members = np.arange(group_start, min(group_start + group_size, n))
+    for group_number, members in enumerate(groups):
         n_batches = -(-(len(members) - (projection != "off")) // batch_size)
         owned = [(batch_number + 1 + b) % process_count == process_index for b in range(n_batches)]
         if not any(owned) and not (projection != "off" and group_number % process_count == process_index):

@@ -165,3 +165,20 @@ def test_two_processes_share_the_work_into_one_store(tmp_path):
     assert np.asarray(shared["done"][:]).all()
     single = precompute(_images(9), CONFIG, batch_size=2, projection="initial_guess", cycle=5, dim=4)
     np.testing.assert_allclose(np.asarray(shared["m"][:])[..., 0], single.m[..., 0], rtol=1e-6, atol=1e-6)
+
+
+def test_cluster_seeds_group_similar_images():
+    from fpjax.precompute import seed_groups
+
+    rng = np.random.default_rng(0)
+    dark = rng.uniform(0.0, 0.2, size=(5, 8, 8, 3))
+    bright = rng.uniform(0.8, 1.0, size=(5, 8, 8, 3))
+    images = np.concatenate([dark, bright])[rng.permutation(10)]
+    groups = seed_groups(images, "initial_guess", cycle=5, seeds_by="cluster")
+    assert sorted(len(g) for g in groups) == [5, 5]
+    for g in groups:  # each cluster is all dark or all bright, and its seed is a member
+        means = images[g].mean(axis=(1, 2, 3))
+        assert (means < 0.5).all() or (means > 0.5).all()
+    assert sorted(np.concatenate(groups).tolist()) == list(range(10))
+    result = precompute(_images(6), CONFIG, projection="initial_guess", cycle=3, seeds_by="cluster", dim=4)
+    assert result.stats["converged"].all() and len(set(result.seeds.tolist())) == 2

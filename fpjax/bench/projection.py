@@ -85,7 +85,7 @@ def run(args) -> int:
             precompute(images[: max(kwargs["batch_size"], 2)], base, on_failure="ignore", **kwargs)  # compile
             result = precompute(images, base, on_failure="ignore", **kwargs)
             errors = [
-                float(np.linalg.norm(result.m[i, ..., 0] - ref) / np.linalg.norm(ref))
+                float(np.linalg.norm(result.m[i + 1, ..., 0] - ref) / np.linalg.norm(ref))
                 for i, ref in enumerate(references)
             ]
             records.append(
