@@ -35,3 +35,35 @@ def test_precompute_reads_an_image_folder_per_channel(tmp_path):
     data = np.load(out / "fp_solutions.npz")
     assert data["m"].shape == (2, 3, 4, 16, 20)
     assert not bool(data["channels_shared"])
+
+
+def test_precompute_to_store_resumes(tmp_path, capsys):
+    store = tmp_path / "fp.zarr"
+    args = [
+        "precompute",
+        "--n",
+        "3",
+        "--T",
+        "4",
+        "--size",
+        "32",
+        "--store",
+        str(store),
+        "--batch-size",
+        "2",
+        "--projection",
+        "initial_guess",
+        "--cycle",
+        "3",
+        "--dim",
+        "4",
+    ]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert "| 3 | 0 |" in first and "3/3 |" in first
+    assert main(args) == 0
+    assert "| 3 | 3 |" in capsys.readouterr().out  # everything found finished
+    import zarr
+
+    group = zarr.open_group(str(store))
+    assert group["m"].shape == (3, 5, 32, 32, 1) and np.asarray(group["done"][:]).all()
