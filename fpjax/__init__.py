@@ -17,6 +17,7 @@ from fpjax.fokker_planck import (
     solve_image,
     solve_images,
 )
+from fpjax.precompute import PrecomputeResult, precompute  # noqa: E402 - after the solver it builds on
 
 __version__ = "0.1.0"
 
@@ -27,6 +28,8 @@ __all__ = [
     "check_solution",
     "diffusion_schedule",
     "initial_log_density",
+    "precompute",
+    "PrecomputeResult",
     "pixel_score",
     "score",
     "solve",

@@ -91,7 +91,7 @@ def precompute_to_store(args) -> int:
         per_channel=True if args.per_channel else None,
         progress=progress,
         on_failure=args.on_failure,
-        seeds_by=args.seeds,
+        seeds=args.seeds,
     )
     bar.update(len(images) - bar.n)
     bar.close()

@@ -123,15 +123,15 @@ def kmeans(points, k: int, iterations: int = 25, seed: int = 0):
     return labels, centres
 
 
-def seed_groups(images, projection: str, cycle: int, seeds_by: str = "cycle"):
+def seed_groups(images, projection: str, cycle: int, seeds: str = "cycle"):
     """Index arrays, one per group; with a projection, each group's first index is its seed."""
     n = len(images)
     if projection == "off":
         return [np.arange(n)]
-    if seeds_by == "cycle":
+    if seeds == "cycle":
         return [np.arange(s, min(s + cycle, n)) for s in range(0, n, cycle)]
-    if seeds_by != "cluster":
-        raise ValueError(f"seeds_by must be 'cycle' or 'cluster', got {seeds_by!r}")
+    if seeds != "cluster":
+        raise ValueError(f"seeds must be 'cycle' or 'cluster', got {seeds!r}")
     points = _thumbnails(np.asarray(images))
     labels, centres = kmeans(points, max(1, -(-n // cycle)))
     groups = []
@@ -163,7 +163,7 @@ def precompute(
     progress=None,
     on_failure: str = "warn",
     process: tuple[int, int] | None = None,
-    seeds_by: str = "cycle",
+    seeds: str = "cycle",
 ) -> PrecomputeResult:
     """Solve the FP equation for every channel of NHWC ``images`` in ``[0, 1]``.
 
@@ -182,7 +182,7 @@ def precompute(
       density, per_channel: initial log-density (see :func:`fpjax.initial_log_density`).
       progress: a callable ``progress(done_images, total_images)`` or ``None``.
       on_failure: ``"raise"``, ``"warn"`` or ``"ignore"`` for unconverged steps.
-      seeds_by: ``"cycle"`` (a new seed every ``cycle`` images, the paper's
+      seeds: ``"cycle"`` (a new seed every ``cycle`` images, the paper's
         scheme) or ``"cluster"`` (k-means on 8x8 thumbnails into
         ``ceil(N / cycle)`` clusters, the image nearest each centre is its
         seed: the paper's proposed remedy for diverse datasets).
@@ -249,10 +249,10 @@ def precompute(
 
     n_devices = len(jax.local_devices())
     batch_size = -(-batch_size // n_devices) * n_devices
-    seeds = np.full(n, -1)
+    seed_of = np.full(n, -1)
     batch_seconds = []
     finished = skipped
-    groups = seed_groups(images, projection, cycle, seeds_by)
+    groups = seed_groups(images, projection, cycle, seeds)
     batch_number = -1
     for group_number, members in enumerate(groups):
         n_batches = -(-(len(members) - (projection != "off")) // batch_size)
@@ -263,7 +263,7 @@ def precompute(
         bases = None
         if projection != "off":
             seed = members[0]
-            seeds[members] = seed
+            seed_of[members] = seed
             if done[seed] and fpstore is not None:
                 m_seed = jnp.moveaxis(jnp.asarray(fpstore.m[seed]), -1, 0)
             else:
@@ -300,7 +300,7 @@ def precompute(
         m_result = fpstore.m
     else:
         m_result = m_out if k_fields == channels else np.broadcast_to(m_out, m_out.shape[:-1] + (channels,))
-    result = PrecomputeResult(m_result, stats, seeds, batch_seconds, time.perf_counter() - start, skipped, fpstore)
+    result = PrecomputeResult(m_result, stats, seed_of, batch_seconds, time.perf_counter() - start, skipped, fpstore)
     _report_failures(result, ids, on_failure, projection)
     return result
 

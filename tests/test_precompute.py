@@ -174,11 +174,11 @@ def test_cluster_seeds_group_similar_images():
     dark = rng.uniform(0.0, 0.2, size=(5, 8, 8, 3))
     bright = rng.uniform(0.8, 1.0, size=(5, 8, 8, 3))
     images = np.concatenate([dark, bright])[rng.permutation(10)]
-    groups = seed_groups(images, "initial_guess", cycle=5, seeds_by="cluster")
+    groups = seed_groups(images, "initial_guess", cycle=5, seeds="cluster")
     assert sorted(len(g) for g in groups) == [5, 5]
     for g in groups:  # each cluster is all dark or all bright, and its seed is a member
         means = images[g].mean(axis=(1, 2, 3))
         assert (means < 0.5).all() or (means > 0.5).all()
     assert sorted(np.concatenate(groups).tolist()) == list(range(10))
-    result = precompute(_images(6), CONFIG, projection="initial_guess", cycle=3, seeds_by="cluster", dim=4)
+    result = precompute(_images(6), CONFIG, projection="initial_guess", cycle=3, seeds="cluster", dim=4)
     assert result.stats["converged"].all() and len(set(result.seeds.tolist())) == 2
