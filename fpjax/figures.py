@@ -11,12 +11,16 @@ import numpy as np  # noqa: E402
 from fpjax.fokker_planck import pixel_score  # noqa: E402
 
 
+def _interior(field):
+    return field[1:-1, 1:-1] if min(field.shape) > 4 else field
+
+
 def plot_solutions(images, m, names=None, steps=None, boundary="zero", component="sum", title=None):
     """One block of rows per image: the image, ``m`` and the pixel score at a few time steps.
 
-    Colour limits are robust percentiles, so the boundary layer that the
-    zero boundary creates does not hide the interior (values beyond them
-    saturate).
+    Colour limits are percentiles of the interior (without the outermost
+    pixel ring), so the jump that the zero boundary creates at the edge does
+    not hide the image's structure; edge values beyond them saturate.
 
     Args:
       images: ``(N, H, W, C)`` in ``[0, 1]``.
@@ -37,11 +41,11 @@ def plot_solutions(images, m, names=None, steps=None, boundary="zero", component
         top[0].set_title(names[i] if names is not None else f"image {i}", fontsize=8)
         bottom[0].axis("off")
         for j, step in enumerate(steps):
-            lo, hi = np.percentile(m[i, step], [1, 99])  # robust limits: the zero boundary's edge jump would
-            im = top[j + 1].imshow(m[i, step], cmap="viridis", vmin=lo, vmax=hi)  # swamp the interior
+            lo, hi = np.percentile(_interior(m[i, step]), [1, 99])
+            im = top[j + 1].imshow(m[i, step], cmap="viridis", vmin=lo, vmax=hi)
             top[j + 1].set_title(f"m, t={step / T:.2f}", fontsize=8)
             fig.colorbar(im, ax=top[j + 1], fraction=0.046)
-            lim = np.percentile(np.abs(scores[i, j]), 98) or 1.0
+            lim = np.percentile(np.abs(_interior(scores[i, j])), 99) or 1.0
             im = bottom[j + 1].imshow(scores[i, j], cmap="RdBu_r", vmin=-lim, vmax=lim)
             bottom[j + 1].set_title(f"pixel score ({component}), t={step / T:.2f}", fontsize=8)
             fig.colorbar(im, ax=bottom[j + 1], fraction=0.046)
