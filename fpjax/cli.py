@@ -28,7 +28,7 @@ def _add_fp_arguments(parser: argparse.ArgumentParser) -> None:
         default="bicgstab_counted",
         help="linear solver (bicgstab_counted = jax.scipy's recurrence, with iteration counts)",
     )
-    parser.add_argument("--preconditioner", choices=["dst", "none"], default="dst")
+    parser.add_argument("--preconditioner", choices=["auto", "dst", "none"], default="auto")
     parser.add_argument("--outer-tol", type=float, default=1e-5)
     parser.add_argument("--max-outer", type=int, default=50)
     parser.add_argument("--tol", type=float, default=1e-6)

@@ -19,7 +19,10 @@ import numpy as np
 from jax import lax
 
 SOLVERS = ("bicgstab", "bicgstab_counted", "gmres")
-PRECONDITIONERS = ("none", "dst")
+PRECONDITIONERS = ("auto", "none", "dst")
+AUTO_DST_MIN_SIZE_CPU = (
+    128  # `fpjax bench solver` / `bench projection`: below this, on a CPU, "none" was as fast or faster
+)
 TRANSFORMS = ("auto", "dense", "fft")
 DENSE_TRANSFORM_MAX_SIZE = (
     512  # `fpjax bench solver` on a 2-core CPU: basis matmuls beat JAX's FFT up to 256 and beyond
@@ -88,6 +91,18 @@ def _fft_transform_pair(n: int, axis: int, boundary: str):
 
 def _basis(n: int, boundary: str) -> np.ndarray:
     return _sine_basis(n) if boundary == "zero" else _cosine_basis(n)
+
+
+def resolve_preconditioner(kind: str, shape) -> str:
+    """``"auto"`` -> ``"dst"`` on accelerators and on CPU grids of at least
+    ``AUTO_DST_MIN_SIZE_CPU`` pixels a side, else ``"none"`` (on a CPU the
+    four dense transforms of a small grid cost more than the iterations they
+    save)."""
+    if kind != "auto":
+        return kind
+    if jax.default_backend() != "cpu" or max(shape) >= AUTO_DST_MIN_SIZE_CPU:
+        return "dst"
+    return "none"
 
 
 def make_helmholtz_inverse(shape, spacing, boundary: str, transform: str = "auto"):

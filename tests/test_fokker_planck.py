@@ -215,10 +215,12 @@ def test_grad_wrt_image_matches_finite_differences(linearization):
     np.testing.assert_allclose(ad_jit, ad, rtol=1e-10)
 
 
-@pytest.mark.parametrize("advection", ["central", "upwind"])
-def test_grad_wrt_g_matches_finite_differences(advection):
+@pytest.mark.parametrize("advection, preconditioner", [("central", "none"), ("upwind", "none"), ("central", "dst")])
+def test_grad_wrt_g_matches_finite_differences(advection, preconditioner):
     m0 = fpjax.initial_log_density(_test_images(1)[0][:9, :7].astype(np.float64))
-    config = fpjax.FPConfig(T=5, advection=advection, outer_tol=1e-13, tol=1e-13, max_outer=200)
+    config = fpjax.FPConfig(
+        T=5, advection=advection, preconditioner=preconditioner, outer_tol=1e-13, tol=1e-13, max_outer=200
+    )
     weights = _loss_weights((9, 7))
     loss = lambda g: jnp.sum(fpjax.solve(m0, config, g=g).m * weights)  # noqa: E731
     np.testing.assert_allclose(float(jax.grad(loss)(0.5)), float(_central_fd(loss, 0.5, 1.0, 1e-6)), rtol=1e-6)
@@ -321,3 +323,12 @@ def test_upwind_survives_where_central_advection_dominates():
     assert bool(sol.converged.all())
     sup = np.abs(np.asarray(sol.m)).max(axis=(1, 2))
     assert (sup[1:] <= sup[:-1] * (1 + 1e-9)).all()
+
+
+def test_auto_preconditioner_choice():
+    from fpjax.linsolve import resolve_preconditioner
+
+    assert resolve_preconditioner("dst", (8, 8)) == "dst" and resolve_preconditioner("none", (512, 512)) == "none"
+    small, large = resolve_preconditioner("auto", (32, 32)), resolve_preconditioner("auto", (128, 128))
+    assert large == "dst"
+    assert small == ("none" if jax.default_backend() == "cpu" else "dst")

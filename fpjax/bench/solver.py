@@ -30,9 +30,9 @@ VARIANTS = {
     "picard+none": dict(preconditioner="none", **_COUNTED),
     "picard+dst": dict(preconditioner="dst", **_COUNTED),
     "newton+dst": dict(linearization="newton", preconditioner="dst", **_COUNTED),
-    "default (jax bicgstab, dst, extrapolate)": dict(),
+    "default (jax bicgstab, auto, extrapolate)": dict(),
 }
-BATCHED = "default (jax bicgstab, dst, extrapolate)"
+BATCHED = "default (jax bicgstab, auto, extrapolate)"
 BASELINES = {"scipy spsolve, papers' scheme": "previous", "scipy spsolve, extrapolated start": "extrapolate"}
 DEFAULT_SPSOLVE_IMAGES = {32: 4, 64: 2, 128: 1, 256: 0}
 
