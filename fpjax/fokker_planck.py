@@ -87,7 +87,7 @@ class FPConfig:
         ``m^(n-1)``) or ``"previous"`` (``m^(n-1)``, the papers' and DESIGN.md's
         choice). Both iterate to the same discrete equation ``F(m) = 0``; the
         extrapolated start needs fewer outer iterations (``fpjax bench
-        solver``: 3.2 instead of 3.8 per step at 32x32, 1.2 instead of 4.0
+        solver``: 3.2 instead of 3.8 per step at 32x32, 3.3 instead of 4.0
         at 64x64), which is why it is the default.
     """
 
