@@ -1,8 +1,7 @@
 """Write notebooks/01_fokker_planck_solver.ipynb (outputs are left empty; CI executes it)."""
 
-import pathlib
-
 import nbformat as nbf
+from notebook_cells import install_cell, write_notebook
 
 cells = [
     nbf.v4.new_markdown_cell(
@@ -14,13 +13,7 @@ cells = [
         "derivative of a loss of the solution with respect to the diffusion coefficient `g`.\n\n"
         "Runs on a CPU in well under two minutes; on Colab the first cell installs fpjax."
     ),
-    nbf.v4.new_code_cell(
-        "# Install fpjax where it is missing (Colab). Until fpjax is on PyPI, set FPJAX_SPEC to\n"
-        "# this repository's pip spec, e.g. 'git+https://<host>/<owner>/fpjax'.\n"
-        "import importlib.util, os, subprocess, sys\n"
-        "if importlib.util.find_spec('fpjax') is None:\n"
-        "    subprocess.check_call([sys.executable, '-m', 'pip', 'install', '-q', os.environ.get('FPJAX_SPEC', 'fpjax')])"
-    ),
+    install_cell(),
     nbf.v4.new_code_cell(
         "import time\n"
         "import jax, jax.numpy as jnp, numpy as np\n"
@@ -88,8 +81,4 @@ cells = [
         "plt.xlabel('g'); plt.ylabel('mean squared pixel score at t = 0.5'); plt.legend(); plt.show()"
     ),
 ]
-nb = nbf.v4.new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                                                "language": "python"}})
-out = pathlib.Path(__file__).resolve().parents[1] / "notebooks" / "01_fokker_planck_solver.ipynb"
-nbf.write(nb, out)
-print("wrote", out)
+write_notebook(cells, "01_fokker_planck_solver.ipynb")

@@ -1,19 +1,14 @@
 """Write notebooks/02_batch_precompute.ipynb (outputs empty; CI executes it)."""
 
-import pathlib
-
 import nbformat as nbf
+from notebook_cells import install_cell, write_notebook
 
 cells = [
     nbf.v4.new_markdown_cell(
         "# Many images at once: batched precompute, cross-matrix projection, sharding, the store\n\n"
         "CPU, well under two minutes. On Colab the first cell installs fpjax."
     ),
-    nbf.v4.new_code_cell(
-        "import importlib.util, os, subprocess, sys\n"
-        "if importlib.util.find_spec('fpjax') is None:  # Colab: set FPJAX_SPEC to this repository's pip spec\n"
-        "    subprocess.check_call([sys.executable, '-m', 'pip', 'install', '-q', os.environ.get('FPJAX_SPEC', 'fpjax')])"
-    ),
+    install_cell(),
     nbf.v4.new_code_cell(
         "import pathlib, tempfile, textwrap, time\n"
         "import numpy as np, jax\n"
@@ -92,8 +87,4 @@ cells = [
         "plt.show()"
     ),
 ]
-nb = nbf.v4.new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                                                "language": "python"}})
-out = pathlib.Path(__file__).resolve().parents[1] / "notebooks" / "02_batch_precompute.ipynb"
-nbf.write(nb, out)
-print("wrote", out)
+write_notebook(cells, "02_batch_precompute.ipynb")
