@@ -566,19 +566,3 @@ def pixel_score(m, component: str = "sum", boundary: str = "zero"):
     if component == "sum":
         return s[..., 0, :, :] + s[..., 1, :, :]
     return s[..., 0 if component == "x" else 1, :, :]
-
-
-__all__ = [
-    "ConvergenceError",
-    "FPConfig",
-    "FPSolution",
-    "check_solution",
-    "diffusion_schedule",
-    "pixel_score",
-    "picard_operator",
-    "score",
-    "solve",
-    "solve_image",
-    "solve_images",
-    "step_residual",
-]
