@@ -18,6 +18,7 @@ from fpjax.fokker_planck import (
     solve_images,
 )
 from fpjax.precompute import PrecomputeResult, precompute  # noqa: E402 - after the solver it builds on
+from fpjax.embedding import embed  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -27,6 +28,7 @@ __all__ = [
     "FPSolution",
     "check_solution",
     "diffusion_schedule",
+    "embed",
     "initial_log_density",
     "precompute",
     "PrecomputeResult",
