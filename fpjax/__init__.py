@@ -5,6 +5,7 @@ turn the solution into scores, and (in later modules) embed, train and sample.
 """
 
 from fpjax.density import initial_log_density, validate_image
+from fpjax.embedding import embed
 from fpjax.fokker_planck import (
     ConvergenceError,
     FPConfig,
@@ -17,8 +18,7 @@ from fpjax.fokker_planck import (
     solve_image,
     solve_images,
 )
-from fpjax.precompute import PrecomputeResult, precompute  # noqa: E402 - after the solver it builds on
-from fpjax.embedding import embed  # noqa: E402
+from fpjax.precompute import PrecomputeResult, precompute
 
 __version__ = "0.1.0"
 
