@@ -24,13 +24,9 @@ def _drift_component(config: fp.FPConfig, shape, dtype, component: str):
     if config.drift is None:
         return jnp.zeros((config.T,) + tuple(shape), dtype)
     times = jnp.arange(config.T, dtype=dtype) * config.dt
-
-    def at(t):
-        fx, fy = config.drift(t)
-        fx, fy = jnp.broadcast_to(jnp.asarray(fx, dtype), shape), jnp.broadcast_to(jnp.asarray(fy, dtype), shape)
-        return {"sum": fx + fy, "x": fx, "y": fy}[component]
-
-    return jax.vmap(at)(times)
+    spacing = config.grid_spacing(shape)
+    drift = jax.vmap(lambda t: fp._drift_fields(config, t, shape, dtype, spacing)[0])(times)  # (T, 2, H, W)
+    return {"sum": drift[:, 0] + drift[:, 1], "x": drift[:, 0], "y": drift[:, 1]}[component]
 
 
 def embed_field(channel, m, config: fp.FPConfig, component: str = "sum", g=None):
