@@ -259,7 +259,7 @@ def _preconditioner(shape, step: _Step, config: FPConfig, spacing):
     return lambda r: helmholtz(r, step.c0, step.c1)
 
 
-def _iterate_step(m_prev, m_guess, step: _Step, config: FPConfig, spacing):
+def _iterate_step(m_prev, m_guess, step: _Step, config: FPConfig, spacing, guarded: bool):
     """Outer iteration of one step: ``(m, outer_iterations, linear_iterations, backward_error, change)``."""
     boundary, advection = config.boundary, config.advection
     precond = _preconditioner(m_prev.shape, step, config, spacing)
@@ -294,31 +294,34 @@ def _iterate_step(m_prev, m_guess, step: _Step, config: FPConfig, spacing):
         )
 
     update = newton_update if config.linearization == "newton" else picard_update
-    # A predictor is only a guess: where the solution turns abruptly (the first steps build the
-    # boundary layer) extrapolation overshoots, so start from whichever candidate has the smaller residual.
-    better = jnp.linalg.norm(residual_fn(m_guess)) < jnp.linalg.norm(residual_fn(m_prev))
-    m, (k, change, iters, err) = _outer_loop(update, jnp.where(better, m_guess, m_prev), config)
+    start = m_prev
+    if guarded:
+        # A predictor is only a guess: where the solution turns abruptly (the first steps build the
+        # boundary layer) extrapolation overshoots, so start from whichever candidate has the smaller residual.
+        better = jnp.linalg.norm(residual_fn(m_guess)) < jnp.linalg.norm(residual_fn(m_prev))
+        start = jnp.where(better, m_guess, m_prev)
+    m, (k, change, iters, err) = _outer_loop(update, start, config)
     return m, k, iters, err, change
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _implicit_step(m_prev, m_guess, step: _Step, config: FPConfig, spacing):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _implicit_step(m_prev, m_guess, step: _Step, config: FPConfig, spacing, guarded: bool):
     """``m^n`` from ``m^(n-1)`` with implicit-function-theorem gradients.
 
     The forward pass iterates to ``F(m) = 0``; the backward pass solves one
     transposed system ``J^T lam = cotangent`` with ``J = dF/dm`` at the
     solution and never differentiates the iteration.
     """
-    return _iterate_step(m_prev, m_guess, step, config, spacing)
+    return _iterate_step(m_prev, m_guess, step, config, spacing, guarded)
 
 
-def _implicit_step_fwd(m_prev, m_guess, step, config, spacing):
-    out = _iterate_step(m_prev, m_guess, step, config, spacing)
-    return out, (out[0], m_prev, jnp.zeros_like(m_guess), step)
+def _implicit_step_fwd(m_prev, m_guess, step, config, spacing, guarded):
+    out = _iterate_step(m_prev, m_guess, step, config, spacing, guarded)
+    return out, (out[0], m_prev, step)
 
 
-def _implicit_step_bwd(config, spacing, saved, cotangents):
-    m, m_prev, zero_guess, step = saved
+def _implicit_step_bwd(config, spacing, guarded, saved, cotangents):
+    m, m_prev, step = saved
     residual = lambda m_, m_prev_, step_: step_residual(  # noqa: E731
         m_, m_prev_, step_, spacing, config.boundary, config.advection
     )
@@ -334,15 +337,18 @@ def _implicit_step_bwd(config, spacing, saved, cotangents):
     )
     _, param_vjp = jax.vjp(lambda m_prev_, step_: residual(m, m_prev_, step_), m_prev, step)
     ct_prev, ct_step = param_vjp(-lam)
-    return ct_prev, zero_guess, ct_step  # the solution does not depend on where the iteration starts
+    return ct_prev, jnp.zeros_like(m), ct_step  # the solution does not depend on where the iteration starts
 
 
 _implicit_step.defvjp(_implicit_step_fwd, _implicit_step_bwd)
 
 
-def _solve_step(m_prev, m_guess, step: _Step, config: FPConfig, spacing):
-    """One time step with its statistics: ``(m, outer_iterations, linear_iterations, residual, converged)``."""
-    m, k, iters, err, change = _implicit_step(m_prev, lax.stop_gradient(m_guess), step, config, spacing)
+def _solve_step(m_prev, m_guess, step: _Step, config: FPConfig, spacing, guarded: bool = True):
+    """One time step with its statistics: ``(m, outer_iterations, linear_iterations, residual, converged)``.
+
+    ``guarded``: start from ``m_guess`` only where its residual beats ``m_prev``'s (off when they are the same).
+    """
+    m, k, iters, err, change = _implicit_step(m_prev, lax.stop_gradient(m_guess), step, config, spacing, guarded)
     if config.solver != "bicgstab_counted":
         iters = jnp.int32(-1)
     m_stopped = lax.stop_gradient(m)
@@ -425,7 +431,8 @@ def _solve(m0, g_values, config: FPConfig, guides=None, guess_fn=None, approxima
             ) / jnp.linalg.norm(step.c0 * m_prev)
             stats = (jnp.int32(0), jnp.int32(0), residual, jnp.all(jnp.isfinite(m)))
         else:
-            m, *stats = _solve_step(m_prev, guess, step, config, spacing)
+            guarded = guess_fn is not None or config.predictor == "extrapolate"
+            m, *stats = _solve_step(m_prev, guess, step, config, spacing, guarded)
         return (m, m_prev), (m, *stats)
 
     times = jnp.arange(1, config.T + 1, dtype=dtype) * config.dt
