@@ -69,11 +69,8 @@ def _metadata(config, density, per_channel, projection, dim, cycle, ids, shape, 
 @functools.partial(jax.jit, static_argnames=("config", "mode"))
 def _solve_batch(m0s, bases, config, mode):
     """``m0s`` ``(B, K, H, W)``, bases with leading ``K`` (or ``None``) -> FPSolution with leading ``(B, K)``."""
-    if mode == "off" or bases is None:
-        g = fp.diffusion_schedule(config, None, m0s.dtype)
-        per_field = lambda m0, _b: fp._solve(m0, g, config)  # noqa: E731
-    else:
-        per_field = lambda m0, b: krylov.solve_projected(m0, b, config, mode)  # noqa: E731
+    mode = mode if bases is not None else "off"  # a seed is solved without bases
+    per_field = lambda m0, b: krylov.solve_projected(m0, b, config, mode)  # noqa: E731
     over_channels = jax.vmap(per_field, in_axes=(0, 0 if bases is not None else None))
     return jax.vmap(over_channels, in_axes=(0, None))(m0s, bases)
 
