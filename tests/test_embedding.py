@@ -81,3 +81,10 @@ def test_shape_errors_are_named():
         embed_field(np.zeros((4, 4)), jnp.zeros((3, 4, 4)), config)
     with pytest.raises(ValueError, match="does not fit"):
         embed(np.zeros((2, 4, 4, 3)), np.zeros((2, 5, 4, 4, 2)), config)
+
+
+def test_zero_score_embedding_is_the_identity():
+    config = fpjax.FPConfig(T=5)
+    images = jax.random.uniform(jax.random.key(0), (2, 8, 8, 3))
+    trajectory = fpjax.embed(images, jnp.zeros((2, 6, 8, 8, 1)), config)
+    np.testing.assert_array_equal(trajectory, jnp.broadcast_to(images[:, None], trajectory.shape))

@@ -1,0 +1,5 @@
+"""Score networks."""
+
+from fpjax.models.unet import DDPM_CIFAR10, UNet, UNetConfig
+
+__all__ = ["DDPM_CIFAR10", "UNet", "UNetConfig"]
