@@ -79,3 +79,61 @@ def plot_convergence(outer_iterations, residual, names=None):
         a.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def _show(ax, image, title=None):
+    image = np.clip(np.asarray(image), 0.0, 1.0)
+    ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray" if image.shape[-1] == 1 else None)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=7)
+
+
+def plot_denoising(noisy, denoised, clean, generated=None, scores=None):
+    """Rows noisy / denoised / clean (``(N, H, W, C)`` each), and a row of generated samples.
+
+    ``scores``: optional per-image denoised SSIM, written over the denoised row.
+    """
+    count = len(clean)
+    extra = 0 if generated is None else len(generated)
+    cols = max(count, extra, 1)
+    rows = 3 + (1 if extra else 0)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.1 * cols + 0.8, 1.2 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    labels = ("noisy", "denoised", "clean", "generated")
+    for i in range(count):
+        _show(axes[0, i], noisy[i])
+        _show(axes[1, i], denoised[i], None if scores is None else f"SSIM {float(scores[i]):.3f}")
+        _show(axes[2, i], clean[i])
+    for j in range(extra):
+        _show(axes[3, j], generated[j])
+    for r in range(rows):
+        axes[r, 0].axis("on")
+        axes[r, 0].set_xticks([])
+        axes[r, 0].set_yticks([])
+        axes[r, 0].set_ylabel(labels[r], fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_ssim_vs_time(log, target=None, precompute_seconds=0.0, title=None):
+    """Denoising SSIM at each evaluation against wall time (pre-compute + training), one colour per image."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    images = sorted({r["image"] for r in log})
+    cmap = plt.get_cmap("viridis", max(len(images), 2))
+    for k, image in enumerate(images):
+        records = [r for r in log if r["image"] == image]
+        ax.plot([r["wall_seconds"] for r in records], [r["ssim"] for r in records], ".-", color=cmap(k), lw=1, ms=3)
+    if target is not None:
+        ax.axhline(target, color="k", ls="--", lw=0.8, label=f"target SSIM {target}")
+    if precompute_seconds:
+        ax.axvspan(0, precompute_seconds, color="0.85", label=f"score pre-computation ({precompute_seconds:.1f} s)")
+    ax.set_xlabel("wall time (s): pre-computation + training")
+    ax.set_ylabel("denoising SSIM")
+    ax.set_ylim(min(0.0, min((r["ssim"] for r in log), default=0.0)), 1.0)
+    ax.legend(loc="lower right", fontsize=7)
+    ax.set_title(title or f"image-by-image training ({len(images)} images, one colour each)", fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -28,7 +28,9 @@ def ssim(a, b):
     a, b = _pair(a, b)
     if min(a.shape[-3:-1]) < 11:
         raise ValueError(f"SSIM's 11x11 window needs images of at least 11x11 pixels, got {a.shape[-3:-1]}")
-    return dm_pix.ssim(a, b, max_val=1.0)
+    lead = a.shape[:-3]
+    flat = (-1,) + a.shape[-3:]  # dm-pix takes one batch axis at most
+    return dm_pix.ssim(a.reshape(flat), b.reshape(flat), max_val=1.0).reshape(lead)
 
 
 def psnr(a, b):
@@ -44,3 +46,14 @@ def mse(a, b):
 def quality(estimate, reference) -> dict:
     """``{"ssim", "psnr", "mse"}`` of ``estimate`` against ``reference``, each of shape ``(...)``."""
     return {"ssim": ssim(estimate, reference), "psnr": psnr(estimate, reference), "mse": mse(estimate, reference)}
+
+
+def nearest_ssim(samples, references):
+    """For each of ``(S, H, W, C)`` samples, the best SSIM to any of ``(R, H, W, C)`` references.
+
+    Returns ``(best (S,), index (S,))``: the papers' generation metric (SSIM to the nearest training image).
+    """
+    samples, references = jnp.asarray(samples), jnp.asarray(references)
+    shape = (samples.shape[0], references.shape[0]) + references.shape[1:]
+    table = ssim(jnp.broadcast_to(samples[:, None], shape), jnp.broadcast_to(references[None], shape))
+    return jnp.max(table, axis=1), jnp.argmax(table, axis=1)

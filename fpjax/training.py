@@ -48,6 +48,9 @@ class TrainConfig:
       batch_size: noisy trajectory samples per step.
       lam: the perturbation ``lambda`` of eq. 29.
       stratified: stratified rather than uniform time sampling within a batch.
+      replay: image-by-image training only: the fraction of each batch drawn from the images trained
+        before the current one (0: the paper's pure image-by-image training, which forgets earlier
+        images; see the README).
       parametrization: ``"noise"`` (the network predicts ``z``, ``s = -net/lambda``: a
         fixed output scale that spares the last layer a 1/lambda gain) or ``"score"``
         (the network is ``s``).
@@ -69,6 +72,7 @@ class TrainConfig:
     batch_size: int = 8
     lam: float = 0.1
     stratified: bool = False
+    replay: float = 0.0
     parametrization: str = "noise"
     steps_per_call: int = 25
     target_ssim: float = 0.9
@@ -84,6 +88,8 @@ class TrainConfig:
             raise ValueError(f"parametrization must be 'noise' or 'score', got {self.parametrization!r}")
         if self.batch_size < 1 or self.steps_per_call < 1 or self.max_steps < 1:
             raise ValueError("batch_size, steps_per_call and max_steps must be positive")
+        if not 0.0 <= self.replay < 1.0:
+            raise ValueError(f"replay must be in [0, 1), got {self.replay}")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
 
@@ -108,11 +114,13 @@ class TrainData(NamedTuple):
     trajectories: ``(K, T+1, H, W, C)`` score-embedded trajectories.
     labels: ``(K,)`` per-image embedding labels.
     g: ``(T+1,)`` the diffusion ``g(t_n)``.
+    current: ``()`` int: the image being trained (image by image), or -1 to draw from all ``K`` uniformly.
     """
 
     trajectories: jax.Array
     labels: jax.Array
     g: jax.Array
+    current: jax.Array = -1
 
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
@@ -157,7 +165,13 @@ def score_function(graphdef, params, config: TrainConfig, labels=None, dropout_k
 def _batch(key, data: TrainData, config: TrainConfig):
     k_image, k_time, k_noise = jax.random.split(key, 3)
     count, T = data.trajectories.shape[0], data.trajectories.shape[1] - 1
-    index = jax.random.randint(k_image, (config.batch_size,), 0, count)
+    k_image, k_replay = jax.random.split(k_image)
+    current = jnp.asarray(data.current)
+    everywhere = jax.random.randint(k_image, (config.batch_size,), 0, count)
+    # Replay: with probability ``config.replay`` a sample comes from an image trained before the current one.
+    earlier = jax.random.randint(k_image, (config.batch_size,), 0, jnp.maximum(current, 1))
+    replayed = (jax.random.uniform(k_replay, (config.batch_size,)) < config.replay) & (current > 0)
+    index = jnp.where(current < 0, everywhere, jnp.where(replayed, earlier, current))
     n = losses.sample_time_indices(k_time, config.batch_size, T, config.stratified)
     x = data.trajectories[index, n]
     z = jax.random.normal(k_noise, x.shape, x.dtype)
@@ -278,7 +292,8 @@ class _Checkpoints:
         self.ocp = ocp
         self.fingerprint = fingerprint
         self.manager = ocp.CheckpointManager(
-            pathlib.Path(directory).absolute(), options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
+            pathlib.Path(directory).absolute(),
+            options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True, enable_async_checkpointing=False),
         )
 
     def save(self, evaluations: int, state: TrainState, progress: dict):
@@ -390,13 +405,15 @@ def train(
             progress_record.pop("fingerprint", None)
 
     groups = [[i] for i in range(count)] if mode == "image_by_image" else [list(range(count))]
+    all_labels = jnp.arange(count) if use_labels else jnp.zeros(count, jnp.int32)
     bar = _progress_bar(len(groups), progress_record["image"], progress)
     clock = time.perf_counter() - progress_record["train_seconds"]
     try:
         for group_index in range(progress_record["image"], len(groups)):
             members = jnp.asarray(groups[group_index])
-            labels = members if use_labels else jnp.zeros_like(members)
-            data = TrainData(trajectories[members], labels, g_values)
+            labels = all_labels[members]
+            current = -1 if mode == "mixed" else group_index
+            data = TrainData(trajectories, all_labels, g_values, jnp.asarray(current, jnp.int32))
             noise_key, sampler_key = jax.random.split(jax.random.fold_in(check_key, group_index))
             clean = images[members]
             noisy = sampling.noisy_copy(noise_key, clean, config.noise_level)

@@ -50,9 +50,7 @@ cells = [
     nbf.v4.new_code_cell(
         "fig = plot_convergence(solution.outer_iterations[None], solution.residual[None])\nplt.show()"
     ),
-    nbf.v4.new_markdown_cell(
-        "## Many images at once: `vmap`\n\nEvery image is solved by the same compiled program."
-    ),
+    nbf.v4.new_markdown_cell("## Many images at once: `vmap`\n\nEvery image is solved by the same compiled program."),
     nbf.v4.new_code_cell(
         "images = sample_images(32)[:8]\n"
         "batch = fpjax.solve_images(images, fpjax.FPConfig(T=100))\n"

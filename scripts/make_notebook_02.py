@@ -69,9 +69,7 @@ cells = [
         "single = precompute(sample_images(32)[:8], fpjax.FPConfig(T=20), batch_size=8)\n"
         "print('max difference sharded vs single device:', float(np.abs(np.load(tmp / 'm.npy') - single.m).max()))"
     ),
-    nbf.v4.new_markdown_cell(
-        "## The store: stream to zarr, resume, read back\n\nRerunning skips finished images."
-    ),
+    nbf.v4.new_markdown_cell("## The store: stream to zarr, resume, read back\n\nRerunning skips finished images."),
     nbf.v4.new_code_cell(
         "store = tmp / 'fp.zarr'\n"
         "first = precompute(images[:16], config, store=store, batch_size=8)\n"

@@ -1,4 +1,5 @@
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from skimage.metrics import mean_squared_error, peak_signal_noise_ratio, structural_similarity
@@ -29,3 +30,12 @@ def test_batched_and_checked():
         metrics.ssim(x, x[:2])
     with pytest.raises(ValueError, match="11x11"):
         metrics.ssim(x[:, :8, :8], x[:, :8, :8])
+
+
+def test_nearest_ssim_finds_the_matching_reference():
+    refs = jax.random.uniform(jax.random.key(1), (4, 16, 16, 3))
+    samples = refs[jnp.array([2, 0])] + 0.01
+    best, index = metrics.nearest_ssim(samples, refs)
+    np.testing.assert_array_equal(index, [2, 0])
+    np.testing.assert_allclose(best, metrics.ssim(samples, refs[jnp.array([2, 0])]), rtol=1e-6)
+    assert metrics.ssim(refs[None, :2], refs[None, :2]).shape == (1, 2)

@@ -153,3 +153,20 @@ def test_bad_inputs_are_named():
         training.train(images, trajectories, g, unet_config=TINY, mode="batched", progress=False)
     with pytest.raises(ValueError, match="parametrization"):
         training.TrainConfig(parametrization="eps")
+
+
+def test_replay_draws_earlier_images_in_the_stated_fraction():
+    trajectories = jnp.arange(4, dtype=jnp.float32)[:, None, None, None, None] * jnp.ones((4, T + 1, 2, 2, 1))
+    labels = jnp.arange(4)
+    g = jnp.full((T + 1,), 0.5)
+    config = _config(batch_size=4000, replay=0.3)
+
+    def drawn(current):
+        data = training.TrainData(trajectories, labels, g, jnp.asarray(current))
+        x = training._batch(jax.random.key(0), data, config)[0]
+        return np.asarray(x[:, 0, 0, 0]).astype(int)
+
+    counts = np.bincount(drawn(2), minlength=4)
+    assert counts[3] == 0 and abs(counts[2] / 4000 - 0.7) < 0.03 and abs(counts[0] - counts[1]) < 200
+    assert set(drawn(0)) == {0}
+    assert np.all(np.abs(np.bincount(drawn(-1), minlength=4) / 4000 - 0.25) < 0.03)
