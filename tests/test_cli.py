@@ -1,3 +1,5 @@
+import json
+
 import matplotlib.image as mpimg
 import numpy as np
 
@@ -67,3 +69,48 @@ def test_precompute_to_store_resumes(tmp_path, capsys):
 
     group = zarr.open_group(str(store))
     assert group["m"].shape == (3, 5, 32, 32, 1) and np.asarray(group["done"][:]).all()
+
+
+def test_run_is_the_whole_pipeline_and_resumes(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = [
+        "run",
+        "--n",
+        "2",
+        "--T",
+        "10",
+        "--channels",
+        "8",
+        "--max-steps",
+        "10",
+        "--steps-per-call",
+        "5",
+        "--sampler-steps",
+        "5",
+        "--generate",
+        "2",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 0
+    for name in (
+        "denoising.png",
+        "ssim_vs_time.png",
+        "metrics.json",
+        "training_log.json",
+        "checkpoint",
+        "fp_store.zarr",
+    ):
+        assert (out / name).exists(), name
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["images"] == 2 and len(report["per_image"]) == 2
+    assert all(p["steps"] in (5, 10) for p in report["per_image"])
+    assert report["settings"]["unet"]["num_images"] == 2 and report["generated"]["count"] == 2
+    log = json.loads((out / "training_log.json").read_text())["log"]
+    assert all(r["wall_seconds"] == r["train_seconds"] + r["precompute_seconds"] for r in log)
+    printed = capsys.readouterr().out
+    assert str(out / "denoising.png") in printed
+    # Running again finds the finished run in its checkpoint: no new training steps.
+    assert main(argv) == 0
+    again = json.loads((out / "training_log.json").read_text())["log"]
+    assert [r["global_step"] for r in again] == [r["global_step"] for r in log]
