@@ -61,6 +61,7 @@ class TrainConfig:
       noise_level: standard deviation of the denoising check's noise.
       sampler: the denoising check's sampler.
       checkpoint_every: evaluations between checkpoints (also at every image's end and the run's end).
+      objective: what is trained: :class:`EmbeddedDenoising` (default) or :class:`fpjax.ddpm.DDPM`.
       fuse_steps: run the ``steps_per_call`` steps as one ``lax.scan`` (``None``: yes except on CPUs,
         see :func:`fuses_steps`).
     """
@@ -82,20 +83,19 @@ class TrainConfig:
     sampler: sampling.SamplerConfig = sampling.SamplerConfig(steps=50, method="ode")
     checkpoint_every: int = 10
     fuse_steps: bool | None = None
+    objective: Any = None  # EmbeddedDenoising() unless given
 
     def __post_init__(self):
         if self.parametrization not in ("noise", "score"):
             raise ValueError(f"parametrization must be 'noise' or 'score', got {self.parametrization!r}")
         if self.batch_size < 1 or self.steps_per_call < 1 or self.max_steps < 1:
             raise ValueError("batch_size, steps_per_call and max_steps must be positive")
+        if self.objective is None:
+            object.__setattr__(self, "objective", EmbeddedDenoising())
         if not 0.0 <= self.replay < 1.0:
             raise ValueError(f"replay must be in [0, 1), got {self.replay}")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
-
-
-DEFAULT_TRAIN = TrainConfig()
-DEFAULT_UNET = UNetConfig()
 
 
 class TrainState(NamedTuple):
@@ -153,25 +153,60 @@ def _raw(key):
 
 def score_function(graphdef, params, config: TrainConfig, labels=None, dropout_key=None) -> Callable:
     """``s(x, t)`` of the network with weights ``params`` (``labels``: ``(B,)`` or ``None``)."""
+    net = network(graphdef, params, labels is not None, dropout_key)
+    return EmbeddedDenoising().score(net, labels, config)
+
+
+def network(graphdef, params, use_labels: bool, dropout_key=None) -> Callable:
+    """``net(x, t, labels)``: the raw network output (``labels`` ignored without a per-image embedding)."""
     model = nnx.merge(graphdef, params)
+    return lambda x, t, labels: model(x, t, labels if use_labels else None, dropout_key=dropout_key)
 
-    def score(x, t):
-        out = model(x, t, labels, dropout_key=dropout_key)
-        return -out / config.lam if config.parametrization == "noise" else out
 
-    return score
+def image_indices(key, data: TrainData, batch_size: int, replay: float):
+    """``(batch_size,)`` indices into ``data.trajectories``: the current image, replayed earlier ones, or all."""
+    count = data.trajectories.shape[0]
+    k_image, k_replay = jax.random.split(key)
+    current = jnp.asarray(data.current)
+    everywhere = jax.random.randint(k_image, (batch_size,), 0, count)
+    # Replay: with probability ``replay`` a sample comes from an image trained before the current one.
+    earlier = jax.random.randint(k_image, (batch_size,), 0, jnp.maximum(current, 1))
+    replayed = (jax.random.uniform(k_replay, (batch_size,)) < replay) & (current > 0)
+    return jnp.where(current < 0, everywhere, jnp.where(replayed, earlier, current))
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbeddedDenoising:
+    """fpjax's objective: eq. 29 on the score-embedded trajectories; the check denoises with :mod:`fpjax.sampling`.
+
+    An objective is what :func:`train` needs to know about a method: ``loss(net, key, data, config)``
+    for one batch and ``denoise(net, noisy, labels, key, g_values, config)`` for the SSIM check
+    (:class:`fpjax.ddpm.DDPM` is the other one).
+    """
+
+    def score(self, net, labels, config: TrainConfig) -> Callable:
+        def score(x, t):
+            out = net(x, t, labels)
+            return -out / config.lam if config.parametrization == "noise" else out
+
+        return score
+
+    def loss(self, net, key, data: TrainData, config: TrainConfig):
+        x, t, g_t, z, labels = _batch(key, data, config)
+        return losses.embedded_denoising_loss(self.score(net, labels, config), x, t, g_t, z, config.lam)
+
+    def denoise(self, net, noisy, labels, key, g_values, config: TrainConfig):
+        return sampling.denoise(self.score(net, labels, config), noisy, key, _g_of(g_values), config.sampler)
+
+
+DEFAULT_TRAIN = TrainConfig()
+DEFAULT_UNET = UNetConfig()
 
 
 def _batch(key, data: TrainData, config: TrainConfig):
     k_image, k_time, k_noise = jax.random.split(key, 3)
-    count, T = data.trajectories.shape[0], data.trajectories.shape[1] - 1
-    k_image, k_replay = jax.random.split(k_image)
-    current = jnp.asarray(data.current)
-    everywhere = jax.random.randint(k_image, (config.batch_size,), 0, count)
-    # Replay: with probability ``config.replay`` a sample comes from an image trained before the current one.
-    earlier = jax.random.randint(k_image, (config.batch_size,), 0, jnp.maximum(current, 1))
-    replayed = (jax.random.uniform(k_replay, (config.batch_size,)) < config.replay) & (current > 0)
-    index = jnp.where(current < 0, everywhere, jnp.where(replayed, earlier, current))
+    T = data.trajectories.shape[1] - 1
+    index = image_indices(k_image, data, config.batch_size, config.replay)
     n = losses.sample_time_indices(k_time, config.batch_size, T, config.stratified)
     x = data.trajectories[index, n]
     z = jax.random.normal(k_noise, x.shape, x.dtype)
@@ -184,11 +219,9 @@ def _one_step(graphdef, config: TrainConfig, data: TrainData, use_labels: bool):
     def one_step(state: TrainState, _=None):
         key = jax.random.fold_in(_typed(state.key), state.step)
         batch_key, dropout_key = jax.random.split(key)
-        x, t, g_t, z, labels = _batch(batch_key, data, config)
 
         def loss_fn(params):
-            score = score_function(graphdef, params, config, labels if use_labels else None, dropout_key)
-            return losses.embedded_denoising_loss(score, x, t, g_t, z, config.lam)
+            return config.objective.loss(network(graphdef, params, use_labels, dropout_key), batch_key, data, config)
 
         loss, grads = jax.value_and_grad(loss_fn)(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -244,9 +277,9 @@ def _g_of(g_values):
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "config", "use_labels"))
 def evaluate(graphdef, params, noisy, clean, labels, g_values, key, config: TrainConfig, use_labels: bool):
-    """Denoise ``(B, H, W, C)`` ``noisy`` with the sampler -> (denoised, ``{"ssim", "psnr", "mse"}`` per image)."""
-    score = score_function(graphdef, params, config, labels if use_labels else None)
-    denoised = sampling.denoise(score, noisy, key, _g_of(g_values), config.sampler)
+    """Denoise ``(B, H, W, C)`` ``noisy`` with the objective's sampler -> (denoised, ``{"ssim", "psnr", "mse"}``)."""
+    net = network(graphdef, params, use_labels)
+    denoised = config.objective.denoise(net, noisy, labels, key, g_values, config)
     return denoised, metrics.quality(denoised, clean)
 
 

@@ -1,0 +1,170 @@
+"""The DDPM baseline (Ho et al. 2020) with fpjax's U-Net, optimizer, SSIM check and image-by-image loop.
+
+Images in ``[0, 1]`` are mapped to ``[-1, 1]`` (Ho et al.'s range). Linear
+betas ``1e-4 .. 0.02`` over ``steps = 1000`` levels, indexed ``i = 0 .. steps-1``
+with ``alpha_bar[i] = prod_{s <= i} (1 - beta_s)``; the network sees the time
+``i / steps`` (its sinusoidal embedding scales by 1000, which gives DDPM's
+integer time step back) and predicts the noise ``eps``::
+
+    x_i = sqrt(alpha_bar[i]) x_0 + sqrt(1 - alpha_bar[i]) eps,   loss = E |eps_theta(x_i, i) - eps|^2
+
+Samplers: ancestral (Ho et al.'s ``sigma_i^2 = beta_i``) and DDIM (Song et
+al., ``eta = 0`` deterministic), both one ``lax.scan``. Denoising an image
+``y = x_0 + s z`` (noise std ``s`` in ``[0, 1]`` units) starts the chain at the
+level ``i*`` whose noise-to-signal ratio ``sqrt((1 - alpha_bar)/alpha_bar)``
+matches ``2 s`` and at ``x_(i*) = sqrt(alpha_bar[i*]) (2 y - 1)``.
+
+:class:`DDPM` is an objective for :func:`fpjax.training.train`, so both methods
+share the optimizer, the evaluation and the loop: a fair comparison.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fpjax import training
+
+
+@dataclasses.dataclass(frozen=True)
+class DDPM:
+    """Ho et al.'s noise-prediction objective and samplers (hashable; a :class:`~fpjax.training.TrainConfig` field).
+
+    Attributes:
+      steps: diffusion levels.
+      beta_start, beta_end: the linear beta schedule.
+      sampler: ``"ddim"`` or ``"ancestral"`` for the denoising check and generation.
+      sampler_steps: DDIM steps over the whole chain (a denoising run from level ``i*`` takes the
+        ``~ sampler_steps * i* / steps`` of them below ``i*``); the ancestral sampler takes every level.
+      eta: DDIM's stochasticity (0: deterministic).
+    """
+
+    steps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    sampler: str = "ddim"
+    sampler_steps: int = 100
+    eta: float = 0.0
+
+    def __post_init__(self):
+        if self.sampler not in ("ddim", "ancestral"):
+            raise ValueError(f"sampler must be 'ddim' or 'ancestral', got {self.sampler!r}")
+        if not 0 < self.beta_start < self.beta_end < 1:
+            raise ValueError(f"need 0 < beta_start < beta_end < 1, got {self.beta_start}, {self.beta_end}")
+
+    def betas(self):
+        return np.linspace(self.beta_start, self.beta_end, self.steps)
+
+    def alphas_bar(self):
+        """``(steps,)`` ``alpha_bar[i]`` (NumPy float64: a static table)."""
+        return np.cumprod(1.0 - self.betas())
+
+    def level_for_noise(self, std: float) -> int:
+        """The level ``i*`` whose ``sqrt((1 - alpha_bar)/alpha_bar)`` is closest to ``std`` (``[-1, 1]`` units)."""
+        ab = self.alphas_bar()
+        return int(np.argmin(np.abs(np.sqrt((1 - ab) / ab) - std)))
+
+    # -- the objective interface of fpjax.training.train --------------------------------------
+
+    def loss(self, net, key, data: training.TrainData, config: training.TrainConfig):
+        k_image, k_level, k_noise = jax.random.split(key, 3)
+        index = training.image_indices(k_image, data, config.batch_size, config.replay)
+        x0 = 2.0 * data.trajectories[index, 0] - 1.0  # DDPM trains on the clean images
+        level = jax.random.randint(k_level, (config.batch_size,), 0, self.steps)
+        eps = jax.random.normal(k_noise, x0.shape, x0.dtype)
+        xt = q_sample(self, x0, level, eps)
+        predicted = net(xt, level.astype(x0.dtype) / self.steps, data.labels[index])
+        return jnp.mean((predicted - eps) ** 2)
+
+    def denoise(self, net, noisy, labels, key, g_values, config: training.TrainConfig):
+        del g_values  # DDPM has its own schedule
+        return denoise(self, lambda x, level: net(x, level / self.steps, labels), noisy, config.noise_level, key)
+
+
+def q_sample(ddpm: DDPM, x0, level, eps):
+    """``x_i = sqrt(alpha_bar[i]) x_0 + sqrt(1 - alpha_bar[i]) eps`` for ``(B,)`` levels ``i``."""
+    ab = jnp.asarray(ddpm.alphas_bar(), x0.dtype)[level].reshape((-1,) + (1,) * (x0.ndim - 1))
+    return jnp.sqrt(ab) * x0 + jnp.sqrt(1.0 - ab) * eps
+
+
+def ancestral_sample(ddpm: DDPM, eps_fn: Callable, x, key, start: int | None = None):
+    """Ho et al.'s reverse chain from level ``start`` (default the last) down to ``x_0``.
+
+    ``eps_fn(x, level)`` takes ``(B, ...)`` states and ``(B,)`` float levels.
+    """
+    start = ddpm.steps - 1 if start is None else start
+    betas = jnp.asarray(ddpm.betas(), x.dtype)
+    ab = jnp.asarray(ddpm.alphas_bar(), x.dtype)
+    levels = jnp.arange(start, -1, -1)
+
+    def step(x, inputs):
+        i, k = inputs
+        eps = eps_fn(x, jnp.full((x.shape[0],), i, x.dtype))
+        mean = (x - betas[i] / jnp.sqrt(1.0 - ab[i]) * eps) / jnp.sqrt(1.0 - betas[i])
+        noise = jnp.where(i > 0, jnp.sqrt(betas[i]), 0.0) * jax.random.normal(k, x.shape, x.dtype)
+        return mean + noise, None
+
+    x, _ = jax.lax.scan(step, x, (levels, jax.random.split(key, levels.shape[0])))
+    return x
+
+
+def ddim_levels(ddpm: DDPM, start: int, count: int) -> np.ndarray:
+    """Descending levels from ``start`` to 0 on DDIM's uniform sub-sequence (``count`` steps over the chain)."""
+    stride = max(ddpm.steps // max(count, 1), 1)
+    levels = np.arange(0, start + 1, stride)[::-1]
+    return levels if levels[0] == start else np.concatenate([[start], levels])
+
+
+def ddim_sample(ddpm: DDPM, eps_fn: Callable, x, key, start: int | None = None, count: int | None = None):
+    """DDIM (``eta = ddpm.eta``) from level ``start`` to ``x_0`` over the levels of :func:`ddim_levels`."""
+    start = ddpm.steps - 1 if start is None else start
+    levels = ddim_levels(ddpm, start, count or ddpm.sampler_steps)
+    ab = jnp.asarray(ddpm.alphas_bar(), x.dtype)
+    current = jnp.asarray(levels)
+    previous = jnp.asarray(np.concatenate([levels[1:], [-1]]))
+
+    def step(x, inputs):
+        i, j, k = inputs
+        ab_i = ab[i]
+        ab_j = jnp.where(j >= 0, ab[jnp.maximum(j, 0)], 1.0)
+        eps = eps_fn(x, jnp.full((x.shape[0],), i, x.dtype))
+        x0 = (x - jnp.sqrt(1.0 - ab_i) * eps) / jnp.sqrt(ab_i)
+        sigma = ddpm.eta * jnp.sqrt((1.0 - ab_j) / (1.0 - ab_i) * (1.0 - ab_i / ab_j))
+        direction = jnp.sqrt(jnp.maximum(1.0 - ab_j - sigma**2, 0.0)) * eps
+        return jnp.sqrt(ab_j) * x0 + direction + sigma * jax.random.normal(k, x.shape, x.dtype), None
+
+    x, _ = jax.lax.scan(step, x, (current, previous, jax.random.split(key, len(levels))))
+    return x
+
+
+def reverse(ddpm: DDPM, eps_fn, x, key, start=None):
+    if ddpm.sampler == "ddim":
+        return ddim_sample(ddpm, eps_fn, x, key, start)
+    return ancestral_sample(ddpm, eps_fn, x, key, start)
+
+
+def denoise(ddpm: DDPM, eps_fn: Callable, noisy, noise_std: float, key):
+    """Denoise ``(B, H, W, C)`` images in ``[0, 1]`` carrying Gaussian noise of std ``noise_std``."""
+    start = ddpm.level_for_noise(2.0 * noise_std)
+    ab = float(ddpm.alphas_bar()[start])
+    x = np.sqrt(ab) * (2.0 * noisy - 1.0)
+    return jnp.clip((reverse(ddpm, eps_fn, x, key, start) + 1.0) / 2.0, 0.0, 1.0)
+
+
+def generate(ddpm: DDPM, eps_fn: Callable, key, shape, dtype=jnp.float32):
+    """``shape = (B, H, W, C)`` images in ``[0, 1]`` from ``N(0, I)`` at the last level."""
+    prior_key, key = jax.random.split(key)
+    x = jax.random.normal(prior_key, shape, dtype)
+    return jnp.clip((reverse(ddpm, eps_fn, x, key) + 1.0) / 2.0, 0.0, 1.0)
+
+
+def eps_function(result: training.TrainResult, labels=None, ema: bool = True) -> Callable:
+    """``eps(x, level)`` of a DDPM trained with :func:`fpjax.training.train`."""
+    ddpm = result.config.objective
+    params = result.state.ema if ema else result.state.params
+    net = training.network(result.graphdef, params, result.uses_labels)
+    return lambda x, level: net(x, level / ddpm.steps, labels)
