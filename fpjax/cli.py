@@ -1,6 +1,7 @@
 """The ``fpjax`` command line: a thin layer over the library.
 
 fpjax run [--data samples] [--size 32] [--target-ssim 0.9] ... --out DIR
+fpjax experiment exp1|exp2|exp3|all [--quick] --out DIR
 fpjax precompute [--images DIR] [--size 32] [--T 100] ... --out DIR
 fpjax bench solver [--sizes 32 64 128 256] ... --out FILE.json
 """
@@ -313,6 +314,12 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--out", default="fpjax_out")
     _add_fp_arguments(pre)
     pre.set_defaults(func=precompute)
+
+    experiment = sub.add_parser("experiment", help="the papers' experiments beside a DDPM baseline")
+    from fpjax import experiments
+
+    experiments.add_arguments(experiment)
+    experiment.set_defaults(func=experiments.run)
 
     bench = sub.add_parser("bench", help="benchmarks (measurements, not tests)")
     bench_sub = bench.add_subparsers(dest="bench", required=True)

@@ -58,6 +58,8 @@ class TrainConfig:
       target_ssim: early-stopping target of the denoising SSIM.
       max_steps: step budget per image (per run for mixed training).
       max_seconds: wall-time budget per image (``None``: none).
+      max_total_seconds: wall-time budget of the whole run, pre-computation included (``None``: none);
+        the images not reached when it runs out are not trained.
       noise_level: standard deviation of the denoising check's noise.
       sampler: the denoising check's sampler.
       checkpoint_every: evaluations between checkpoints (also at every image's end and the run's end).
@@ -79,6 +81,7 @@ class TrainConfig:
     target_ssim: float = 0.9
     max_steps: int = 2000
     max_seconds: float | None = None
+    max_total_seconds: float | None = None
     noise_level: float = 0.5
     sampler: sampling.SamplerConfig = sampling.SamplerConfig(steps=50, method="ode")
     checkpoint_every: int = 10
@@ -464,7 +467,9 @@ def train(
                         f"training loss is {loss} at step {int(state.step)} (image {group_index}); "
                         "lower the learning rate or enable gradient clipping"
                     )
-                record, finished = _account(progress_record, group_index, state, loss, quality, clock, config)
+                record, finished = _account(
+                    progress_record, group_index, state, loss, quality, clock, config, precompute_seconds
+                )
                 record["precompute_seconds"] = precompute_seconds
                 record["wall_seconds"] = precompute_seconds + record["train_seconds"]
                 if checkpoints is not None and (
@@ -479,13 +484,17 @@ def train(
                 if finished:
                     bar.update(1)
                     break
+            if progress_record.get("out_of_time"):
+                break
     finally:
         bar.close()
     return TrainResult(graphdef, state, progress_record["log"], progress_record["images"], config)
 
 
-def _account(progress_record: dict, group_index: int, state, loss, quality, clock, config) -> tuple[dict, bool]:
-    """Log one evaluation in ``progress_record``; close the image when it reached the target or its budget."""
+def _account(
+    progress_record: dict, group_index: int, state, loss, quality, clock, config, precompute_seconds
+) -> tuple[dict, bool]:
+    """Log one evaluation in ``progress_record``; close the image when it reached the target or a budget."""
     progress_record["image_step"] += config.steps_per_call
     progress_record["evaluations"] += 1
     progress_record["train_seconds"] = time.perf_counter() - clock
@@ -500,8 +509,12 @@ def _account(progress_record: dict, group_index: int, state, loss, quality, cloc
     progress_record["log"].append(record)
     reached = quality["ssim"] >= config.target_ssim
     image_seconds = progress_record["train_seconds"] - progress_record["image_started"]
-    out_of_budget = progress_record["image_step"] >= config.max_steps or (
-        config.max_seconds is not None and image_seconds >= config.max_seconds
+    run_seconds = precompute_seconds + progress_record["train_seconds"]
+    progress_record["out_of_time"] = config.max_total_seconds is not None and run_seconds >= config.max_total_seconds
+    out_of_budget = (
+        progress_record["image_step"] >= config.max_steps
+        or (config.max_seconds is not None and image_seconds >= config.max_seconds)
+        or progress_record["out_of_time"]
     )
     finished = reached or out_of_budget
     if finished:
