@@ -114,3 +114,19 @@ def test_run_is_the_whole_pipeline_and_resumes(tmp_path, capsys):
     assert main(argv) == 0
     again = json.loads((out / "training_log.json").read_text())["log"]
     assert [r["global_step"] for r in again] == [r["global_step"] for r in log]
+
+
+def test_experiment_all_quick_writes_a_report(tmp_path):
+    out = tmp_path / "exp"
+    assert main(["experiment", "all", "--quick", "--out", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    for heading in ("## exp1", "## exp2", "## exp3"):
+        assert heading in report
+    for name in ("exp1.json", "exp2.json", "exp3.json", "exp1_ssim_vs_time.png", "exp3_generated.png"):
+        assert (out / name).exists(), name
+    exp1 = json.loads((out / "exp1.json").read_text())
+    assert {r["method"] for r in exp1["rows"]} == {"fpjax", "DDPM"}
+    for row in exp1["rows"]:
+        assert row["reached"] == (row["ssim"] >= row["target"])
+    exp3 = json.loads((out / "exp3.json").read_text())
+    assert exp3["fpjax"]["precompute_seconds"] > 0 and len(exp3["DDPM"]["nearest_ssim"]) == 4
