@@ -91,11 +91,19 @@ def q_sample(ddpm: DDPM, x0, level, eps):
     return jnp.sqrt(ab) * x0 + jnp.sqrt(1.0 - ab) * eps
 
 
-def ancestral_sample(ddpm: DDPM, eps_fn: Callable, x, key, start: int | None = None):
+def _pds(preconditioner):
+    if preconditioner is None:
+        return (lambda v: v), (lambda v: v)
+    return preconditioner.gram, preconditioner.apply
+
+
+def ancestral_sample(ddpm: DDPM, eps_fn: Callable, x, key, start: int | None = None, preconditioner=None):
     """Ho et al.'s reverse chain from level ``start`` (default the last) down to ``x_0``.
 
-    ``eps_fn(x, level)`` takes ``(B, ...)`` states and ``(B,)`` float levels.
+    ``eps_fn(x, level)`` takes ``(B, ...)`` states and ``(B,)`` float levels. A PDS ``preconditioner``
+    ``M`` turns the noise-prediction (score) term into ``M M^T eps`` and the added noise into ``M z``.
     """
+    gram, shape_noise = _pds(preconditioner)
     start = ddpm.steps - 1 if start is None else start
     betas = jnp.asarray(ddpm.betas(), x.dtype)
     ab = jnp.asarray(ddpm.alphas_bar(), x.dtype)
@@ -103,9 +111,9 @@ def ancestral_sample(ddpm: DDPM, eps_fn: Callable, x, key, start: int | None = N
 
     def step(x, inputs):
         i, k = inputs
-        eps = eps_fn(x, jnp.full((x.shape[0],), i, x.dtype))
+        eps = gram(eps_fn(x, jnp.full((x.shape[0],), i, x.dtype)))
         mean = (x - betas[i] / jnp.sqrt(1.0 - ab[i]) * eps) / jnp.sqrt(1.0 - betas[i])
-        noise = jnp.where(i > 0, jnp.sqrt(betas[i]), 0.0) * jax.random.normal(k, x.shape, x.dtype)
+        noise = jnp.where(i > 0, jnp.sqrt(betas[i]), 0.0) * shape_noise(jax.random.normal(k, x.shape, x.dtype))
         return mean + noise, None
 
     x, _ = jax.lax.scan(step, x, (levels, jax.random.split(key, levels.shape[0])))
@@ -119,8 +127,14 @@ def ddim_levels(ddpm: DDPM, start: int, count: int) -> np.ndarray:
     return levels if levels[0] == start else np.concatenate([[start], levels])
 
 
-def ddim_sample(ddpm: DDPM, eps_fn: Callable, x, key, start: int | None = None, count: int | None = None):
-    """DDIM (``eta = ddpm.eta``) from level ``start`` to ``x_0`` over the levels of :func:`ddim_levels`."""
+def ddim_sample(
+    ddpm: DDPM, eps_fn: Callable, x, key, start: int | None = None, count: int | None = None, preconditioner=None
+):
+    """DDIM (``eta = ddpm.eta``) from level ``start`` to ``x_0`` over the levels of :func:`ddim_levels`.
+
+    A PDS ``preconditioner`` replaces ``eps`` by ``M M^T eps`` and the noise by ``M z``.
+    """
+    gram, shape_noise = _pds(preconditioner)
     start = ddpm.steps - 1 if start is None else start
     levels = ddim_levels(ddpm, start, count or ddpm.sampler_steps)
     ab = jnp.asarray(ddpm.alphas_bar(), x.dtype)
@@ -131,35 +145,38 @@ def ddim_sample(ddpm: DDPM, eps_fn: Callable, x, key, start: int | None = None, 
         i, j, k = inputs
         ab_i = ab[i]
         ab_j = jnp.where(j >= 0, ab[jnp.maximum(j, 0)], 1.0)
-        eps = eps_fn(x, jnp.full((x.shape[0],), i, x.dtype))
+        eps = gram(eps_fn(x, jnp.full((x.shape[0],), i, x.dtype)))
         x0 = (x - jnp.sqrt(1.0 - ab_i) * eps) / jnp.sqrt(ab_i)
         sigma = ddpm.eta * jnp.sqrt((1.0 - ab_j) / (1.0 - ab_i) * (1.0 - ab_i / ab_j))
         direction = jnp.sqrt(jnp.maximum(1.0 - ab_j - sigma**2, 0.0)) * eps
-        return jnp.sqrt(ab_j) * x0 + direction + sigma * jax.random.normal(k, x.shape, x.dtype), None
+        noise = sigma * shape_noise(jax.random.normal(k, x.shape, x.dtype))
+        return jnp.sqrt(ab_j) * x0 + direction + noise, None
 
     x, _ = jax.lax.scan(step, x, (current, previous, jax.random.split(key, len(levels))))
     return x
 
 
-def reverse(ddpm: DDPM, eps_fn, x, key, start=None):
+def reverse(ddpm: DDPM, eps_fn, x, key, start=None, preconditioner=None):
     if ddpm.sampler == "ddim":
-        return ddim_sample(ddpm, eps_fn, x, key, start)
-    return ancestral_sample(ddpm, eps_fn, x, key, start)
+        return ddim_sample(ddpm, eps_fn, x, key, start, preconditioner=preconditioner)
+    return ancestral_sample(ddpm, eps_fn, x, key, start, preconditioner)
 
 
-def denoise(ddpm: DDPM, eps_fn: Callable, noisy, noise_std: float, key):
+def denoise(ddpm: DDPM, eps_fn: Callable, noisy, noise_std: float, key, preconditioner=None):
     """Denoise ``(B, H, W, C)`` images in ``[0, 1]`` carrying Gaussian noise of std ``noise_std``."""
     start = ddpm.level_for_noise(2.0 * noise_std)
     ab = float(ddpm.alphas_bar()[start])
     x = np.sqrt(ab) * (2.0 * noisy - 1.0)
-    return jnp.clip((reverse(ddpm, eps_fn, x, key, start) + 1.0) / 2.0, 0.0, 1.0)
+    return jnp.clip((reverse(ddpm, eps_fn, x, key, start, preconditioner) + 1.0) / 2.0, 0.0, 1.0)
 
 
-def generate(ddpm: DDPM, eps_fn: Callable, key, shape, dtype=jnp.float32):
-    """``shape = (B, H, W, C)`` images in ``[0, 1]`` from ``N(0, I)`` at the last level."""
+def generate(ddpm: DDPM, eps_fn: Callable, key, shape, dtype=jnp.float32, preconditioner=None):
+    """``shape = (B, H, W, C)`` images in ``[0, 1]`` from ``N(0, I)`` (``N(0, M M^T)`` with PDS) at the last level."""
     prior_key, key = jax.random.split(key)
     x = jax.random.normal(prior_key, shape, dtype)
-    return jnp.clip((reverse(ddpm, eps_fn, x, key) + 1.0) / 2.0, 0.0, 1.0)
+    if preconditioner is not None:
+        x = preconditioner.apply(x)
+    return jnp.clip((reverse(ddpm, eps_fn, x, key, None, preconditioner) + 1.0) / 2.0, 0.0, 1.0)
 
 
 def eps_function(result: training.TrainResult, labels=None, ema: bool = True) -> Callable:

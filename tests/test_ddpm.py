@@ -1,3 +1,5 @@
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -87,3 +89,22 @@ def test_training_a_tiny_ddpm_runs_through_the_shared_loop():
     assert [r["step"] for r in result.log] == [5, 10]
     out = dd.generate(config.objective, dd.eps_function(result), jax.random.key(1), (2, 16, 16, 3))
     assert out.shape == (2, 16, 16, 3) and bool(jnp.all((out >= 0) & (out <= 1)))
+
+
+@pytest.mark.parametrize("sampler", ["ancestral", "ddim"])
+def test_preconditioner_scales_the_noise_term(sampler):
+    """With M = 2 I and zero added noise the chain equals the plain one with 4 eps."""
+
+    class Double:
+        apply = staticmethod(lambda v: 0 * v)  # no noise: compares the drift alone
+        gram = staticmethod(lambda v: 4 * v)
+
+    model = dd.DDPM(sampler=sampler, sampler_steps=50)
+    eps = _gaussian_eps(model)
+    x = jax.random.normal(jax.random.key(0), (8, 1))
+    pre = dd.reverse(model, eps, x, jax.random.key(1), start=200, preconditioner=Double())
+    noiseless = dataclasses.replace(model, eta=0.0)
+    plain = dd.reverse(noiseless, lambda x, i: 4 * eps(x, i), x, jax.random.key(1), start=200,
+                       preconditioner=type("NoNoise", (), {"apply": staticmethod(lambda v: 0 * v),
+                                                           "gram": staticmethod(lambda v: v)})())  # fmt: skip
+    np.testing.assert_allclose(pre, plain, rtol=1e-5, atol=1e-6)
