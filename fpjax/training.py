@@ -258,12 +258,22 @@ def fuses_steps(config: TrainConfig) -> bool:
     return jax.default_backend() != "cpu"
 
 
+def _step_config(config: TrainConfig) -> TrainConfig:
+    """``config`` with the fields a step does not read set to fixed values: one compiled program per method,
+    whatever the targets and budgets (the warm-ups of the experiments rely on it)."""
+    return dataclasses.replace(
+        config, target_ssim=0.0, max_steps=1, max_seconds=None, max_total_seconds=None, checkpoint_every=1,
+        steps_per_call=1,
+    )  # fmt: skip
+
+
 def train_steps(graphdef, state: TrainState, data: TrainData, config: TrainConfig, num_steps: int, use_labels: bool):
     """``num_steps`` Adam steps on eq. 29 -> (new state, ``(num_steps,)`` losses).
 
     Fused into one jitted ``lax.scan`` (accelerators) or one jitted call per
     step (CPUs), as :func:`fuses_steps` decides (the same steps; XLA may round differently).
     """
+    config = _step_config(config)
     if fuses_steps(config):
         return _scanned_steps(graphdef, state, data, config, num_steps, use_labels)
     step_losses = []
@@ -278,9 +288,13 @@ def _g_of(g_values):
     return lambda t: jnp.interp(t, grid, g_values)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "config", "use_labels"))
 def evaluate(graphdef, params, noisy, clean, labels, g_values, key, config: TrainConfig, use_labels: bool):
     """Denoise ``(B, H, W, C)`` ``noisy`` with the objective's sampler -> (denoised, ``{"ssim", "psnr", "mse"}``)."""
+    return _evaluate(graphdef, params, noisy, clean, labels, g_values, key, _step_config(config), use_labels)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "config", "use_labels"))
+def _evaluate(graphdef, params, noisy, clean, labels, g_values, key, config: TrainConfig, use_labels: bool):
     net = network(graphdef, params, use_labels)
     denoised = config.objective.denoise(net, noisy, labels, key, g_values, config)
     return denoised, metrics.quality(denoised, clean)

@@ -17,9 +17,8 @@ cells = [
         "import matplotlib.pyplot as plt\n"
         "from fpjax import experiments\n"
         "out = pathlib.Path(tempfile.mkdtemp())\n"
-        "# Smaller than `fpjax experiment all --quick`, to keep CI short; raise the targets and budgets for real numbers.\n"
-        "settings = dataclasses.replace(experiments.QUICK, targets=(0.7, 0.8), max_seconds=25.0, budget=25.0,\n"
-        "                               exp3_images=2, generate=2, cifar='../../shared/data/cifar10_subset.npz')\n"
+        "# The settings of `fpjax experiment all --quick`, small for CI; raise the targets and budgets for real numbers.\n"
+        "settings = dataclasses.replace(experiments.QUICK, cifar='../../shared/data/cifar10_subset.npz')\n"
         "settings"
     ),
     nbf.v4.new_markdown_cell(

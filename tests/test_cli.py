@@ -129,7 +129,7 @@ def test_experiment_all_quick_writes_a_report(tmp_path):
     for row in exp1["rows"]:
         assert row["reached"] == (row["ssim"] >= row["target"])
     exp3 = json.loads((out / "exp3.json").read_text())
-    assert exp3["fpjax"]["precompute_seconds"] > 0 and len(exp3["DDPM"]["nearest_ssim"]) == 4
+    assert exp3["fpjax"]["precompute_seconds"] > 0 and len(exp3["DDPM"]["nearest_ssim"]) == 2
 
 
 def test_experiment_pds_quick_writes_a_table(tmp_path):
@@ -137,7 +137,7 @@ def test_experiment_pds_quick_writes_a_table(tmp_path):
     assert main(["experiment", "pds", "--quick", "--budget", "5", "--out", str(out)]) == 0
     result = json.loads((out / "pds.json").read_text())
     assert {(r["method"], r["steps"], r["pds"]) for r in result["rows"]} == {
-        (m, s, p) for m in ("fpjax", "DDPM") for s in (5, 20) for p in (False, True)
+        (m, s, p) for m in ("fpjax", "DDPM") for s in (5,) for p in (False, True)
     }
     assert all(0.0 <= r["denoise_ssim"] <= 1.0 for r in result["rows"])
     assert (out / "pds_preconditioner.npz").exists() and "## PDS" in (out / "report.md").read_text()
