@@ -75,7 +75,8 @@ def _precompute_stage(images, names, fp_config, out: pathlib.Path, progress: boo
     if bar is not None:
         bar.close()
     previous = json.loads(timing_path.read_text())["seconds"] if timing_path.exists() else 0.0
-    seconds = previous + result.seconds
+    # A resumed run adds the time of the images it solved now, not the store look-up of finished ones.
+    seconds = previous + (result.seconds if result.skipped < len(images) else 0.0)
     timing_path.write_text(json.dumps({"seconds": seconds, "images": len(images)}))
     m = np.asarray(result.m[...])
     return m, seconds, result.stats
