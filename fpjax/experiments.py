@@ -167,14 +167,19 @@ def exp1(out: pathlib.Path, settings: Settings, progress=True) -> dict:
     return result
 
 
+def _embedded(images, fp_config):
+    """Pre-compute and embed ``images`` -> (trajectories, wall seconds of both)."""
+    start = time.perf_counter()
+    m = precompute(images, fp_config).m
+    trajectories = jax.block_until_ready(embed(images, m, fp_config))
+    return trajectories, time.perf_counter() - start
+
+
 def _fit(images, fp_config, g_values, unet, config, name, seed):
     """Train one method on ``images``; returns (log, pre-computation seconds)."""
     pre = 0.0
     if name == "fpjax":
-        start = time.perf_counter()
-        m = precompute(images, fp_config).m
-        trajectories = jax.block_until_ready(embed(images, m, fp_config))
-        pre = time.perf_counter() - start
+        trajectories, pre = _embedded(images, fp_config)
     else:
         trajectories = jnp.asarray(images)[:, None]
         g_values = g_values[:1]
@@ -302,10 +307,7 @@ def exp3(out: pathlib.Path, settings: Settings, progress=True) -> dict:
     )
 
     # fpjax: pre-compute (counted in the budget), then image by image with replay until the budget is spent.
-    start = time.perf_counter()
-    m = precompute(images, fp_config).m
-    trajectories = jax.block_until_ready(embed(images, m, fp_config))
-    pre = time.perf_counter() - start
+    trajectories, pre = _embedded(images, fp_config)
     unet = UNetConfig(channels=settings.channels, num_images=len(images))
     ours_config = _train_config(settings, training.EmbeddedDenoising(), target_ssim=0.9, max_steps=10**9,
                                 max_total_seconds=settings.budget, replay=0.5)  # fmt: skip
@@ -412,8 +414,7 @@ def exp_pds(out: pathlib.Path, settings: Settings, progress=True, step_counts=(5
     g_values = fp.diffusion_schedule(fp_config)
     g = sampling.g_function(fp_config)
     key = jax.random.key(settings.seed)
-    m = precompute(images, fp_config).m
-    trajectories = embed(images, m, fp_config)
+    trajectories, _ = _embedded(images, fp_config)
     ours_config = _train_config(settings, training.EmbeddedDenoising(), target_ssim=0.9, max_steps=10**9,
                                 max_total_seconds=settings.budget, replay=0.5)  # fmt: skip
     unet = UNetConfig(channels=settings.channels, num_images=len(images))
