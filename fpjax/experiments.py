@@ -27,6 +27,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tqdm
 
 from fpjax import ddpm as dd
 from fpjax import fokker_planck as fp
@@ -400,16 +401,26 @@ def _median_seconds(fn, repeats: int = 5) -> float:
     return float(np.median(times))
 
 
-def exp_pds(out: pathlib.Path, settings: Settings, progress=True, step_counts=(5, 10, 20, 50, 100), alpha=2.0) -> dict:
-    """Quality against sampling steps with and without PDS, for a trained fpjax model and a DDPM model."""
+PDS_ALPHAS = (1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
+
+
+def exp_pds(out: pathlib.Path, settings: Settings, progress=True, step_counts=(5, 10, 20, 50, 100),
+            alphas=PDS_ALPHAS) -> dict:  # fmt: skip
+    """Quality against sampling steps, plain and with PDS at each ``alpha``, for an fpjax and a DDPM model.
+
+    Rows carry ``alpha=None`` for the plain sampler. The summary picks the best ``alpha`` per step count (by
+    denoising SSIM), fits eq. 50 to those, and counts the steps each sampler needs to reach 95% of the plain
+    sampler's best denoising SSIM.
+    """
     from fpjax import pds
 
     settings = _resolved(settings)
     size = settings.sizes[0]
     images, source = load_images(settings, size, settings.exp3_images)
     stats_images, _ = load_images(settings, size, 200)
-    preconditioner = pds.from_data(stats_images, alpha)
-    preconditioner.save(out / "pds_preconditioner.npz")
+    preconditioners = {alpha: pds.from_data(stats_images, alpha) for alpha in alphas}
+    for alpha, m in preconditioners.items():
+        m.save(out / f"pds_preconditioner_alpha{alpha:g}.npz")
     fp_config = fp.FPConfig()
     g_values = fp.diffusion_schedule(fp_config)
     g = sampling.g_function(fp_config)
@@ -432,35 +443,28 @@ def exp_pds(out: pathlib.Path, settings: Settings, progress=True, step_counts=(5
     shape = (settings.generate,) + images.shape[1:]
     eps = dd.eps_function(base)
     rows = []
-    for steps in step_counts:
-        for use in (False, True):
-            m_ = preconditioner if use else None
-            cfg = sampling.SamplerConfig(steps=steps, method="sde")
-            den = jax.jit(lambda n, k, cfg=cfg, m_=m_: sampling.denoise(ours.score(labels), n, k, g, cfg, None, m_))
-            gen = jax.jit(lambda k, cfg=cfg, m_=m_: sampling.generate(ours.score(gen_labels), k, shape, g, cfg,
-                                                                      preconditioner=m_))  # fmt: skip
-            ddpm = dataclasses.replace(ddpm_config.objective, sampler="ddim", sampler_steps=steps)
-            d_den = jax.jit(lambda n, k, ddpm=ddpm, m_=m_: dd.denoise(ddpm, eps, n, 0.5, k, m_))
-            d_gen = jax.jit(lambda k, ddpm=ddpm, m_=m_: dd.generate(ddpm, eps, k, shape, preconditioner=m_))
-            k1, k2 = jax.random.split(jax.random.fold_in(key, steps))
-            for method, denoiser, generator in (("fpjax", den, gen), ("DDPM", d_den, d_gen)):
-                denoised = denoiser(noisy, k1)
-                generated = generator(k2)
+    for steps in tqdm.tqdm(step_counts, desc="pds sweep", disable=not progress):
+        samplers = _pds_samplers(ours, labels, gen_labels, eps, ddpm_config.objective, g, shape, steps)
+        k1, k2 = jax.random.split(jax.random.fold_in(key, steps))
+        for alpha in (None, *alphas):
+            m_ = None if alpha is None else preconditioners[alpha]
+            for method, (denoiser, generator) in samplers.items():
+                denoised = denoiser(noisy, k1, m_)
+                generated = generator(k2, m_)
                 rows.append(dict(
-                    method=method, steps=steps, pds=use,
+                    method=method, steps=steps, alpha=alpha, pds=alpha is not None,
                     denoise_ssim=float(jnp.mean(metrics.ssim(denoised, clean))),
                     denoise_psnr=float(jnp.mean(metrics.psnr(denoised, clean))),
                     generate_nearest_ssim=float(jnp.mean(metrics.nearest_ssim(generated, clean)[0])),
                 ))  # fmt: skip
     # Overhead per sampling step: the fpjax SDE sampler, 50 steps, batch `generate`, with and without PDS.
     cfg = sampling.SamplerConfig(steps=50, method="sde")
-    timing = {}
-    for use in (False, True):
-        m_ = preconditioner if use else None
-        fn = jax.jit(lambda k, m_=m_: sampling.generate(ours.score(gen_labels), k, shape, g, cfg, preconditioner=m_))
-        timing["pds" if use else "plain"] = _median_seconds(lambda fn=fn: fn(key)) / cfg.steps
-    result = dict(experiment="pds", source=source, size=size, alpha=alpha, machine=_machine(),
+    fn = jax.jit(lambda k, m: sampling.generate(ours.score(gen_labels), k, shape, g, cfg, preconditioner=m))
+    timing = {name: _median_seconds(lambda m_=m_: fn(key, m_)) / cfg.steps
+              for name, m_ in (("plain", None), ("pds", preconditioners[alphas[0]]))}  # fmt: skip
+    result = dict(experiment="pds", source=source, size=size, alphas=list(alphas), machine=_machine(),
                   settings=dataclasses.asdict(settings), rows=rows, seconds_per_step=timing,
+                  summary={method: pds_summary(rows, method) for method in ("fpjax", "DDPM")},
                   fpjax_train_seconds=ours.log[-1]["train_seconds"],
                   ddpm_train_seconds=base.log[-1]["train_seconds"])  # fmt: skip
     _plot_pds(rows, out / "pds_quality_vs_steps.png")
@@ -468,41 +472,99 @@ def exp_pds(out: pathlib.Path, settings: Settings, progress=True, step_counts=(5
     return result
 
 
+def _pds_samplers(ours, labels, gen_labels, eps, ddpm, g, shape, steps):
+    """Jitted ``(denoise(noisy, key, M), generate(key, M))`` per method at ``steps`` sampling steps.
+
+    The preconditioner ``M`` is a traced argument: one compilation per step count serves every alpha.
+    """
+    cfg = sampling.SamplerConfig(steps=steps, method="sde")
+    ddpm = dataclasses.replace(ddpm, sampler="ddim", sampler_steps=steps)
+    return {
+        "fpjax": (jax.jit(lambda n, k, m: sampling.denoise(ours.score(labels), n, k, g, cfg, None, m)),
+                  jax.jit(lambda k, m: sampling.generate(ours.score(gen_labels), k, shape, g, cfg, preconditioner=m))),
+        "DDPM": (jax.jit(lambda n, k, m: dd.denoise(ddpm, eps, n, 0.5, k, m)),
+                 jax.jit(lambda k, m: dd.generate(ddpm, eps, k, shape, preconditioner=m))),
+    }  # fmt: skip
+
+
+def _steps_to_reach(points, level):
+    """The fewest steps among ``(steps, quality)`` points whose quality reaches ``level`` (``None``: none do)."""
+    reached = [steps for steps, quality in points if quality >= level]
+    return min(reached) if reached else None
+
+
+def pds_summary(rows, method: str, metric: str = "denoise_ssim", fraction: float = 0.95) -> dict:
+    """Best alpha per step count, the eq. 50 fit to the finite best alphas, and the steps to a common quality.
+
+    The common quality is ``fraction`` of the plain sampler's best ``metric`` over all step counts; "PDS" there
+    means the best alpha at each step count (an oracle choice, which favours PDS).
+    """
+    mine = [r for r in rows if r["method"] == method]
+    step_counts = sorted({r["steps"] for r in mine})
+    plain = {r["steps"]: r[metric] for r in mine if not r["pds"]}
+    best = {}
+    for steps in step_counts:
+        top = max((r for r in mine if r["steps"] == steps), key=lambda r: r[metric])
+        best[steps] = dict(alpha=top["alpha"], quality=top[metric], plain=plain[steps])
+    level = fraction * max(plain.values())
+    plain_steps = _steps_to_reach(plain.items(), level)
+    pds_steps = _steps_to_reach(((s, b["quality"]) for s, b in best.items() if b["alpha"] is not None), level)
+    finite = [(s, b["alpha"]) for s, b in best.items() if b["alpha"] is not None]
+    fit = None
+    if len({s for s, _ in finite}) >= 2 and len({a for _, a in finite}) >= 2:
+        from fpjax import pds
+
+        a, b = pds.fit_alpha_T(*zip(*finite, strict=True), power=2)
+        fit = dict(a=a, b=b, power=2, points=finite)
+    return dict(metric=metric, best=best, level=level, plain_steps=plain_steps, pds_steps=pds_steps,
+                speedup=(plain_steps / pds_steps) if plain_steps and pds_steps else None, fit=fit)  # fmt: skip
+
+
 def _plot_pds(rows, path):
     from fpjax.figures import plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    panels = ((axes[0], "denoise_ssim", "denoising SSIM"),
-              (axes[1], "generate_nearest_ssim", "generated: SSIM to nearest training image"))  # fmt: skip
-    for ax, metric, label in panels:
-        for method, colour in (("fpjax", "C0"), ("DDPM", "C3")):
-            for use, style in ((False, "--"), (True, "-")):
-                pts = [(r["steps"], r[metric]) for r in rows if r["method"] == method and r["pds"] == use]
-                ax.plot(*zip(*pts, strict=True), style + "o", color=colour, ms=3,
-                        label=f"{method}{' + PDS' if use else ''}")  # fmt: skip
-        ax.set_xscale("log")
-        ax.set_xlabel("sampling steps")
-        ax.set_ylabel(label)
-        ax.legend(fontsize=7)
+    alphas = sorted({r["alpha"] for r in rows if r["alpha"] is not None})
+    colours = plt.cm.viridis(np.linspace(0.0, 0.9, max(len(alphas), 1)))
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
+    panels = (("denoise_ssim", "denoising SSIM"), ("generate_nearest_ssim", "generated: SSIM to nearest training"))
+    for row_axes, method in zip(axes, ("fpjax", "DDPM"), strict=True):
+        for ax, (metric, label) in zip(row_axes, panels, strict=True):
+            for alpha, colour in ((None, "k"), *zip(alphas, colours, strict=True)):
+                pts = [(r["steps"], r[metric]) for r in rows if r["method"] == method and r["alpha"] == alpha]
+                ax.plot(*zip(*pts, strict=True), "--o" if alpha is None else "-o", color=colour, ms=3,
+                        label="plain" if alpha is None else f"PDS alpha={alpha:g}")  # fmt: skip
+            ax.set_xscale("log")
+            ax.set_xlabel("sampling steps")
+            ax.set_ylabel(label)
+            ax.set_title(method)
+    axes[0, 0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
 
 def pds_markdown(result) -> str:
-    lines = [
-        "| method | steps | denoising SSIM (plain / PDS) | denoising PSNR (plain / PDS) "
-        "| generated, SSIM to nearest (plain / PDS) |",
-        "|---|---|---|---|---|",
-    ]
+    rows = result["rows"]
+    alphas = result["alphas"]
+    head = " | ".join(f"a={a:g}" for a in alphas)
+    lines = ["Denoising SSIM (noise std 0.5) by sampling steps and alpha; generated images' SSIM to the nearest "
+             "training image in brackets.\n",
+             f"| method | steps | plain | {head} |", "|---|---|" + "---|" * (len(alphas) + 1)]  # fmt: skip
     for method in ("fpjax", "DDPM"):
-        for steps in sorted({r["steps"] for r in result["rows"]}):
-            plain, pre = (next(r for r in result["rows"] if r["method"] == method and r["steps"] == steps
-                               and r["pds"] == use) for use in (False, True))  # fmt: skip
-            lines.append(
-                f"| {method} | {steps} | {plain['denoise_ssim']:.3f} / {pre['denoise_ssim']:.3f} | "
-                f"{plain['denoise_psnr']:.2f} / {pre['denoise_psnr']:.2f} | "
-                f"{plain['generate_nearest_ssim']:.3f} / {pre['generate_nearest_ssim']:.3f} |"
-            )
+        for steps in sorted({r["steps"] for r in rows}):
+            cells = []
+            for alpha in (None, *alphas):
+                r = next(r for r in rows if r["method"] == method and r["steps"] == steps and r["alpha"] == alpha)
+                cells.append(f"{r['denoise_ssim']:.3f} ({r['generate_nearest_ssim']:.2f})")
+            lines.append(f"| {method} | {steps} | " + " | ".join(cells) + " |")
+    lines.append("\n| method | best alpha per step count | level (95% of plain best) | steps: plain / PDS "
+                 "| eq. 50 fit (power 2) |")  # fmt: skip
+    lines.append("|---|---|---|---|---|")
+    for method, s in result["summary"].items():
+        best = ", ".join(f"{k}: {'plain' if b['alpha'] is None else format(b['alpha'], 'g')}"
+                         for k, b in s["best"].items())  # fmt: skip
+        fit = "n/a (fewer than two distinct finite best alphas)" if s["fit"] is None else (
+            f"a = {s['fit']['a']:.3g}, b = {s['fit']['b']:.3g}")  # fmt: skip
+        lines.append(f"| {method} | {best} | {s['level']:.3f} | {s['plain_steps']} / {s['pds_steps']} | {fit} |")
     t = result["seconds_per_step"]
     lines.append(f"\nSeconds per sampling step (fpjax SDE, batch of generated images): plain {t['plain']:.4f}, "
                  f"PDS {t['pds']:.4f} (paper, RTX 3090, NCSN++ 64x64: 0.10 vs 0.12).")  # fmt: skip
@@ -549,7 +611,7 @@ def write_report(out: pathlib.Path, results: dict, settings: Settings, command: 
         r = results["pds"]
         parts += [
             "## PDS: quality against sampling steps\n",
-            f"Data: {r['source']}, {r['size']}x{r['size']}; alpha = {r['alpha']}; preconditioner from up to 200 "
+            f"Data: {r['source']}, {r['size']}x{r['size']}; alphas {r['alphas']}; preconditioner from up to 200 "
             "images of the same source; fpjax: reverse SDE (eq. 30), DDPM: DDIM with that many steps.\n",
             pds_markdown(r),
             "\n![pds](pds_quality_vs_steps.png)\n",
@@ -578,7 +640,12 @@ def run(args) -> int:
         results["exp3"] = exp3(out, settings)
         print(exp3_markdown(results["exp3"]))
     if "pds" in which:
-        results["pds"] = exp_pds(out, settings, step_counts=(5,) if args.quick else (5, 10, 20, 50, 100))
+        results["pds"] = exp_pds(
+            out,
+            settings,
+            step_counts=(5,) if args.quick else (5, 10, 20, 50, 100),
+            alphas=(2.0,) if args.quick else PDS_ALPHAS,
+        )
         print(pds_markdown(results["pds"]))
     command = "fpjax experiment " + args.which + (" --quick" if args.quick else "") + f" --out {args.out}"
     path = write_report(out, results, settings, command)

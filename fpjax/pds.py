@@ -69,11 +69,13 @@ def apply_pixel(x, r_p):
     return x / r_p
 
 
+@jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class Preconditioner:
     """``M = M_f o M_p`` from normalised masks (``None``: that factor is the identity).
 
-    A pytree-free value object: pass the masks as arrays; ``apply`` is ``M``, ``transpose`` is ``M^T``.
+    A pytree of its masks, so it can be a traced argument of a jitted sampler (one compilation serves every
+    ``alpha``); ``apply`` is ``M``, ``transpose`` is ``M^T``.
     """
 
     r_f: jax.Array | None = None

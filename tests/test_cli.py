@@ -136,8 +136,9 @@ def test_experiment_pds_quick_writes_a_table(tmp_path):
     out = tmp_path / "pds"
     assert main(["experiment", "pds", "--quick", "--budget", "5", "--out", str(out)]) == 0
     result = json.loads((out / "pds.json").read_text())
-    assert {(r["method"], r["steps"], r["pds"]) for r in result["rows"]} == {
-        (m, s, p) for m in ("fpjax", "DDPM") for s in (5,) for p in (False, True)
+    assert {(r["method"], r["steps"], r["alpha"]) for r in result["rows"]} == {
+        (m, s, a) for m in ("fpjax", "DDPM") for s in (5,) for a in (None, 2.0)
     }
     assert all(0.0 <= r["denoise_ssim"] <= 1.0 for r in result["rows"])
-    assert (out / "pds_preconditioner.npz").exists() and "## PDS" in (out / "report.md").read_text()
+    assert set(result["summary"]) == {"fpjax", "DDPM"}
+    assert (out / "pds_preconditioner_alpha2.npz").exists() and "## PDS" in (out / "report.md").read_text()
