@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fpjax import training
+from fpjax.score_fpe import VPSDE, perturb
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +80,28 @@ class DDPM:
         xt = q_sample(self, x0, level, eps)
         predicted = net(xt, level.astype(x0.dtype) / self.steps, data.labels[index])
         return jnp.mean((predicted - eps) ** 2)
+
+    # What the score-FPE regulariser (fpjax.score_fpe.FPRegularised) needs: DDPM's chain is the VP SDE with
+    # beta(t) = steps * beta; the network at time t = i / steps has seen level i, i + 1 steps of the chain, so its
+    # score is -eps / sqrt(1 - alpha_bar(t + 1 / steps)) (in [-1, 1] units).
+    @property
+    def sde(self):
+        return VPSDE(self.steps * self.beta_start, self.steps * self.beta_end)
+
+    def score(self, net, labels, config: training.TrainConfig):
+        def score(x, t):
+            std = jnp.sqrt(self.sde.variance(t + 1.0 / self.steps))
+            return -net(x, t, labels) / std.reshape((-1,) + (1,) * (x.ndim - 1))
+
+        return score
+
+    def fpe_points(self, key, data: training.TrainData, config: training.TrainConfig):
+        k_image, k_time, k_noise = jax.random.split(key, 3)
+        index = training.image_indices(k_image, data, config.batch_size, config.replay)
+        x0 = 2.0 * data.trajectories[index, 0] - 1.0
+        t = jax.random.uniform(k_time, (config.batch_size,), x0.dtype, 2.0 / self.steps, 1.0)
+        x, _ = perturb(k_noise, x0, t + 1.0 / self.steps, self.sde)
+        return x, t, data.labels[index]
 
     def denoise(self, net, noisy, labels, key, g_values, config: training.TrainConfig):
         del g_values  # DDPM has its own schedule

@@ -33,6 +33,7 @@ from flax import nnx
 
 from fpjax import losses, metrics, sampling
 from fpjax.models.unet import UNet, UNetConfig
+from fpjax.score_fpe import ConstantVE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,6 +198,15 @@ class EmbeddedDenoising:
     def loss(self, net, key, data: TrainData, config: TrainConfig):
         x, t, g_t, z, labels = _batch(key, data, config)
         return losses.embedded_denoising_loss(self.score(net, labels, config), x, t, g_t, z, config.lam)
+
+    # What the score-FPE regulariser (fpjax.score_fpe.FPRegularised) needs: the SDE fpjax samples with (the
+    # papers' g = 0.5) and the points where eq. 29 evaluates the score.
+    sde = ConstantVE(0.5)
+
+    def fpe_points(self, key, data: TrainData, config: TrainConfig):
+        x, t, _, z, labels = _batch(key, data, config)
+        # t = 0 has no backward finite difference: those draws move one step later.
+        return x + config.lam * z, jnp.maximum(t, 1.0 / (data.trajectories.shape[1] - 1)), labels
 
     def denoise(self, net, noisy, labels, key, g_values, config: TrainConfig):
         return sampling.denoise(self.score(net, labels, config), noisy, key, _g_of(g_values), config.sampler)
