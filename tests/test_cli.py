@@ -141,4 +141,5 @@ def test_experiment_pds_quick_writes_a_table(tmp_path):
     }
     assert all(0.0 <= r["denoise_ssim"] <= 1.0 for r in result["rows"])
     assert set(result["summary"]) == {"fpjax", "DDPM"}
+    assert set(result["summary"]["DDPM"]) == {"denoise_ssim", "generate_nearest_ssim"}
     assert (out / "pds_preconditioner_alpha2.npz").exists() and "## PDS" in (out / "report.md").read_text()
