@@ -630,6 +630,10 @@ def write_report(out: pathlib.Path, results: dict, settings: Settings, command: 
             pds_markdown(r),
             "\n![pds](pds_quality_vs_steps.png)\n",
         ]
+    if "score-fpe" in results:
+        from fpjax import fpe_experiment
+
+        parts += ["## Score Fokker-Planck equation (FP-Diffusion)\n", fpe_experiment.markdown(results["score-fpe"])]
     path = out / "report.md"
     path.write_text("\n".join(parts) + "\n")
     return path
@@ -653,6 +657,12 @@ def run(args) -> int:
     if "exp3" in which:
         results["exp3"] = exp3(out, settings)
         print(exp3_markdown(results["exp3"]))
+    if "score-fpe" in which:
+        from fpjax import fpe_experiment
+
+        fpe_settings = fpe_experiment.QUICK_FPE if args.quick else fpe_experiment.FPESettings()
+        results["score-fpe"] = fpe_experiment.run(out, fpe_settings)
+        print(fpe_experiment.markdown(results["score-fpe"]))
     if "pds" in which:
         results["pds"] = exp_pds(
             out,
@@ -668,7 +678,7 @@ def run(args) -> int:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("which", choices=["exp1", "exp2", "exp3", "pds", "all"])
+    parser.add_argument("which", choices=["exp1", "exp2", "exp3", "pds", "score-fpe", "all"])
     parser.add_argument("--quick", action="store_true", help="small settings: a smoke test in a few minutes")
     parser.add_argument("--sizes", type=int, nargs="+")
     parser.add_argument("--images", type=int, help="images per size (exp1)")

@@ -344,13 +344,12 @@ class FPRegularised:
 # fpjax's own solution
 
 
-def fp_step_residuals(solution, config, g=None):
-    """The discrete log-density FP residual of every step of a :func:`fpjax.fokker_planck.solve` result,
-    recomputed from the stored trajectory: ``(T,)`` ``||F(m^n)|| / ||m^(n-1) / dt||`` (it should sit at the
-    outer iteration's tolerance)."""
+def fp_step_residuals(m, config, g=None):
+    """The discrete log-density FP residual of every step of a ``(T+1, H, W)`` log-density trajectory ``m``
+    (e.g. :func:`fpjax.fokker_planck.solve`'s ``.m``), recomputed from it: ``(T,)``
+    ``||F(m^n)|| / ||m^(n-1) / dt||`` (a solution's sits at the outer iteration's tolerance)."""
     from fpjax import fokker_planck as fp
 
-    m = solution.m
     g_values = fp.diffusion_schedule(config, g, m.dtype)
     spacing = config.grid_spacing(m.shape[-2:])
     times = jnp.arange(1, config.T + 1, dtype=m.dtype) * config.dt
