@@ -42,6 +42,10 @@ class DDPM:
       sampler_steps: DDIM steps over the whole chain (a denoising run from level ``i*`` takes the
         ``~ sampler_steps * i* / steps`` of them below ``i*``); the ancestral sampler takes every level.
       eta: DDIM's stochasticity (0: deterministic).
+      max_train_noise: train only on the levels up to the one matching this noise std (``[0, 1]`` units): the
+        levels a denoising run from that noise visits (``None``: all levels, Ho et al.).
+      fixed_noise: train on the single level matching this noise std and denoise in one step (the ``x_0``
+        prediction): a fixed-sigma denoiser (``None``: off).
     """
 
     steps: int = 1000
@@ -50,6 +54,8 @@ class DDPM:
     sampler: str = "ddim"
     sampler_steps: int = 100
     eta: float = 0.0
+    max_train_noise: float | None = None
+    fixed_noise: float | None = None
 
     def __post_init__(self):
         if self.sampler not in ("ddim", "ancestral"):
@@ -64,6 +70,14 @@ class DDPM:
         """``(steps,)`` ``alpha_bar[i]`` (NumPy float64: a static table)."""
         return np.cumprod(1.0 - self.betas())
 
+    def train_levels(self, key, batch: int):
+        """``(batch,)`` training levels: uniform over all levels, over those up to ``max_train_noise``'s, or
+        ``fixed_noise``'s only."""
+        if self.fixed_noise is not None:
+            return jnp.full((batch,), self.level_for_noise(2.0 * self.fixed_noise))
+        top = self.steps if self.max_train_noise is None else self.level_for_noise(2.0 * self.max_train_noise) + 1
+        return jax.random.randint(key, (batch,), 0, top)
+
     def level_for_noise(self, std: float) -> int:
         """The level ``i*`` whose ``sqrt((1 - alpha_bar)/alpha_bar)`` is closest to ``std`` (``[-1, 1]`` units)."""
         ab = self.alphas_bar()
@@ -75,7 +89,7 @@ class DDPM:
         k_image, k_level, k_noise = jax.random.split(key, 3)
         index = training.image_indices(k_image, data, config.batch_size, config.replay)
         x0 = 2.0 * data.trajectories[index, 0] - 1.0  # DDPM trains on the clean images
-        level = jax.random.randint(k_level, (config.batch_size,), 0, self.steps)
+        level = self.train_levels(k_level, config.batch_size)
         eps = jax.random.normal(k_noise, x0.shape, x0.dtype)
         xt = q_sample(self, x0, level, eps)
         predicted = net(xt, level.astype(x0.dtype) / self.steps, data.labels[index])
@@ -190,6 +204,9 @@ def denoise(ddpm: DDPM, eps_fn: Callable, noisy, noise_std: float, key, precondi
     start = ddpm.level_for_noise(2.0 * noise_std)
     ab = float(ddpm.alphas_bar()[start])
     x = np.sqrt(ab) * (2.0 * noisy - 1.0)
+    if ddpm.fixed_noise is not None:  # one step: the x_0 prediction at the only trained level
+        eps = eps_fn(x, jnp.full((x.shape[0],), start, x.dtype))
+        return jnp.clip(((x - np.sqrt(1.0 - ab) * eps) / np.sqrt(ab) + 1.0) / 2.0, 0.0, 1.0)
     return jnp.clip((reverse(ddpm, eps_fn, x, key, start, preconditioner) + 1.0) / 2.0, 0.0, 1.0)
 
 

@@ -663,6 +663,14 @@ def run(args) -> int:
         fpe_settings = fpe_experiment.QUICK_FPE if args.quick else fpe_experiment.FPESettings()
         results["score-fpe"] = fpe_experiment.run(out, fpe_settings)
         print(fpe_experiment.markdown(results["score-fpe"]))
+    if "ablation" in which:
+        from fpjax import ablation
+
+        base = ablation.QUICK_ABLATION if args.quick else ablation.AblationSettings()
+        changes = {k: v for k, v in (("images", args.images), ("max_seconds", args.max_seconds)) if v is not None}
+        results["ablation"] = ablation.run(out, dataclasses.replace(base, **changes), settings.cifar)
+        print(ablation.markdown(results["ablation"]))
+        return 0  # the ablation writes its own report.md
     if "pds" in which:
         results["pds"] = exp_pds(
             out,
@@ -678,7 +686,7 @@ def run(args) -> int:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("which", choices=["exp1", "exp2", "exp3", "pds", "score-fpe", "all"])
+    parser.add_argument("which", choices=["exp1", "exp2", "exp3", "pds", "score-fpe", "ablation", "all"])
     parser.add_argument("--quick", action="store_true", help="small settings: a smoke test in a few minutes")
     parser.add_argument("--sizes", type=int, nargs="+")
     parser.add_argument("--images", type=int, help="images per size (exp1)")
