@@ -36,7 +36,7 @@ class FPESettings:
     mixture_steps: int = 4000
     mixture_gammas: tuple = (0.0, 0.0015, 0.05)
     digits_steps: int = 4000
-    digits_gammas: tuple = (0.0, 0.1)
+    digits_gammas: tuple = (0.0, 0.001, 0.01, 0.1)
     digits_test: int = 300
     nll_points: int = 1000
     grid: int = 48
@@ -238,7 +238,7 @@ def run(out: pathlib.Path, settings: FPESettings, parts=("mixture", "digits", "i
 
 
 def markdown(result) -> str:
-    lines = []
+    lines = [f"Settings: `{result['settings']}`.\n"]
     if "mixture" in result:
         m = result["mixture"]
         lines += [f"### 2-D mixture ({m['data']}; VE SDE sigma {m['sde']['sigma_min']}..{m['sde']['sigma_max']})\n",
