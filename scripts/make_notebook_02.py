@@ -10,8 +10,8 @@ cells = [
     ),
     install_cell(),
     nbf.v4.new_code_cell(
-        "import pathlib, tempfile, textwrap, time\n"
-        "import numpy as np, jax\n"
+        "import pathlib, tempfile, textwrap\n"
+        "import numpy as np\n"
         "import matplotlib.pyplot as plt\n"
         "import fpjax\n"
         "from fpjax.data import sample_images, load_cifar10\n"

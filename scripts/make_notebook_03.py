@@ -16,7 +16,7 @@ cells = [
         "import matplotlib.pyplot as plt\n"
         "import fpjax\n"
         "from fpjax import training, sampling, metrics\n"
-        "from fpjax.data import sample_images, sample_names\n"
+        "from fpjax.data import sample_images\n"
         "from fpjax.models import UNetConfig\n"
         "from fpjax.figures import plot_denoising, plot_ssim_vs_time\n"
         "images = sample_images(32)[[0, 7, 15]]\n"

@@ -14,8 +14,7 @@ cells = [
     install_cell(),
     nbf.v4.new_code_cell(
         "import pathlib, tempfile\n"
-        "import numpy as np, jax, jax.numpy as jnp\n"
-        "import matplotlib.pyplot as plt\n"
+        "import jax, jax.numpy as jnp\n"
         "from IPython.display import Image, display\n"
         "from fpjax import mixtures, score_fpe as sf, fpe_experiment as fe\n"
         "mixture = mixtures.ring()  # eight modes on the unit circle, std 0.1\n"
