@@ -79,7 +79,7 @@ class Settings:
     cifar: str = str(CIFAR)
 
 
-QUICK = Settings(sizes=(32,), images=1, targets=(0.7, 0.8), max_seconds=20.0, budget=20.0, exp3_images=2, generate=2,
+QUICK = Settings(sizes=(32,), images=1, targets=(0.7, 0.8), max_seconds=10.0, budget=10.0, exp3_images=2, generate=2,
                  channels=8)  # fmt: skip
 
 

@@ -238,7 +238,7 @@ def run(out: pathlib.Path, settings: FPESettings, parts=("mixture", "digits", "i
 
 
 def markdown(result) -> str:
-    lines = [f"Settings: `{result['settings']}`.\n"]
+    lines = [f"Settings: `{result['settings']}`.\n"] if "settings" in result else []
     if "mixture" in result:
         m = result["mixture"]
         lines += [f"### 2-D mixture ({m['data']}; VE SDE sigma {m['sde']['sigma_min']}..{m['sde']['sigma_max']})\n",

@@ -45,7 +45,7 @@ cells = [
         "`replay=0`, forgets them)."
     ),
     nbf.v4.new_code_cell(
-        "train_config = training.TrainConfig(target_ssim=0.9, max_steps=300, replay=0.5)\n"
+        "train_config = training.TrainConfig(target_ssim=0.9, max_steps=150, replay=0.5)\n"
         "unet = UNetConfig(channels=32, num_images=len(images))\n"
         "g_values = fpjax.diffusion_schedule(config)\n"
         "run = training.train(images, trajectories, g_values, unet_config=unet, config=train_config,\n"
