@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-import time
 
 import jax
 import jax.numpy as jnp
@@ -31,7 +30,6 @@ from fpjax import fokker_planck as fp
 from fpjax import training
 from fpjax.embedding import embed
 from fpjax.models.unet import UNetConfig
-from fpjax.precompute import precompute
 
 VARIANTS = ("fpjax", "zero score", "scaled score", "DDPM tuned", "DDPM fixed sigma")
 
@@ -72,15 +70,13 @@ def scaled_score_trajectories(images, m, config: fp.FPConfig):
 
 def variant_trajectories(variant: str, images, config: fp.FPConfig):
     """``(trajectories, seconds)`` the variant trains on and the wall time spent making them."""
-    start = time.perf_counter()
+    from fpjax.experiments import _embedded
+
     if variant == "zero score":
         return zero_score_trajectories(images, config.T), 0.0
     if variant.startswith("DDPM"):
         return jnp.asarray(images)[:, None], 0.0
-    m = precompute(images, config).m
-    make = scaled_score_trajectories if variant == "scaled score" else (lambda i, mm, c: embed(i, mm, c))
-    trajectories = jax.block_until_ready(make(images, m, config))
-    return trajectories, time.perf_counter() - start
+    return _embedded(images, config, scaled_score_trajectories if variant == "scaled score" else embed)
 
 
 def variant_config(variant: str, settings: AblationSettings, **changes) -> training.TrainConfig:

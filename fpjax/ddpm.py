@@ -70,6 +70,11 @@ class DDPM:
         """``(steps,)`` ``alpha_bar[i]`` (NumPy float64: a static table)."""
         return np.cumprod(1.0 - self.betas())
 
+    def _clean_batch(self, key, data: training.TrainData, config: training.TrainConfig):
+        """A batch of clean images in ``[-1, 1]`` (DDPM trains on the clean images) and their labels."""
+        index = training.image_indices(key, data, config.batch_size, config.replay)
+        return 2.0 * data.trajectories[index, 0] - 1.0, data.labels[index]
+
     def train_levels(self, key, batch: int):
         """``(batch,)`` training levels: uniform over all levels, over those up to ``max_train_noise``'s, or
         ``fixed_noise``'s only."""
@@ -87,12 +92,11 @@ class DDPM:
 
     def loss(self, net, key, data: training.TrainData, config: training.TrainConfig):
         k_image, k_level, k_noise = jax.random.split(key, 3)
-        index = training.image_indices(k_image, data, config.batch_size, config.replay)
-        x0 = 2.0 * data.trajectories[index, 0] - 1.0  # DDPM trains on the clean images
+        x0, labels = self._clean_batch(k_image, data, config)
         level = self.train_levels(k_level, config.batch_size)
         eps = jax.random.normal(k_noise, x0.shape, x0.dtype)
         xt = q_sample(self, x0, level, eps)
-        predicted = net(xt, level.astype(x0.dtype) / self.steps, data.labels[index])
+        predicted = net(xt, level.astype(x0.dtype) / self.steps, labels)
         return jnp.mean((predicted - eps) ** 2)
 
     # What the score-FPE regulariser (fpjax.score_fpe.FPRegularised) needs: DDPM's chain is the VP SDE with
@@ -111,11 +115,10 @@ class DDPM:
 
     def fpe_points(self, key, data: training.TrainData, config: training.TrainConfig):
         k_image, k_time, k_noise = jax.random.split(key, 3)
-        index = training.image_indices(k_image, data, config.batch_size, config.replay)
-        x0 = 2.0 * data.trajectories[index, 0] - 1.0
+        x0, labels = self._clean_batch(k_image, data, config)
         t = jax.random.uniform(k_time, (config.batch_size,), x0.dtype, 2.0 / self.steps, 1.0)
         x, _ = perturb(k_noise, x0, t + 1.0 / self.steps, self.sde)
-        return x, t, data.labels[index]
+        return x, t, labels
 
     def denoise(self, net, noisy, labels, key, g_values, config: training.TrainConfig):
         del g_values  # DDPM has its own schedule

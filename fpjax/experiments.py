@@ -168,11 +168,14 @@ def exp1(out: pathlib.Path, settings: Settings, progress=True) -> dict:
     return result
 
 
-def _embedded(images, fp_config):
-    """Pre-compute and embed ``images`` -> (trajectories, wall seconds of both)."""
+def _embedded(images, fp_config, transport=embed):
+    """Pre-compute and embed ``images`` -> (trajectories, wall seconds of both).
+
+    ``transport(images, m, fp_config)`` makes the trajectories from the log-densities (default: the score
+    embedding; :mod:`fpjax.ablation` passes its variants)."""
     start = time.perf_counter()
     m = precompute(images, fp_config).m
-    trajectories = jax.block_until_ready(embed(images, m, fp_config))
+    trajectories = jax.block_until_ready(transport(images, m, fp_config))
     return trajectories, time.perf_counter() - start
 
 
