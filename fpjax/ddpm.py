@@ -113,10 +113,12 @@ class DDPM:
 
         return score
 
-    def fpe_points(self, key, data: training.TrainData, config: training.TrainConfig):
+    def fpe_points(self, key, data: training.TrainData, config: training.TrainConfig, t=None):
+        """``(x, t, labels)``: clean images diffused to random times, or to the given ``(batch,)`` times ``t``."""
         k_image, k_time, k_noise = jax.random.split(key, 3)
         x0, labels = self._clean_batch(k_image, data, config)
-        t = jax.random.uniform(k_time, (config.batch_size,), x0.dtype, 2.0 / self.steps, 1.0)
+        if t is None:
+            t = jax.random.uniform(k_time, (config.batch_size,), x0.dtype, 2.0 / self.steps, 1.0)
         x, _ = perturb(k_noise, x0, t + 1.0 / self.steps, self.sde)
         return x, t, labels
 

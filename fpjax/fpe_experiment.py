@@ -202,9 +202,10 @@ def image_part(settings: FPESettings, out: pathlib.Path) -> dict:
             score, x, t, objective.sde, k, sf.ESTIMATED, labels))  # fmt: skip
         r_fp, relative = [], []
         for i, t in enumerate(TIMES):
-            x, _, labels = objective.fpe_points(jax.random.fold_in(key, i), data, config)
-            x, labels = x[: settings.image_points], labels[: settings.image_points]
-            tb = jnp.full((x.shape[0],), max(float(t), 0.01), x.dtype)
+            # The points are drawn at the time the residual is evaluated at (x ~ p_t).
+            at_t = jnp.full((config.batch_size,), t, trajectories.dtype)
+            x, tb, labels = objective.fpe_points(jax.random.fold_in(key, i), data, config, at_t)
+            x, tb, labels = x[: settings.image_points], tb[: settings.image_points], labels[: settings.image_points]
             eps = residual(x, tb, jax.random.fold_in(key, 100 + i), labels)
             s = score(x, tb, labels)
             r_fp.append(float(jnp.mean(sf._per_dimension_norm(eps))))

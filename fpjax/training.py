@@ -203,10 +203,14 @@ class EmbeddedDenoising:
     # papers' g = 0.5) and the points where eq. 29 evaluates the score.
     sde = ConstantVE(0.5)
 
-    def fpe_points(self, key, data: TrainData, config: TrainConfig):
-        x, t, _, z, labels = _batch(key, data, config)
+    def fpe_points(self, key, data: TrainData, config: TrainConfig, t=None):
+        """``(x, t, labels)``: eq. 29's noisy inputs at random steps, or at the steps nearest ``(batch,)`` times
+        ``t``."""
+        T = data.trajectories.shape[1] - 1
+        n = None if t is None else jnp.clip(jnp.round(t * T).astype(jnp.int32), 0, T)
+        x, t, _, z, labels = _batch(key, data, config, n)
         # t = 0 has no backward finite difference: those draws move one step later.
-        return x + config.lam * z, jnp.maximum(t, 1.0 / (data.trajectories.shape[1] - 1)), labels
+        return x + config.lam * z, jnp.maximum(t, 1.0 / T), labels
 
     def denoise(self, net, noisy, labels, key, g_values, config: TrainConfig):
         return sampling.denoise(self.score(net, labels, config), noisy, key, _g_of(g_values), config.sampler)
@@ -216,11 +220,13 @@ DEFAULT_TRAIN = TrainConfig()
 DEFAULT_UNET = UNetConfig()
 
 
-def _batch(key, data: TrainData, config: TrainConfig):
+def _batch(key, data: TrainData, config: TrainConfig, n=None):
+    """A batch of trajectory points at random step indices (or at the given ``(batch,)`` indices ``n``)."""
     k_image, k_time, k_noise = jax.random.split(key, 3)
     T = data.trajectories.shape[1] - 1
     index = image_indices(k_image, data, config.batch_size, config.replay)
-    n = losses.sample_time_indices(k_time, config.batch_size, T, config.stratified)
+    if n is None:
+        n = losses.sample_time_indices(k_time, config.batch_size, T, config.stratified)
     x = data.trajectories[index, n]
     z = jax.random.normal(k_noise, x.shape, x.dtype)
     return x, n.astype(x.dtype) / T, data.g[n], z, data.labels[index]

@@ -176,3 +176,19 @@ def test_regulariser_plugs_into_both_training_objectives(name):
     grads = jax.jit(jax.grad(lambda p: objective.loss(network(p), key, data, config)))(params)
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
     assert float(jnp.abs(grads["v"])) > 0  # the penalty reaches the time dependence (d_t s)
+
+
+def test_fpe_points_can_be_drawn_at_given_times():
+    from fpjax import ddpm as dd
+    from fpjax import training
+
+    images = jax.random.uniform(jax.random.key(0), (2, 4, 4, 3))
+    trajectories = images[:, None] + jnp.arange(5.0)[None, :, None, None, None]  # step n adds n
+    data = training.TrainData(trajectories, jnp.arange(2), jnp.full((5,), 0.5))
+    config = training.TrainConfig(batch_size=3, lam=1e-6)
+    t = jnp.full((3,), 0.5)
+    x, tb, _ = training.EmbeddedDenoising().fpe_points(jax.random.key(1), data, config, t)
+    np.testing.assert_allclose(tb, 0.5)
+    assert bool(jnp.all(jnp.abs(x - 2.0 - 0.5) <= 0.5 + 1e-4))  # step 2 of the trajectory: image + 2
+    _, tb, _ = dd.DDPM().fpe_points(jax.random.key(1), data, config, t)
+    np.testing.assert_allclose(tb, 0.5)
