@@ -25,7 +25,7 @@ def _drift_component(config: fp.FPConfig, shape, dtype, component: str):
         return jnp.zeros((config.T,) + tuple(shape), dtype)
     times = jnp.arange(config.T, dtype=dtype) * config.dt
     spacing = config.grid_spacing(shape)
-    drift = jax.vmap(lambda t: fp._drift_fields(config, t, shape, dtype, spacing)[0])(times)  # (T, 2, H, W)
+    drift = jax.vmap(lambda t: fp.drift_fields(config, t, shape, dtype, spacing)[0])(times)  # (T, 2, H, W)
     return {"sum": drift[:, 0] + drift[:, 1], "x": drift[:, 0], "y": drift[:, 1]}[component]
 
 

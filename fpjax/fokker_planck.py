@@ -22,11 +22,7 @@ differentiating the iteration. Forward mode (``jvp``) is not defined.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import warnings
-from collections.abc import Callable
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -35,156 +31,36 @@ from jax import lax
 
 from fpjax import linsolve, stencil
 from fpjax.density import initial_log_density, validate_image
+from fpjax.problem import (  # noqa: F401 - re-exported: fokker_planck is where users meet them
+    ADVECTIONS,
+    LINEARIZATIONS,
+    PREDICTORS,
+    SCHEMES,
+    ConvergenceError,
+    FPConfig,
+    FPSolution,
+    StepCoefficients,
+    check_solution,
+    diffusion_integral,
+    diffusion_schedule,
+    drift_fields,
+    step_coefficients,
+)
 
-LINEARIZATIONS = ("picard", "newton")
-ADVECTIONS = ("central", "upwind")
 SCORE_COMPONENTS = ("sum", "x", "y")
-PREDICTORS = ("previous", "extrapolate")
 _LINE_SEARCH_HALVINGS = 8
-
-
-class ConvergenceError(RuntimeError):
-    """A Fokker-Planck step did not converge (raised by the non-jitted entry points)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class FPConfig:
-    """Settings of the log-density Fokker-Planck solve; hashable, usable as a static argument.
-
-    Attributes:
-      T: number of time steps; ``dt = 1/T``, ``t_n = n dt``.
-      g: diffusion coefficient: a scalar, a length ``T+1`` sequence (value at
-        each ``t_n``) or a function of ``t`` (traceable with ``jax.numpy``).
-        To differentiate with respect to ``g``, pass it to :func:`solve` as
-        ``g=`` instead.
-      drift: ``None`` (zero drift) or a traceable function ``t -> (f_x, f_y)``
-        returning fields broadcastable to ``(H, W)``.
-      boundary: ``"zero"`` (papers' zero padding) or ``"reflect"`` (zero flux).
-      linearization: ``"picard"`` (papers' semi-explicit iteration) or
-        ``"newton"`` (damped, falling back to a Picard update when the line
-        search fails).
-      advection: ``"central"`` (papers' scheme) or ``"upwind"`` (keeps the
-        step matrix an M-matrix where advection dominates).
-      outer_tol, max_outer: stopping rule of the outer iteration.
-      solver: ``"bicgstab"`` (``jax.scipy``), ``"bicgstab_counted"`` (same
-        recurrence, reports iteration counts) or ``"gmres"``.
-      tol: relative tolerance of each linear solve; ``maxiter`` its cap
-        (default ``10 H W``).
-      preconditioner: ``"dst"`` (the exact fast inverse of
-        ``1/dt - 1/2 g^2 lap``: Krylov iterations per solve stay near 2 from
-        32x32 to 256x256), ``"none"``, or ``"auto"`` (default: ``"dst"`` on
-        accelerators and for grids of 128 and more a side, ``"none"`` for
-        smaller grids on a CPU, where the transforms cost more than the
-        iterations they save: measured by ``fpjax bench solver``). The papers
-        use a direct solver; the preconditioner never changes the solution.
-      spacing: ``(hx, hy)``; default ``(1/W, 1/H)`` (the papers' text; their
-        script uses ``1/(H-1)``).
-      transform: how the ``"dst"`` preconditioner transforms: ``"auto"``,
-        ``"dense"`` or ``"fft"``.
-      predictor: where the outer iteration of step ``n`` starts:
-        ``"extrapolate"`` (default: ``2 m^(n-1) - m^(n-2)``, second order in
-        ``dt``, used where its nonlinear residual is smaller than that of
-        ``m^(n-1)``) or ``"previous"`` (``m^(n-1)``, the papers' and DESIGN.md's
-        choice). Both iterate to the same discrete equation ``F(m) = 0``; the
-        extrapolated start needs fewer outer iterations (``fpjax bench
-        solver``: 3.2 instead of 3.8 per step at 32x32, 3.3 instead of 4.0
-        at 64x64), which is why it is the default.
-    """
-
-    T: int = 100
-    g: float | tuple | Callable = 0.5
-    drift: Callable | None = None
-    boundary: str = "zero"
-    linearization: str = "picard"
-    advection: str = "central"
-    outer_tol: float = 1e-5
-    max_outer: int = 50
-    solver: str = "bicgstab"
-    tol: float = 1e-6
-    maxiter: int | None = None
-    preconditioner: str = "auto"
-    spacing: tuple | None = None
-    transform: str = "auto"
-    predictor: str = "extrapolate"
-
-    def __post_init__(self):
-        def choice(name, options):
-            if getattr(self, name) not in options:
-                raise ValueError(f"FPConfig.{name} must be one of {options}, got {getattr(self, name)!r}")
-
-        if not (isinstance(self.T, int) and self.T >= 1):
-            raise ValueError(f"FPConfig.T must be a positive int, got {self.T!r}")
-        stencil.check_boundary(self.boundary)
-        choice("linearization", LINEARIZATIONS)
-        choice("advection", ADVECTIONS)
-        choice("solver", linsolve.SOLVERS)
-        choice("preconditioner", linsolve.PRECONDITIONERS)
-        choice("transform", linsolve.TRANSFORMS)
-        choice("predictor", PREDICTORS)
-        if not self.max_outer >= 1:
-            raise ValueError(f"FPConfig.max_outer must be >= 1, got {self.max_outer}")
-        if not (self.tol > 0 and self.outer_tol >= 0):
-            raise ValueError(f"FPConfig tolerances must be positive, got tol={self.tol}, outer_tol={self.outer_tol}")
-        if not callable(self.g) and np.ndim(self.g) > 0:
-            g = tuple(float(v) for v in np.asarray(self.g).ravel())
-            if len(g) != self.T + 1:
-                raise ValueError(f"FPConfig.g has {len(g)} values; give one per time t_0..t_T, i.e. T+1 = {self.T + 1}")
-            object.__setattr__(self, "g", g)
-        if self.spacing is not None:
-            object.__setattr__(self, "spacing", tuple(float(h) for h in self.spacing))
-
-    @property
-    def dt(self) -> float:
-        return 1.0 / self.T
-
-    def grid_spacing(self, shape) -> tuple[float, float]:
-        """``(hx, hy)`` for a field of shape ``(H, W)``."""
-        height, width = shape[-2:]
-        return self.spacing if self.spacing is not None else (1.0 / width, 1.0 / height)
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class FPSolution:
-    """Solution of :func:`solve`; a pytree, so it passes through ``jit`` and ``vmap``.
-
-    Attributes:
-      m: ``(T+1, H, W)`` log-density trajectory, ``m[0] = m0``.
-      outer_iterations: ``(T,)`` int, outer iterations used at each step.
-      linear_iterations: ``(T,)`` int, linear iterations summed over the step's
-        outer iterations (``-1`` where the solver does not count them).
-      residual: ``(T,)`` relative nonlinear residual ``||F(m^n)|| / ||m^(n-1)/dt||``.
-      converged: ``(T,)`` bool: the outer iteration met ``outer_tol`` within
-        ``max_outer``, the last linear solve's normwise backward error is
-        within ``max(10 tol, 100 eps)`` and everything is finite.
-    """
-
-    m: jax.Array
-    outer_iterations: jax.Array
-    linear_iterations: jax.Array
-    residual: jax.Array
-    converged: jax.Array
-
-
-class _Step(NamedTuple):
-    """Coefficients of one time step: ``c0 = 1/dt``, ``c1 = g^2/2``, drift ``(2, H, W)``, ``div f``."""
-
-    c0: jax.Array
-    c1: jax.Array
-    drift: jax.Array
-    div_drift: jax.Array
 
 
 # ----------------------------------------------------------------------------
 # Operators of one step
 
 
-def advection_velocity(m_frozen, step: _Step, spacing, boundary):
+def advection_velocity(m_frozen, step: StepCoefficients, spacing, boundary):
     """``f - 1/2 g^2 grad m~`` , ``(2, H, W)``: the velocity of the frozen-gradient advection term."""
     return step.drift - step.c1 * stencil.gradient(m_frozen, spacing, boundary)
 
 
-def picard_operator(m_frozen, step: _Step, spacing, boundary, advection="central"):
+def picard_operator(m_frozen, step: StepCoefficients, spacing, boundary, advection="central"):
     """The matrix-free step matrix ``A(m~)`` of eqs. 11-16.
 
     ``v -> v/dt - 1/2 g^2 lap v + <f - 1/2 g^2 grad m~, grad v>``.
@@ -201,17 +77,17 @@ def picard_operator(m_frozen, step: _Step, spacing, boundary, advection="central
     return matvec
 
 
-def step_rhs(m_prev, step: _Step):
+def step_rhs(m_prev, step: StepCoefficients):
     """Right-hand side ``b = m_prev/dt - div f`` (eq. 17)."""
     return step.c0 * m_prev - step.div_drift
 
 
-def step_residual(m, m_prev, step: _Step, spacing, boundary, advection="central"):
+def step_residual(m, m_prev, step: StepCoefficients, spacing, boundary, advection="central"):
     """Nonlinear step residual ``F(m) = A(m) m - b``; zero at the backward-Euler solution."""
     return picard_operator(m, step, spacing, boundary, advection)(m) - step_rhs(m_prev, step)
 
 
-def _operator_norm_bound(step: _Step, velocity, spacing):
+def _operator_norm_bound(step: StepCoefficients, velocity, spacing):
     """Row-sum bound on ``||A||`` for the stencil (used for backward errors)."""
     hx, hy = spacing
     return (
@@ -252,14 +128,14 @@ def _outer_loop(update, m_init, config: FPConfig):
     return m, (k, change, iters, err)
 
 
-def _preconditioner(shape, step: _Step, config: FPConfig, spacing):
+def _preconditioner(shape, step: StepCoefficients, config: FPConfig, spacing):
     if linsolve.resolve_preconditioner(config.preconditioner, shape) != "dst":
         return None
     helmholtz = linsolve.make_helmholtz_inverse(shape, spacing, config.boundary, config.transform)
     return lambda r: helmholtz(r, step.c0, step.c1)
 
 
-def _iterate_step(m_prev, m_guess, step: _Step, config: FPConfig, spacing, guarded: bool):
+def _iterate_step(m_prev, m_guess, step: StepCoefficients, config: FPConfig, spacing, guarded: bool):
     """Outer iteration of one step: ``(m, outer_iterations, linear_iterations, backward_error, change)``."""
     boundary, advection = config.boundary, config.advection
     precond = _preconditioner(m_prev.shape, step, config, spacing)
@@ -305,7 +181,7 @@ def _iterate_step(m_prev, m_guess, step: _Step, config: FPConfig, spacing, guard
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def _implicit_step(m_prev, m_guess, step: _Step, config: FPConfig, spacing, guarded: bool):
+def _implicit_step(m_prev, m_guess, step: StepCoefficients, config: FPConfig, spacing, guarded: bool):
     """``m^n`` from ``m^(n-1)`` with implicit-function-theorem gradients.
 
     The forward pass iterates to ``F(m) = 0``; the backward pass solves one
@@ -343,7 +219,7 @@ def _implicit_step_bwd(config, spacing, guarded, saved, cotangents):
 _implicit_step.defvjp(_implicit_step_fwd, _implicit_step_bwd)
 
 
-def _solve_step(m_prev, m_guess, step: _Step, config: FPConfig, spacing, guarded: bool = True):
+def _solve_step(m_prev, m_guess, step: StepCoefficients, config: FPConfig, spacing, guarded: bool = True):
     """One time step with its statistics: ``(m, outer_iterations, linear_iterations, residual, converged)``.
 
     ``guarded``: start from ``m_guess`` only where its residual beats ``m_prev``'s (off when they are the same).
@@ -367,46 +243,6 @@ def _solve_step(m_prev, m_guess, step: _Step, config: FPConfig, spacing, guarded
 
 # ----------------------------------------------------------------------------
 # Time stepping
-
-
-def diffusion_schedule(config: FPConfig, g=None, dtype=jnp.float32):
-    """``g(t_n)`` for ``n = 0..T`` as a ``(T+1,)`` array.
-
-    ``g`` overrides ``config.g`` (a scalar or ``(T+1,)`` array, possibly
-    traced: this is the handle for differentiating with respect to ``g``).
-    """
-    source = config.g if g is None else g
-    times = jnp.arange(config.T + 1, dtype=dtype) * config.dt
-    if callable(source):
-        values = source(times)
-    else:
-        values = jnp.asarray(source, dtype)
-    values = jnp.asarray(values, dtype)
-    if values.ndim == 0:
-        return jnp.broadcast_to(values, times.shape)
-    if values.shape != times.shape:
-        raise ValueError(
-            f"g must be a scalar or have shape ({config.T + 1},) (one value per t_0..t_T), got {values.shape}"
-        )
-    return values
-
-
-def _drift_fields(config: FPConfig, t, shape, dtype, spacing):
-    if config.drift is None:
-        drift = jnp.zeros((2,) + tuple(shape), dtype)
-    else:
-        fx, fy = config.drift(t)
-        drift = jnp.stack(
-            [jnp.broadcast_to(jnp.asarray(fx, dtype), shape), jnp.broadcast_to(jnp.asarray(fy, dtype), shape)]
-        )
-    return drift, stencil.divergence(drift, spacing, config.boundary)
-
-
-def step_coefficients(config: FPConfig, t, g, shape, dtype) -> _Step:
-    """Coefficients of the step ending at time ``t`` with diffusion ``g`` (a scalar)."""
-    spacing = config.grid_spacing(shape)
-    drift, div_drift = _drift_fields(config, t, shape, dtype, spacing)
-    return _Step(jnp.asarray(1.0 / config.dt, dtype), 0.5 * g**2, drift, div_drift)
 
 
 def _solve(m0, g_values, config: FPConfig, guides=None, guess_fn=None, approximate=False) -> FPSolution:
@@ -453,37 +289,6 @@ def _check_field(m0):
         raise ValueError(f"grid {jnp.shape(m0)} is too small; fpjax needs at least 3x3")
     if not isinstance(m0, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(m0))):
         raise ValueError(f"m0 has {int((~np.isfinite(np.asarray(m0))).sum())} non-finite values")
-
-
-def check_solution(solution: FPSolution, config: FPConfig, on_failure: str = "raise") -> FPSolution:
-    """Raise :class:`ConvergenceError` (or warn) naming the first step that failed, for concrete solutions.
-
-    ``on_failure``: ``"raise"``, ``"warn"`` or ``"ignore"``. Under
-    ``jit``/``vmap``/``grad`` the flags are traced and nothing is checked:
-    read ``solution.converged`` instead.
-    """
-    if on_failure not in ("raise", "warn", "ignore"):
-        raise ValueError(f"on_failure must be 'raise', 'warn' or 'ignore', got {on_failure!r}")
-    if on_failure == "ignore" or isinstance(solution.converged, jax.core.Tracer):
-        return solution
-    converged = np.asarray(solution.converged)
-    if converged.all():
-        return solution
-    bad = np.argwhere(~converged)[0]
-    n = int(bad[-1]) + 1
-    index = tuple(int(i) for i in bad)
-    message = (
-        f"Fokker-Planck solve did not converge at step n={n} (t={n * config.dt:.4g})"
-        + (f" of batch member {index[:-1]}" if len(index) > 1 else "")
-        + f": {int(np.asarray(solution.outer_iterations)[index])} outer iterations "
-        f"(max_outer={config.max_outer}), relative residual {float(np.asarray(solution.residual)[index]):.3g}; "
-        f"{int((~converged).sum())} of {converged.size} steps failed. Try a larger T, advection='upwind', "
-        "linearization='newton' or a larger max_outer."
-    )
-    if on_failure == "raise":
-        raise ConvergenceError(message)
-    warnings.warn(message, RuntimeWarning, stacklevel=3)
-    return solution
 
 
 def solve(m0, config: FPConfig = FPConfig(), *, g=None, on_failure: str = "raise") -> FPSolution:

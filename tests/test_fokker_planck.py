@@ -19,7 +19,7 @@ def _drift(shape, seed=0, scale=1.0):
 
 def _step(fx, fy, g, T, spacing, boundary):
     drift = jnp.stack([jnp.asarray(fx), jnp.asarray(fy)])
-    return fp._Step(
+    return fp.StepCoefficients(
         jnp.asarray(float(T)), jnp.asarray(0.5 * g**2), drift, fpjax.stencil.divergence(drift, spacing, boundary)
     )
 
