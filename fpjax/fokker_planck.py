@@ -22,6 +22,7 @@ differentiating the iteration. Forward mode (``jvp``) is not defined.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -29,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from fpjax import linsolve, stencil
+from fpjax import linear_fp, linsolve, stencil
 from fpjax.density import initial_log_density, validate_image
 from fpjax.problem import (  # noqa: F401 - re-exported: fokker_planck is where users meet them
     ADVECTIONS,
@@ -245,11 +246,21 @@ def _solve_step(m_prev, m_guess, step: StepCoefficients, config: FPConfig, spaci
 # Time stepping
 
 
-def _solve(m0, g_values, config: FPConfig, guides=None, guess_fn=None, approximate=False) -> FPSolution:
-    """The time loop. ``guess_fn(guide_n, m_prev, step) -> (H, W)``, with ``guides`` scanned over the
-    steps, replaces the predictor (cross-matrix projection); ``approximate`` takes that guess as the
-    step's solution without iterating."""
+def _solve(m0, g, config: FPConfig, guides=None, guess_fn=None, approximate=False) -> FPSolution:
+    """Any scheme; for ``"log_density"`` the time loop. ``g``: ``None`` (``config.g``) or an override.
+
+    ``guess_fn(guide_n, m_prev, step) -> (H, W)``, with ``guides`` scanned over
+    the steps, replaces the predictor (cross-matrix projection); ``approximate``
+    takes that guess as the step's solution without iterating."""
+    if config.scheme != "log_density":
+        if guess_fn is not None:
+            raise ValueError(
+                f"the cross-matrix projection accelerates the log-density scheme's nonlinear steps; "
+                f"scheme={config.scheme!r} has none to accelerate: use projection='off'"
+            )
+        return linear_fp.solve(m0, g, config)
     shape, dtype = m0.shape, m0.dtype
+    g_values = diffusion_schedule(config, g, dtype)
     spacing = config.grid_spacing(shape)
 
     def time_step(carry, inputs):
@@ -278,6 +289,15 @@ def _solve(m0, g_values, config: FPConfig, guides=None, guess_fn=None, approxima
 
 
 _solve_jit = jax.jit(_solve, static_argnames=("config", "guess_fn", "approximate"))
+
+
+def _fold_concrete_g(config: FPConfig, g):
+    """A concrete ``g`` override of a linear scheme becomes part of the (static) config, so that its
+    boundary terms are computed in float64 and the spectral solve keeps only the modes it needs."""
+    if g is None or config.scheme == "log_density" or isinstance(g, jax.core.Tracer):
+        return config, g
+    values = np.asarray(g, np.float64)
+    return dataclasses.replace(config, g=float(values) if values.ndim == 0 else tuple(values.ravel())), None
 
 
 def _check_field(m0):
@@ -314,7 +334,8 @@ def solve(m0, config: FPConfig = FPConfig(), *, g=None, on_failure: str = "raise
     m0 = jnp.asarray(m0)
     if not jnp.issubdtype(m0.dtype, jnp.floating):
         m0 = m0.astype(jnp.float32)
-    solution = _solve_jit(m0, diffusion_schedule(config, g, m0.dtype), config)
+    config, g = _fold_concrete_g(config, g)
+    solution = _solve_jit(m0, g, config)
     return check_solution(solution, config, on_failure)
 
 
@@ -337,7 +358,8 @@ def solve_image(
     channels = jnp.shape(image)[-1] if jnp.ndim(image) == 3 else None
     m0 = initial_log_density(image, density, per_channel=per_channel)
     fields = m0[None] if m0.ndim == 2 else m0
-    solution = jax.vmap(lambda f: _solve_jit(f, diffusion_schedule(config, g, f.dtype), config))(fields)
+    config, g = _fold_concrete_g(config, g)
+    solution = jax.vmap(lambda f: _solve_jit(f, g, config))(fields)
     solution = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (channels,) + a.shape[1:]), solution)
     return check_solution(solution, config, on_failure)
 

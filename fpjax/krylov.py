@@ -155,10 +155,9 @@ def solve_projected(m0, bases, config: fp.FPConfig, mode: str = "initial_guess")
     """
     if mode not in MODES:
         raise ValueError(f"projection mode must be one of {MODES}, got {mode!r}")
-    g_values = fp.diffusion_schedule(config, None, m0.dtype)
     if mode == "off":
-        return fp._solve_jit(m0, g_values, config)
+        return fp._solve_jit(m0, None, config)
     guess_mode = "galerkin" if mode == "galerkin" else "initial_guess"
     return fp._solve_jit(
-        m0, g_values, config, lax.stop_gradient(bases), _guess_fn(guess_mode, config), mode == "approximate"
+        m0, None, config, lax.stop_gradient(bases), _guess_fn(guess_mode, config), mode == "approximate"
     )

@@ -114,3 +114,25 @@ def advect(u, velocity, spacing, boundary: str, scheme: str = "central"):
         else:
             raise ValueError(f"advection must be 'central' or 'upwind', got {scheme!r}")
     return total
+
+
+def flux_divergence(flux, spacing, boundary: str):
+    """Conservative central divergence of a flux ``(..., 2, H, W) -> (..., H, W)``.
+
+    In the interior it equals :func:`divergence` (the face flux is the mean
+    of its two cells). At the edge, ``"zero"`` takes the flux outside as 0
+    (as :func:`divergence` does); ``"reflect"`` makes the flux through the
+    boundary face vanish (ghost = minus the edge value), so that the sum of
+    the result over the grid is zero and ``-div(f p)`` conserves mass.
+    """
+    total = divergence(flux, spacing, boundary="zero")
+    if boundary == "zero":
+        return total
+    check_boundary(boundary)
+    for c, (ax, h) in enumerate(zip(_AXIS_OF_COMPONENT, spacing, strict=False)):
+        component = flux[..., c, :, :]
+        n = component.shape[ax]
+        edge = jnp.zeros(n, component.dtype).at[0].set(1.0).at[-1].set(-1.0)
+        edge = edge if ax == -1 else edge[:, None]
+        total = total + edge * component / (2 * h)
+    return total
