@@ -22,6 +22,13 @@ def _add_fp_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--T", type=int, default=100, help="time steps (dt = 1/T)")
     parser.add_argument("--g", type=float, default=0.5, help="diffusion coefficient (constant)")
     parser.add_argument("--boundary", choices=["zero", "reflect"], default="zero")
+    parser.add_argument(
+        "--scheme",
+        choices=["log_density", "density", "spectral"],
+        default="log_density",
+        help="log_density: the papers' backward Euler on m with Picard/Newton; density: backward Euler on p = exp(m), "
+        "one linear solve per step; spectral: exact in time (zero drift), no iteration",
+    )
     parser.add_argument("--linearization", choices=["picard", "newton"], default="picard")
     parser.add_argument("--advection", choices=["central", "upwind"], default="central")
     parser.add_argument(
@@ -43,6 +50,7 @@ def _config_from(args):
         T=args.T,
         g=args.g,
         boundary=args.boundary,
+        scheme=args.scheme,
         linearization=args.linearization,
         advection=args.advection,
         solver=args.solver,

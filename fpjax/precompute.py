@@ -192,6 +192,11 @@ def precompute(
     config = fp.FPConfig() if config is None else config
     if projection not in krylov.MODES:
         raise ValueError(f"projection must be one of {krylov.MODES}, got {projection!r}")
+    if projection != "off" and config.scheme != "log_density":
+        raise ValueError(
+            f"projection={projection!r} accelerates the log-density scheme's nonlinear steps; "
+            f"scheme={config.scheme!r} has none to accelerate: use projection='off'"
+        )
     images = np.asarray(images)
     if images.ndim != 4:
         raise ValueError(f"images must be NHWC, got shape {images.shape}")

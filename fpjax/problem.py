@@ -128,6 +128,11 @@ class FPConfig:
                 "FPConfig(scheme='spectral') solves the zero-drift equation exactly; "
                 "with a drift use scheme='density' (or 'log_density')"
             )
+        if self.scheme != "log_density" and self.advection != "central":
+            raise ValueError(
+                f"FPConfig.advection={self.advection!r} applies to scheme='log_density'; "
+                f"scheme={self.scheme!r} uses central differences of the flux f p"
+            )
         if not self.max_outer >= 1:
             raise ValueError(f"FPConfig.max_outer must be >= 1, got {self.max_outer}")
         if not (self.tol > 0 and self.outer_tol >= 0):
@@ -301,7 +306,11 @@ def check_solution(solution: FPSolution, config: FPConfig, on_failure: str = "ra
     index = tuple(int(i) for i in bad)
     advice = {
         "log_density": "Try a larger T, advection='upwind', linearization='newton' or a larger max_outer.",
-        "density": "Try a larger maxiter, preconditioner='dst' or a larger T.",
+        "density": (
+            "If m is not finite there, p went negative: central differences of a drift that dominates diffusion "
+            "on this grid (|f| h > g^2); refine the grid or use scheme='log_density' with advection='upwind'. "
+            "Otherwise try a larger maxiter or preconditioner='dst'."
+        ),
         "spectral": "The transforms lost accuracy: check m0 for extreme values or use float64.",
     }[config.scheme]
     message = (

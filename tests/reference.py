@@ -92,3 +92,46 @@ def picard_spsolve(m0, T, g, fx, fy, hx, hy, boundary, outer, advection="central
         traj.append(m)
         m_prev = m
     return np.stack(traj)
+
+
+def density_step_matrix(fx, fy, g, dt, hx, hy, boundary):
+    """Backward Euler on ``p``: ``(A, r)`` with ``A p^n = p^(n-1)/dt + r``, entry by entry.
+
+    ``A p = p/dt - 1/2 g^2 lap_h p + div_h(f p)`` (central differences of the flux ``f p``). Outside the
+    grid, ``"zero"``: ``p = 1`` and ``f = 0`` (the ghost of ``p`` enters ``r``, the flux is 0);
+    ``"reflect"``: ``p`` equals its edge value and the flux is minus the edge flux (zero face flux).
+    """
+    shape = fx.shape
+    h, w = shape
+    c1 = 0.5 * g**2
+    a = sp.lil_matrix((h * w, h * w))
+    r = np.zeros(h * w)
+    for i in range(h):
+        for j in range(w):
+            row = i * w + j
+            a[row, row] += 1.0 / dt
+            for di, dj, hh, f, sign in ((0, 1, hx, fx, 1), (0, -1, hx, fx, -1), (1, 0, hy, fy, 1), (-1, 0, hy, fy, -1)):
+                ii, jj = i + di, j + dj
+                if 0 <= ii < h and 0 <= jj < w:
+                    col = ii * w + jj
+                    a[row, col] += -c1 / hh**2 + sign * f[ii, jj] / (2 * hh)
+                    a[row, row] += c1 / hh**2
+                elif boundary == "zero":
+                    r[row] += c1 / hh**2  # ghost p = 1 in the Laplacian; the ghost flux f p is 0
+                    a[row, row] += c1 / hh**2
+                else:  # reflect: ghost p = p (the Laplacian's term vanishes), ghost flux = -f p here
+                    a[row, row] += sign * (-f[i, j]) / (2 * hh)
+    return a.tocsr(), r
+
+
+def density_spsolve(m0, T, g, fx, fy, hx, hy, boundary):
+    """``log p`` of backward Euler on ``p = exp(m)`` with a direct solver, float64, ``(T+1, H, W)``."""
+    dt = 1.0 / T
+    a, r = density_step_matrix(fx, fy, g, dt, hx, hy, boundary)
+    p = np.exp(np.asarray(m0, np.float64)).ravel()
+    traj = [np.log(p)]
+    solve = spla.factorized(a.tocsc())
+    for _ in range(T):
+        p = solve(p / dt + r)
+        traj.append(np.log(p))
+    return np.stack(traj).reshape((T + 1,) + np.shape(m0))
