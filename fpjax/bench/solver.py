@@ -31,8 +31,14 @@ VARIANTS = {
     "picard+dst": dict(preconditioner="dst", **_COUNTED),
     "newton+dst": dict(linearization="newton", preconditioner="dst", **_COUNTED),
     "default (jax bicgstab, auto, extrapolate)": dict(),
+    # the linear schemes (beyond the papers): errors are against their own float64 solve, not the
+    # log-density reference, because they discretise the PDE differently (``fpjax bench accuracy``)
+    "density+none": dict(scheme="density", preconditioner="none", **_COUNTED),
+    "density+dst": dict(scheme="density", preconditioner="dst", **_COUNTED),
+    "density (jax bicgstab, auto)": dict(scheme="density"),
+    "spectral": dict(scheme="spectral"),
 }
-BATCHED = "default (jax bicgstab, auto, extrapolate)"
+BATCHED = ("default (jax bicgstab, auto, extrapolate)", "density (jax bicgstab, auto)", "spectral")
 BASELINES = {"scipy spsolve, papers' scheme": "previous", "scipy spsolve, extrapolated start": "extrapolate"}
 DEFAULT_SPSOLVE_IMAGES = {32: 4, 64: 2, 128: 1, 256: 0}
 
@@ -127,15 +133,18 @@ def run(args) -> int:
             solve = jax.jit(lambda m0, config=config: fpjax.solve(m0, config))
             m0s = [jnp.asarray(m0, jnp.float32) for m0 in m0_64[: args.images]]
             jax.block_until_ready(solve(m0s[0]))  # compile
+            own = config.scheme != "log_density"
+            reference_of = [np.asarray(fpjax.solve(m0, config).m) for m0 in m0_64[: args.images]] if own else references
             times, errors, outer, linear, residual, converged = [], [], [], [], [], True
-            for m0, reference in zip(m0s, references, strict=True):
+            for m0, reference in zip(m0s, reference_of, strict=True):
                 for _ in range(args.repeats):
                     sol, seconds = _timed(_run, solve, m0)
                     times.append(seconds)
                 errors.append(_rel_error(sol.m, reference))
                 outer.append(float(np.mean(sol.outer_iterations)))
                 iters = np.asarray(sol.linear_iterations)
-                linear.append(float(iters.sum() / np.sum(sol.outer_iterations)) if iters.min() >= 0 else None)
+                solves = max(int(np.sum(sol.outer_iterations)), 1)
+                linear.append(float(iters.sum() / solves) if iters.min() >= 0 else None)
                 residual.append(float(np.max(sol.residual)))
                 converged &= bool(np.all(sol.converged))
             seconds = float(np.median(times))
@@ -148,12 +157,13 @@ def run(args) -> int:
                     outer_per_step=float(np.mean(outer)),
                     linear_per_solve=None if None in linear else float(np.mean(linear)),
                     rel_error=float(np.max(errors)),
+                    error_reference="own scheme, float64" if own else "log_density Newton, float64",
                     max_residual=float(np.max(residual)),
                     converged=converged,
                     speedup=baseline_seconds / seconds if baseline_seconds else None,
                 )
             )
-            if name == BATCHED and args.batch:
+            if name in BATCHED and args.batch:
                 batch = jnp.asarray(np.stack(m0_64[: args.batch]), jnp.float32)
                 batched = jax.jit(jax.vmap(lambda m0, config=config: fpjax.solve(m0, config)))
                 jax.block_until_ready(batched(batch))
@@ -171,6 +181,8 @@ def run(args) -> int:
                         speedup=baseline_seconds / seconds if baseline_seconds else None,
                     )
                 )
+        if args.batch:
+            records.extend(_memory_floor(size, args.T, args.batch))
         for r in records[len(rows) :]:
             rows.append(r)
             _print_row(r, header=len(rows) == 1)
@@ -197,6 +209,34 @@ def run(args) -> int:
         json.dump(result, f, indent=2)
     print(f"wrote {args.out}")
     return 0
+
+
+def _memory_floor(size, T, batch):
+    """Rows timing ``log(exp(x) + 1)`` over a ``(T+1, size, size)`` float32 array, alone and as a batch:
+    the cost of merely reading and writing a trajectory, the floor for the spectral scheme."""
+    import jax
+    import jax.numpy as jnp
+
+    floor = jax.jit(lambda x: jnp.log(jnp.exp(x) + 1))
+    rows = []
+    for n in (1, batch):
+        x = jnp.zeros((n, T + 1, size, size), jnp.float32)
+        jax.block_until_ready(floor(x))
+        seconds = float(np.median([_timed(_run, floor, x)[1] for _ in range(5)])) / n
+        label = "memory floor: log(exp(x) + 1) of a trajectory" + (f", batch of {n}" if n > 1 else "")
+        rows.append(
+            dict(
+                size=size,
+                method=label,
+                images=n,
+                seconds=seconds,
+                outer_per_step=None,
+                linear_per_solve=None,
+                rel_error=None,
+                speedup=None,
+            )
+        )
+    return rows
 
 
 def _cpu_count():
