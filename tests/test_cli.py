@@ -143,3 +143,23 @@ def test_experiment_pds_quick_writes_a_table(tmp_path):
     assert set(result["summary"]) == {"fpjax", "DDPM"}
     assert set(result["summary"]["DDPM"]) == {"denoise_ssim", "generate_nearest_ssim"}
     assert (out / "pds_preconditioner_alpha2.npz").exists() and "## PDS" in (out / "report.md").read_text()
+
+
+def test_precompute_spectral_scheme_to_a_store_refuses_another_scheme(tmp_path, capsys):
+    import pytest
+    from reference import heat_log_density
+
+    from fpjax.store import StoreMismatchError
+
+    store = tmp_path / "fp.zarr"
+    args = ["precompute", "--n", "2", "--T", "4", "--store", str(store), "--batch-size", "2"]
+    assert main(args + ["--scheme", "spectral"]) == 0
+    assert "2/2 |" in capsys.readouterr().out
+    import zarr
+
+    stored = np.asarray(zarr.open_group(str(store))["m"][1, ..., 0], np.float64)
+    m0 = np.asarray(fpjax.initial_log_density(sample_images(32)[1].astype(np.float64)))
+    expected = heat_log_density(m0, 0.5 * 0.5**2 * np.arange(5) / 4, (1 / 32, 1 / 32), "zero")
+    assert np.linalg.norm(stored - expected) / np.linalg.norm(expected) < 1e-6
+    with pytest.raises(StoreMismatchError, match="scheme"):
+        main(args + ["--scheme", "density"])

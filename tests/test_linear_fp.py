@@ -9,9 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import scipy.fft
 import scipy.integrate
-from reference import density_spsolve
+from reference import density_spsolve, eigenvalues, heat_log_density
 
 import fpjax
 from fpjax import linear_fp
@@ -22,28 +21,6 @@ from fpjax.problem import diffusion_integral
 def _m0(shape=(12, 10), index=3, dtype=np.float64):
     image = sample_images(32)[index, : shape[0], : shape[1]].astype(np.float64)
     return np.asarray(fpjax.initial_log_density(image)).astype(dtype)
-
-
-def _eigenvalues(n, h, boundary):
-    if boundary == "zero":
-        return -(4 / h**2) * np.sin(np.pi * np.arange(1, n + 1) / (2 * (n + 1))) ** 2
-    return -(4 / h**2) * np.sin(np.pi * np.arange(n) / (2 * n)) ** 2
-
-
-def _scipy_heat(m0, taus, spacing, boundary):
-    """``log p`` at each ``tau``: ``p - 1`` (zero) or ``p`` (reflect) through scipy's DST-I / DCT-II."""
-    (height, width), (hx, hy) = m0.shape, spacing
-    lam = _eigenvalues(height, hy, boundary)[:, None] + _eigenvalues(width, hx, boundary)[None, :]
-    if boundary == "zero":
-        forward = lambda x: scipy.fft.dstn(x, type=1, norm="ortho")  # noqa: E731
-        inverse = lambda x: scipy.fft.idstn(x, type=1, norm="ortho")  # noqa: E731
-        offset = 1.0
-    else:
-        forward = lambda x: scipy.fft.dctn(x, type=2, norm="ortho")  # noqa: E731
-        inverse = lambda x: scipy.fft.idctn(x, type=2, norm="ortho")  # noqa: E731
-        offset = 0.0
-    spectrum = forward(np.exp(m0) - offset)
-    return np.stack([np.log(inverse(spectrum * np.exp(tau * lam)) + offset) for tau in taus])
 
 
 def _relative(a, b):
@@ -57,7 +34,7 @@ def test_spectral_equals_scipy_transforms(boundary, transform):
     m0 = _m0((12, 10))
     T, g = 10, 0.7
     config = fpjax.FPConfig(T=T, g=g, scheme="spectral", boundary=boundary, transform=transform)
-    expected = _scipy_heat(m0, 0.5 * g**2 * np.arange(T + 1) / T, config.grid_spacing(m0.shape), boundary)
+    expected = heat_log_density(m0, 0.5 * g**2 * np.arange(T + 1) / T, config.grid_spacing(m0.shape), boundary)
     solution = fpjax.solve(jnp.asarray(m0), config)
     assert _relative(solution.m, expected) < 1e-12
     assert np.all(np.asarray(solution.converged))
@@ -72,7 +49,7 @@ def test_spectral_g_schedule_integrates_piecewise_linear_g():
     times = np.arange(T + 1) / T
     half_g2 = lambda t: 0.5 * np.interp(t, times, g) ** 2  # noqa: E731
     taus = [scipy.integrate.quad(half_g2, 0, t, points=times, epsabs=1e-14)[0] for t in times]
-    expected = _scipy_heat(m0, taus, (0.1, 0.07), "zero")
+    expected = heat_log_density(m0, taus, (0.1, 0.07), "zero")
     assert _relative(fpjax.solve(jnp.asarray(m0), config).m, expected) < 1e-11
 
 
@@ -88,7 +65,7 @@ def test_single_sine_mode_decays_exactly():
     spacing = (1 / (width + 1), 1 / (height + 1))
     mode_y = np.sin(np.pi * np.arange(1, height + 1) / (height + 1))
     mode_x = np.sin(np.pi * np.arange(1, width + 1) / (width + 1))
-    rate = _eigenvalues(height, spacing[1], "zero")[0] + _eigenvalues(width, spacing[0], "zero")[0]
+    rate = eigenvalues(height, spacing[1], "zero")[0] + eigenvalues(width, spacing[0], "zero")[0]
     p0 = 1 + eps * np.outer(mode_y, mode_x)
     config = fpjax.FPConfig(T=20, g=g, scheme="spectral", spacing=spacing)
     solution = fpjax.solve(jnp.asarray(np.log(p0)), config)
