@@ -153,12 +153,10 @@ def _time_groups(tau, lam_y, lam_x, dtype, truncate: bool):
     if not truncate:
         return [(0, n_times, len(lam_y), len(lam_x))]
     ky, kx = _mode_counts(tau[1:], lam_y, dtype), _mode_counts(tau[1:], lam_x, dtype)
-    groups, start = [], 0
-    for i in range(1, n_times + 1):
-        if i == n_times or (ky[i], kx[i]) != (ky[start], kx[start]):
-            groups.append((start, i, int(ky[start]), int(kx[start])))
-            start = i
-    return groups
+    changes = (ky[1:] != ky[:-1]) | (kx[1:] != kx[:-1])
+    starts = np.flatnonzero(np.concatenate([[True], changes]))
+    stops = np.append(starts[1:], n_times)
+    return [(int(a), int(b), int(ky[a]), int(kx[a])) for a, b in zip(starts, stops, strict=True)]
 
 
 def _decay(tau, lam, k, dtype):
