@@ -341,6 +341,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     projection_bench.add_arguments(projection)
     projection.set_defaults(func=projection_bench.run)
+    accuracy = bench_sub.add_parser("accuracy", help="every scheme's error against the PDE's solution, orders in h, dt")
+    from fpjax.bench import accuracy as accuracy_bench
+
+    accuracy_bench.add_arguments(accuracy)
+    accuracy.set_defaults(func=accuracy_bench.run)
     return parser
 
 
