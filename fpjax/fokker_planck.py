@@ -90,17 +90,7 @@ def step_residual(m, m_prev, step: StepCoefficients, spacing, boundary, advectio
 
 def _operator_norm_bound(step: StepCoefficients, velocity, spacing):
     """Row-sum bound on ``||A||`` for the stencil (used for backward errors)."""
-    hx, hy = spacing
-    return (
-        step.c0
-        + 4 * step.c1 * (1 / hx**2 + 1 / hy**2)
-        + jnp.max(jnp.abs(velocity[0])) / hx
-        + jnp.max(jnp.abs(velocity[1])) / hy
-    )
-
-
-def _backward_error(matvec, x, b, norm_bound):
-    return jnp.linalg.norm(b - matvec(x)) / (norm_bound * jnp.linalg.norm(x) + jnp.linalg.norm(b))
+    return stencil.operator_norm_bound(step.c0, step.c1, velocity, spacing)
 
 
 def _relative_change(new, old):
@@ -148,13 +138,13 @@ def _iterate_step(m_prev, m_guess, step: StepCoefficients, config: FPConfig, spa
         matvec = picard_operator(m, step, spacing, boundary, advection)
         m_new, it, _ = linsolve.linear_solve(matvec, rhs, m, **solve_kw)
         norm = _operator_norm_bound(step, advection_velocity(m, step, spacing, boundary), spacing)
-        return m_new, it, _backward_error(matvec, m_new, rhs, norm)
+        return m_new, it, linsolve.backward_error(matvec, m_new, rhs, norm)
 
     def newton_update(m):
         f_m, jvp = jax.linearize(residual_fn, m)
         d, it, _ = linsolve.linear_solve(jvp, -f_m, None, **solve_kw)
         velocity = step.drift - 2 * step.c1 * stencil.gradient(m, spacing, boundary)
-        err = _backward_error(jvp, d, -f_m, _operator_norm_bound(step, velocity, spacing))
+        err = linsolve.backward_error(jvp, d, -f_m, _operator_norm_bound(step, velocity, spacing))
         norm_f = jnp.linalg.norm(f_m)
 
         def insufficient(state):

@@ -75,8 +75,10 @@ class FPConfig:
         32x32 to 256x256), ``"none"``, or ``"auto"`` (default: ``"dst"`` on
         accelerators and for grids of 128 and more a side, ``"none"`` for
         smaller grids on a CPU, where the transforms cost more than the
-        iterations they save: measured by ``fpjax bench solver``). The papers
-        use a direct solver; the preconditioner never changes the solution.
+        iterations they save: measured by ``fpjax bench solver``; ``"dst"`` at
+        every size for ``scheme="density"``, where it is the exact inverse of
+        the zero-drift step). The papers use a direct solver; the
+        preconditioner never changes the solution.
       spacing: ``(hx, hy)``; default ``(1/W, 1/H)`` (the papers' text; their
         script uses ``1/(H-1)``).
       transform: how DST/DCT transforms are applied (``"dst"`` preconditioner,
@@ -182,7 +184,7 @@ class FPSolution:
       converged: ``(T,)`` bool: ``"log_density"``: the outer iteration met
         ``outer_tol`` within ``max_outer``, the last linear solve's normwise
         backward error is within ``max(10 tol, 100 eps)``; ``"density"``: the
-        residual is within ``max(10 tol, 100 eps)``; ``"spectral"``: the
+        linear solve's normwise backward error is within ``max(10 tol, 100 eps)``; ``"spectral"``: the
         residual is within ``SPECTRAL_RESIDUAL_EPS`` machine epsilons
         (:mod:`fpjax.linear_fp`); every scheme: everything finite.
     """

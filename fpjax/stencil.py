@@ -116,6 +116,15 @@ def advect(u, velocity, spacing, boundary: str, scheme: str = "central"):
     return total
 
 
+def operator_norm_bound(c0, c1, velocity, spacing):
+    """Row-sum bound on the norm of ``v -> c0 v - c1 lap v + (advection or flux divergence with velocity)``
+    for the five-point stencil; ``velocity`` is ``(2, H, W)``."""
+    hx, hy = spacing
+    return (
+        c0 + 4 * c1 * (1 / hx**2 + 1 / hy**2) + jnp.max(jnp.abs(velocity[0])) / hx + jnp.max(jnp.abs(velocity[1])) / hy
+    )
+
+
 def flux_divergence(flux, spacing, boundary: str):
     """Conservative central divergence of a flux ``(..., 2, H, W) -> (..., H, W)``.
 

@@ -88,3 +88,12 @@ def test_linear_solve_reports_true_residual(solver):
 def test_linear_solve_rejects_unknown_solver():
     with pytest.raises(ValueError, match="solver must be one of"):
         linsolve.linear_solve(lambda x: x, jnp.ones(3), solver="lu")
+
+
+def test_relative_norm_and_backward_error_do_not_underflow_in_float32():
+    x = jnp.full((16, 16), 1e-25, jnp.float32)  # squares underflow to 0 in float32
+    r = 1e-3 * x
+    assert float(linsolve.relative_norm(r, x)) == pytest.approx(1e-3, rel=1e-5)
+    assert float(linsolve.relative_norm(jnp.zeros_like(x), jnp.zeros_like(x))) == 0.0
+    error = linsolve.backward_error(lambda v: 2 * v, x, 2 * x + r, 2.0)
+    assert float(error) == pytest.approx(1e-3 / (2 + 2.001), rel=1e-4)  # ||r|| / (||A|| ||x|| + ||b||)
