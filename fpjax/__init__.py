@@ -4,9 +4,10 @@ Solve the log-density Fokker-Planck equation of each image on its pixel grid,
 turn the solution into scores, and (in later modules) embed, train and sample.
 """
 
-from fpjax.density import initial_log_density, validate_image
-from fpjax.embedding import embed
-from fpjax.fokker_planck import (
+from fpjax.batch.precompute import PrecomputeResult, precompute
+from fpjax.learn.embedding import embed
+from fpjax.solver.initial import initial_log_density, validate_image
+from fpjax.solver.log_density import (
     ConvergenceError,
     FPConfig,
     FPSolution,
@@ -18,7 +19,6 @@ from fpjax.fokker_planck import (
     solve_image,
     solve_images,
 )
-from fpjax.precompute import PrecomputeResult, precompute
 
 __version__ = "0.1.0"
 

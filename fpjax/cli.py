@@ -74,7 +74,7 @@ def precompute_to_store(args) -> int:
     """Batched (and optionally projected) pre-computation streamed to a resumable zarr store."""
     from tqdm import tqdm
 
-    from fpjax.precompute import precompute as run
+    from fpjax.batch.precompute import precompute as run
 
     config = _config_from(args)
     images, names = _load_images(args)
@@ -127,7 +127,7 @@ def precompute(args) -> int:
     from tqdm import tqdm
 
     import fpjax
-    from fpjax.figures import plot_convergence, plot_solutions
+    from fpjax.eval.figures import plot_convergence, plot_solutions
 
     if args.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
@@ -207,8 +207,10 @@ def precompute(args) -> int:
 
 def run_pipeline(args) -> int:
     """The main job: pre-compute, embed, train image by image to the target SSIM, denoise, generate."""
-    from fpjax import pipeline, sampling, training
-    from fpjax.models import UNetConfig
+    from fpjax import pipeline
+    from fpjax.diffusion import sampling
+    from fpjax.learn import trainer as training
+    from fpjax.learn.models import UNetConfig
 
     images, names = _load_images(args)
     out = pathlib.Path(args.out)
@@ -324,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre.set_defaults(func=precompute)
 
     experiment = sub.add_parser("experiment", help="the papers' experiments beside a DDPM baseline")
-    from fpjax import experiments
+    from fpjax.experiments import papers as experiments
 
     experiments.add_arguments(experiment)
     experiment.set_defaults(func=experiments.run)

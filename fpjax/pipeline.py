@@ -19,11 +19,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fpjax import fokker_planck as fp
-from fpjax import metrics, sampling, training
-from fpjax.embedding import embed
-from fpjax.models.unet import UNetConfig
-from fpjax.precompute import precompute
+from fpjax.batch.precompute import precompute
+from fpjax.diffusion import sampling
+from fpjax.eval import metrics
+from fpjax.learn import trainer as training
+from fpjax.learn.embedding import embed
+from fpjax.learn.models.unet import UNetConfig
+from fpjax.solver import log_density as fp
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,7 +161,7 @@ def run(
         else None
     )
 
-    from fpjax.figures import plot_denoising, plot_ssim_vs_time
+    from fpjax.eval.figures import plot_denoising, plot_ssim_vs_time
 
     fig = plot_denoising(noisy, denoised, clean, generated, scores=final["ssim"])
     fig.savefig(out / "denoising.png", dpi=130)

@@ -20,7 +20,7 @@ cells = [
         "import matplotlib.pyplot as plt\n"
         "import fpjax\n"
         "from fpjax.data import sample_images, sample_names\n"
-        "from fpjax.figures import plot_solutions, plot_convergence\n"
+        "from fpjax.eval.figures import plot_solutions, plot_convergence\n"
         "print('jax', jax.__version__, 'on', jax.default_backend())"
     ),
     nbf.v4.new_markdown_cell("## One image, its initial log-density and the solve"),

@@ -15,7 +15,7 @@ cells = [
     nbf.v4.new_code_cell(
         "import dataclasses, pathlib, tempfile\n"
         "import matplotlib.pyplot as plt\n"
-        "from fpjax import experiments\n"
+        "from fpjax.experiments import papers as experiments\n"
         "out = pathlib.Path(tempfile.mkdtemp())\n"
         "# The settings of `fpjax experiment all --quick`, small for CI; raise the targets and budgets for real numbers.\n"
         "settings = dataclasses.replace(experiments.QUICK, cifar='../../shared/data/cifar10_subset.npz')\n"

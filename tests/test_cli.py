@@ -149,7 +149,7 @@ def test_precompute_spectral_scheme_to_a_store_refuses_another_scheme(tmp_path, 
     import pytest
     from reference import heat_log_density
 
-    from fpjax.store import StoreMismatchError
+    from fpjax.batch.store import StoreMismatchError
 
     store = tmp_path / "fp.zarr"
     args = ["precompute", "--n", "2", "--T", "4", "--store", str(store), "--batch-size", "2"]

@@ -118,7 +118,7 @@ def reference_solution(n: int, times) -> np.ndarray:
     """
     import jax.numpy as jnp
 
-    from fpjax.linear_fp import spectral_solve
+    from fpjax.solver.linear import spectral_solve
 
     tau = np.concatenate([[0.0], 0.5 * G**2 * np.asarray(times, np.float64)])
     h = 1.0 / (n + 1)

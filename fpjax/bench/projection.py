@@ -51,8 +51,8 @@ def run(args) -> int:
     import jax
 
     import fpjax
+    from fpjax.batch.precompute import precompute
     from fpjax.bench.baseline import solve_spsolve
-    from fpjax.precompute import precompute
 
     records = []
     for size in args.sizes:

@@ -1,0 +1,1 @@
+"""Many images at once: batched, sharded pre-computation, seeding, and the resumable zarr store."""

@@ -1,0 +1,1 @@
+"""Measuring and showing: image-quality metrics and figures."""

@@ -1,0 +1,1 @@
+"""The papers' experiments, the ablation and the score-FPE experiment (``fpjax experiment``)."""

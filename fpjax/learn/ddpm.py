@@ -1,0 +1,232 @@
+"""The DDPM baseline (Ho et al. 2020) with fpjax's U-Net, optimizer, SSIM check and image-by-image loop.
+
+Images in ``[0, 1]`` are mapped to ``[-1, 1]`` (Ho et al.'s range). Linear
+betas ``1e-4 .. 0.02`` over ``steps = 1000`` levels, indexed ``i = 0 .. steps-1``
+with ``alpha_bar[i] = prod_{s <= i} (1 - beta_s)``; the network sees the time
+``i / steps`` (its sinusoidal embedding scales by 1000, which gives DDPM's
+integer time step back) and predicts the noise ``eps``::
+
+    x_i = sqrt(alpha_bar[i]) x_0 + sqrt(1 - alpha_bar[i]) eps,   loss = E |eps_theta(x_i, i) - eps|^2
+
+Samplers: ancestral (Ho et al.'s ``sigma_i^2 = beta_i``) and DDIM (Song et
+al., ``eta = 0`` deterministic), both one ``lax.scan``. Denoising an image
+``y = x_0 + s z`` (noise std ``s`` in ``[0, 1]`` units) starts the chain at the
+level ``i*`` whose noise-to-signal ratio ``sqrt((1 - alpha_bar)/alpha_bar)``
+matches ``2 s`` and at ``x_(i*) = sqrt(alpha_bar[i*]) (2 y - 1)``.
+
+:class:`DDPM` is an objective for :func:`fpjax.learn.trainer.train`, so both methods
+share the optimizer, the evaluation and the loop: a fair comparison.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fpjax.diffusion.score_fpe import VPSDE, perturb
+from fpjax.learn import trainer as training
+
+
+@dataclasses.dataclass(frozen=True)
+class DDPM:
+    """Ho et al.'s noise-prediction objective and samplers (hashable; a ``TrainConfig`` field).
+
+    Attributes:
+      steps: diffusion levels.
+      beta_start, beta_end: the linear beta schedule.
+      sampler: ``"ddim"`` or ``"ancestral"`` for the denoising check and generation.
+      sampler_steps: DDIM steps over the whole chain (a denoising run from level ``i*`` takes the
+        ``~ sampler_steps * i* / steps`` of them below ``i*``); the ancestral sampler takes every level.
+      eta: DDIM's stochasticity (0: deterministic).
+      max_train_noise: train only on the levels up to the one matching this noise std (``[0, 1]`` units): the
+        levels a denoising run from that noise visits (``None``: all levels, Ho et al.).
+      fixed_noise: train on the single level matching this noise std and denoise in one step (the ``x_0``
+        prediction): a fixed-sigma denoiser (``None``: off).
+    """
+
+    steps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    sampler: str = "ddim"
+    sampler_steps: int = 100
+    eta: float = 0.0
+    max_train_noise: float | None = None
+    fixed_noise: float | None = None
+
+    def __post_init__(self):
+        if self.sampler not in ("ddim", "ancestral"):
+            raise ValueError(f"sampler must be 'ddim' or 'ancestral', got {self.sampler!r}")
+        if not 0 < self.beta_start < self.beta_end < 1:
+            raise ValueError(f"need 0 < beta_start < beta_end < 1, got {self.beta_start}, {self.beta_end}")
+
+    def betas(self):
+        return np.linspace(self.beta_start, self.beta_end, self.steps)
+
+    def alphas_bar(self):
+        """``(steps,)`` ``alpha_bar[i]`` (NumPy float64: a static table)."""
+        return np.cumprod(1.0 - self.betas())
+
+    def _clean_batch(self, key, data: training.TrainData, config: training.TrainConfig):
+        """A batch of clean images in ``[-1, 1]`` (DDPM trains on the clean images) and their labels."""
+        index = training.image_indices(key, data, config.batch_size, config.replay)
+        return 2.0 * data.trajectories[index, 0] - 1.0, data.labels[index]
+
+    def train_levels(self, key, batch: int):
+        """``(batch,)`` training levels: uniform over all levels, over those up to ``max_train_noise``'s, or
+        ``fixed_noise``'s only."""
+        if self.fixed_noise is not None:
+            return jnp.full((batch,), self.level_for_noise(2.0 * self.fixed_noise))
+        top = self.steps if self.max_train_noise is None else self.level_for_noise(2.0 * self.max_train_noise) + 1
+        return jax.random.randint(key, (batch,), 0, top)
+
+    def level_for_noise(self, std: float) -> int:
+        """The level ``i*`` whose ``sqrt((1 - alpha_bar)/alpha_bar)`` is closest to ``std`` (``[-1, 1]`` units)."""
+        ab = self.alphas_bar()
+        return int(np.argmin(np.abs(np.sqrt((1 - ab) / ab) - std)))
+
+    # -- the objective interface of fpjax.learn.trainer.train --------------------------------------
+
+    def loss(self, net, key, data: training.TrainData, config: training.TrainConfig):
+        k_image, k_level, k_noise = jax.random.split(key, 3)
+        x0, labels = self._clean_batch(k_image, data, config)
+        level = self.train_levels(k_level, config.batch_size)
+        eps = jax.random.normal(k_noise, x0.shape, x0.dtype)
+        xt = q_sample(self, x0, level, eps)
+        predicted = net(xt, level.astype(x0.dtype) / self.steps, labels)
+        return jnp.mean((predicted - eps) ** 2)
+
+    # What the score-FPE regulariser (fpjax.diffusion.score_fpe.FPRegularised) needs: DDPM's chain is the VP SDE with
+    # beta(t) = steps * beta; the network at time t = i / steps has seen level i, i + 1 steps of the chain, so its
+    # score is -eps / sqrt(1 - alpha_bar(t + 1 / steps)) (in [-1, 1] units).
+    @property
+    def sde(self):
+        return VPSDE(self.steps * self.beta_start, self.steps * self.beta_end)
+
+    def score(self, net, labels, config: training.TrainConfig):
+        def score(x, t):
+            std = jnp.sqrt(self.sde.variance(t + 1.0 / self.steps))
+            return -net(x, t, labels) / std.reshape((-1,) + (1,) * (x.ndim - 1))
+
+        return score
+
+    def fpe_points(self, key, data: training.TrainData, config: training.TrainConfig, t=None):
+        """``(x, t, labels)``: clean images diffused to random times, or to the given ``(batch,)`` times ``t``."""
+        k_image, k_time, k_noise = jax.random.split(key, 3)
+        x0, labels = self._clean_batch(k_image, data, config)
+        if t is None:
+            t = jax.random.uniform(k_time, (config.batch_size,), x0.dtype, 2.0 / self.steps, 1.0)
+        x, _ = perturb(k_noise, x0, t + 1.0 / self.steps, self.sde)
+        return x, t, labels
+
+    def denoise(self, net, noisy, labels, key, g_values, config: training.TrainConfig):
+        del g_values  # DDPM has its own schedule
+        return denoise(self, lambda x, level: net(x, level / self.steps, labels), noisy, config.noise_level, key)
+
+
+def q_sample(ddpm: DDPM, x0, level, eps):
+    """``x_i = sqrt(alpha_bar[i]) x_0 + sqrt(1 - alpha_bar[i]) eps`` for ``(B,)`` levels ``i``."""
+    ab = jnp.asarray(ddpm.alphas_bar(), x0.dtype)[level].reshape((-1,) + (1,) * (x0.ndim - 1))
+    return jnp.sqrt(ab) * x0 + jnp.sqrt(1.0 - ab) * eps
+
+
+def _pds(preconditioner):
+    if preconditioner is None:
+        return (lambda v: v), (lambda v: v)
+    return preconditioner.gram, preconditioner.apply
+
+
+def ancestral_sample(ddpm: DDPM, eps_fn: Callable, x, key, start: int | None = None, preconditioner=None):
+    """Ho et al.'s reverse chain from level ``start`` (default the last) down to ``x_0``.
+
+    ``eps_fn(x, level)`` takes ``(B, ...)`` states and ``(B,)`` float levels. A PDS ``preconditioner``
+    ``M`` turns the noise-prediction (score) term into ``M M^T eps`` and the added noise into ``M z``.
+    """
+    gram, shape_noise = _pds(preconditioner)
+    start = ddpm.steps - 1 if start is None else start
+    betas = jnp.asarray(ddpm.betas(), x.dtype)
+    ab = jnp.asarray(ddpm.alphas_bar(), x.dtype)
+    levels = jnp.arange(start, -1, -1)
+
+    def step(x, inputs):
+        i, k = inputs
+        eps = gram(eps_fn(x, jnp.full((x.shape[0],), i, x.dtype)))
+        mean = (x - betas[i] / jnp.sqrt(1.0 - ab[i]) * eps) / jnp.sqrt(1.0 - betas[i])
+        noise = jnp.where(i > 0, jnp.sqrt(betas[i]), 0.0) * shape_noise(jax.random.normal(k, x.shape, x.dtype))
+        return mean + noise, None
+
+    x, _ = jax.lax.scan(step, x, (levels, jax.random.split(key, levels.shape[0])))
+    return x
+
+
+def ddim_levels(ddpm: DDPM, start: int, count: int) -> np.ndarray:
+    """Descending levels from ``start`` to 0 on DDIM's uniform sub-sequence (``count`` steps over the chain)."""
+    stride = max(ddpm.steps // max(count, 1), 1)
+    levels = np.arange(0, start + 1, stride)[::-1]
+    return levels if levels[0] == start else np.concatenate([[start], levels])
+
+
+def ddim_sample(
+    ddpm: DDPM, eps_fn: Callable, x, key, start: int | None = None, count: int | None = None, preconditioner=None
+):
+    """DDIM (``eta = ddpm.eta``) from level ``start`` to ``x_0`` over the levels of :func:`ddim_levels`.
+
+    A PDS ``preconditioner`` replaces ``eps`` by ``M M^T eps`` and the noise by ``M z``.
+    """
+    gram, shape_noise = _pds(preconditioner)
+    start = ddpm.steps - 1 if start is None else start
+    levels = ddim_levels(ddpm, start, count or ddpm.sampler_steps)
+    ab = jnp.asarray(ddpm.alphas_bar(), x.dtype)
+    current = jnp.asarray(levels)
+    previous = jnp.asarray(np.concatenate([levels[1:], [-1]]))
+
+    def step(x, inputs):
+        i, j, k = inputs
+        ab_i = ab[i]
+        ab_j = jnp.where(j >= 0, ab[jnp.maximum(j, 0)], 1.0)
+        eps = gram(eps_fn(x, jnp.full((x.shape[0],), i, x.dtype)))
+        x0 = (x - jnp.sqrt(1.0 - ab_i) * eps) / jnp.sqrt(ab_i)
+        sigma = ddpm.eta * jnp.sqrt((1.0 - ab_j) / (1.0 - ab_i) * (1.0 - ab_i / ab_j))
+        direction = jnp.sqrt(jnp.maximum(1.0 - ab_j - sigma**2, 0.0)) * eps
+        noise = sigma * shape_noise(jax.random.normal(k, x.shape, x.dtype))
+        return jnp.sqrt(ab_j) * x0 + direction + noise, None
+
+    x, _ = jax.lax.scan(step, x, (current, previous, jax.random.split(key, len(levels))))
+    return x
+
+
+def reverse(ddpm: DDPM, eps_fn, x, key, start=None, preconditioner=None):
+    if ddpm.sampler == "ddim":
+        return ddim_sample(ddpm, eps_fn, x, key, start, preconditioner=preconditioner)
+    return ancestral_sample(ddpm, eps_fn, x, key, start, preconditioner)
+
+
+def denoise(ddpm: DDPM, eps_fn: Callable, noisy, noise_std: float, key, preconditioner=None):
+    """Denoise ``(B, H, W, C)`` images in ``[0, 1]`` carrying Gaussian noise of std ``noise_std``."""
+    start = ddpm.level_for_noise(2.0 * noise_std)
+    ab = float(ddpm.alphas_bar()[start])
+    x = np.sqrt(ab) * (2.0 * noisy - 1.0)
+    if ddpm.fixed_noise is not None:  # one step: the x_0 prediction at the only trained level
+        eps = eps_fn(x, jnp.full((x.shape[0],), start, x.dtype))
+        return jnp.clip(((x - np.sqrt(1.0 - ab) * eps) / np.sqrt(ab) + 1.0) / 2.0, 0.0, 1.0)
+    return jnp.clip((reverse(ddpm, eps_fn, x, key, start, preconditioner) + 1.0) / 2.0, 0.0, 1.0)
+
+
+def generate(ddpm: DDPM, eps_fn: Callable, key, shape, dtype=jnp.float32, preconditioner=None):
+    """``shape = (B, H, W, C)`` images in ``[0, 1]`` from ``N(0, I)`` (``N(0, M M^T)`` with PDS) at the last level."""
+    prior_key, key = jax.random.split(key)
+    x = jax.random.normal(prior_key, shape, dtype)
+    if preconditioner is not None:
+        x = preconditioner.apply(x)
+    return jnp.clip((reverse(ddpm, eps_fn, x, key, None, preconditioner) + 1.0) / 2.0, 0.0, 1.0)
+
+
+def eps_function(result: training.TrainResult, labels=None, ema: bool = True) -> Callable:
+    """``eps(x, level)`` of a DDPM trained with :func:`fpjax.learn.trainer.train`."""
+    ddpm = result.config.objective
+    params = result.state.ema if ema else result.state.params
+    net = training.network(result.graphdef, params, result.uses_labels)
+    return lambda x, level: net(x, level / ddpm.steps, labels)

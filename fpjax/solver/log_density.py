@@ -1,0 +1,393 @@
+"""The log-density Fokker-Planck equation on an image's pixel grid (DESIGN.md section 2).
+
+For ``dx = f dt + g dW`` the log-density ``m = log p`` solves (cross-matrix
+paper, eq. 5)::
+
+    m_t = -div f - <f, grad m> + 1/2 g^2 lap m + 1/2 g^2 |grad m|^2
+
+discretised with backward Euler in time and the five-point stencil in space
+(eqs. 6-17). Each time step solves the nonlinear equation ``F(m) = 0`` with::
+
+    F(m) = m/dt - 1/2 g^2 lap m + <f - 1/2 g^2 grad m, grad m> + div f - m_prev/dt
+
+by Picard iteration (freeze ``grad m`` in the advection velocity: one linear
+system ``A(m~) m = b`` per outer iteration, eqs. 10-18) or by damped Newton.
+Both stop on the relative change ``||m_k - m_(k-1)|| / ||m_k|| <= outer_tol``.
+
+Each step solve carries a custom VJP, so reverse-mode derivatives of the
+solution (with respect to the initial field and ``g``) come from the implicit
+function theorem, one transposed linear solve per step, never from
+differentiating the iteration. Forward mode (``jvp``) is not defined.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from fpjax.solver import linear as linear_fp
+from fpjax.solver import linsolve, stencil
+from fpjax.solver.initial import initial_log_density, validate_image
+from fpjax.solver.problem import (  # noqa: F401 - re-exported: fokker_planck is where users meet them
+    ADVECTIONS,
+    LINEARIZATIONS,
+    PREDICTORS,
+    SCHEMES,
+    ConvergenceError,
+    FPConfig,
+    FPSolution,
+    StepCoefficients,
+    check_solution,
+    diffusion_integral,
+    diffusion_schedule,
+    drift_fields,
+    step_coefficients,
+)
+
+SCORE_COMPONENTS = ("sum", "x", "y")
+_LINE_SEARCH_HALVINGS = 8
+
+
+# ----------------------------------------------------------------------------
+# Operators of one step
+
+
+def advection_velocity(m_frozen, step: StepCoefficients, spacing, boundary):
+    """``f - 1/2 g^2 grad m~`` , ``(2, H, W)``: the velocity of the frozen-gradient advection term."""
+    return step.drift - step.c1 * stencil.gradient(m_frozen, spacing, boundary)
+
+
+def picard_operator(m_frozen, step: StepCoefficients, spacing, boundary, advection="central"):
+    """The matrix-free step matrix ``A(m~)`` of eqs. 11-16.
+
+    ``v -> v/dt - 1/2 g^2 lap v + <f - 1/2 g^2 grad m~, grad v>``.
+    """
+    velocity = advection_velocity(m_frozen, step, spacing, boundary)
+
+    def matvec(v):
+        return (
+            step.c0 * v
+            - step.c1 * stencil.laplacian(v, spacing, boundary)
+            + stencil.advect(v, velocity, spacing, boundary, advection)
+        )
+
+    return matvec
+
+
+def step_rhs(m_prev, step: StepCoefficients):
+    """Right-hand side ``b = m_prev/dt - div f`` (eq. 17)."""
+    return step.c0 * m_prev - step.div_drift
+
+
+def step_residual(m, m_prev, step: StepCoefficients, spacing, boundary, advection="central"):
+    """Nonlinear step residual ``F(m) = A(m) m - b``; zero at the backward-Euler solution."""
+    return picard_operator(m, step, spacing, boundary, advection)(m) - step_rhs(m_prev, step)
+
+
+def _operator_norm_bound(step: StepCoefficients, velocity, spacing):
+    """Row-sum bound on ``||A||`` for the stencil (used for backward errors)."""
+    return stencil.operator_norm_bound(step.c0, step.c1, velocity, spacing)
+
+
+def _relative_change(new, old):
+    return jnp.linalg.norm(new - old) / jnp.linalg.norm(new)
+
+
+# ----------------------------------------------------------------------------
+# One nonlinear step
+
+
+def _outer_loop(update, m_init, config: FPConfig):
+    """Run ``update(m) -> (m_new, linear_iters, backward_error)`` until the relative change <= outer_tol."""
+    dtype = m_init.dtype
+
+    def cond(state):
+        k, _, change, *_ = state
+        return (k < config.max_outer) & (change > config.outer_tol)  # NaN change stops the loop
+
+    def body(state):
+        k, m, _, iters, _ = state
+        m_new, it, err = update(m)
+        return k + 1, m_new, _relative_change(m_new, m), iters + it, err
+
+    init = (jnp.int32(0), m_init, jnp.asarray(jnp.inf, dtype), jnp.int32(0), jnp.asarray(0.0, dtype))
+    k, m, change, iters, err = lax.while_loop(cond, body, init)
+    return m, (k, change, iters, err)
+
+
+def _preconditioner(shape, step: StepCoefficients, config: FPConfig, spacing):
+    if linsolve.resolve_preconditioner(config.preconditioner, shape) != "dst":
+        return None
+    helmholtz = linsolve.make_helmholtz_inverse(shape, spacing, config.boundary, config.transform)
+    return lambda r: helmholtz(r, step.c0, step.c1)
+
+
+def _iterate_step(m_prev, m_guess, step: StepCoefficients, config: FPConfig, spacing, guarded: bool):
+    """Outer iteration of one step: ``(m, outer_iterations, linear_iterations, backward_error, change)``."""
+    boundary, advection = config.boundary, config.advection
+    precond = _preconditioner(m_prev.shape, step, config, spacing)
+    solve_kw = dict(solver=config.solver, tol=config.tol, maxiter=config.maxiter, precond=precond)
+    residual_fn = lambda m: step_residual(m, m_prev, step, spacing, boundary, advection)  # noqa: E731
+    rhs = step_rhs(m_prev, step)
+
+    def picard_update(m):
+        matvec = picard_operator(m, step, spacing, boundary, advection)
+        m_new, it, _ = linsolve.linear_solve(matvec, rhs, m, **solve_kw)
+        norm = _operator_norm_bound(step, advection_velocity(m, step, spacing, boundary), spacing)
+        return m_new, it, linsolve.backward_error(matvec, m_new, rhs, norm)
+
+    def newton_update(m):
+        f_m, jvp = jax.linearize(residual_fn, m)
+        d, it, _ = linsolve.linear_solve(jvp, -f_m, None, **solve_kw)
+        velocity = step.drift - 2 * step.c1 * stencil.gradient(m, spacing, boundary)
+        err = linsolve.backward_error(jvp, d, -f_m, _operator_norm_bound(step, velocity, spacing))
+        norm_f = jnp.linalg.norm(f_m)
+
+        def insufficient(state):
+            j, lam = state
+            trial = jnp.linalg.norm(residual_fn(m + lam * d))
+            return (j < _LINE_SEARCH_HALVINGS) & ~(trial <= (1 - 1e-4 * lam) * norm_f)
+
+        j, lam = lax.while_loop(insufficient, lambda s: (s[0] + 1, s[1] / 2), (jnp.int32(0), jnp.ones((), m.dtype)))
+        accepted = (j < _LINE_SEARCH_HALVINGS) & jnp.all(jnp.isfinite(d))
+        return lax.cond(
+            accepted,
+            lambda: (m + lam * d, it, err),
+            lambda: (lambda p: (p[0], it + p[1], p[2]))(picard_update(m)),
+        )
+
+    update = newton_update if config.linearization == "newton" else picard_update
+    start = m_prev
+    if guarded:
+        # A predictor is only a guess: where the solution turns abruptly (the first steps build the
+        # boundary layer) extrapolation overshoots, so start from whichever candidate has the smaller residual.
+        better = jnp.linalg.norm(residual_fn(m_guess)) < jnp.linalg.norm(residual_fn(m_prev))
+        start = jnp.where(better, m_guess, m_prev)
+    m, (k, change, iters, err) = _outer_loop(update, start, config)
+    return m, k, iters, err, change
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _implicit_step(m_prev, m_guess, step: StepCoefficients, config: FPConfig, spacing, guarded: bool):
+    """``m^n`` from ``m^(n-1)`` with implicit-function-theorem gradients.
+
+    The forward pass iterates to ``F(m) = 0``; the backward pass solves one
+    transposed system ``J^T lam = cotangent`` with ``J = dF/dm`` at the
+    solution and never differentiates the iteration.
+    """
+    return _iterate_step(m_prev, m_guess, step, config, spacing, guarded)
+
+
+def _implicit_step_fwd(m_prev, m_guess, step, config, spacing, guarded):
+    out = _iterate_step(m_prev, m_guess, step, config, spacing, guarded)
+    return out, (out[0], m_prev, step)
+
+
+def _implicit_step_bwd(config, spacing, guarded, saved, cotangents):
+    m, m_prev, step = saved
+    residual = lambda m_, m_prev_, step_: step_residual(  # noqa: E731
+        m_, m_prev_, step_, spacing, config.boundary, config.advection
+    )
+    _, transposed_jacobian = jax.vjp(lambda m_: residual(m_, m_prev, step), m)
+    precond = _preconditioner(m.shape, step, config, spacing)
+    lam, _, _ = linsolve.linear_solve(
+        lambda v: transposed_jacobian(v)[0],
+        cotangents[0],
+        solver="gmres" if config.solver == "gmres" else "bicgstab",
+        tol=config.tol,
+        maxiter=config.maxiter,
+        precond=precond,
+    )
+    _, param_vjp = jax.vjp(lambda m_prev_, step_: residual(m, m_prev_, step_), m_prev, step)
+    ct_prev, ct_step = param_vjp(-lam)
+    return ct_prev, jnp.zeros_like(m), ct_step  # the solution does not depend on where the iteration starts
+
+
+_implicit_step.defvjp(_implicit_step_fwd, _implicit_step_bwd)
+
+
+def _solve_step(m_prev, m_guess, step: StepCoefficients, config: FPConfig, spacing, guarded: bool = True):
+    """One time step with its statistics: ``(m, outer_iterations, linear_iterations, residual, converged)``.
+
+    ``guarded``: start from ``m_guess`` only where its residual beats ``m_prev``'s (off when they are the same).
+    """
+    m, k, iters, err, change = _implicit_step(m_prev, lax.stop_gradient(m_guess), step, config, spacing, guarded)
+    if config.solver != "bicgstab_counted":
+        iters = jnp.int32(-1)
+    m_stopped = lax.stop_gradient(m)
+    residual = jnp.linalg.norm(
+        step_residual(m_stopped, m_prev, step, spacing, config.boundary, config.advection)
+    ) / jnp.linalg.norm(step.c0 * m_prev)
+    eps = jnp.finfo(m.dtype).eps
+    converged = (
+        (change <= config.outer_tol)
+        & (err <= jnp.maximum(10 * config.tol, 100 * eps))
+        & jnp.all(jnp.isfinite(m_stopped))
+        & jnp.isfinite(residual)
+    )
+    return m, k, iters, lax.stop_gradient(residual), converged
+
+
+# ----------------------------------------------------------------------------
+# Time stepping
+
+
+def _solve(m0, g, config: FPConfig, guides=None, guess_fn=None, approximate=False) -> FPSolution:
+    """Any scheme; for ``"log_density"`` the time loop. ``g``: ``None`` (``config.g``) or an override.
+
+    ``guess_fn(guide_n, m_prev, step) -> (H, W)``, with ``guides`` scanned over
+    the steps, replaces the predictor (cross-matrix projection); ``approximate``
+    takes that guess as the step's solution without iterating."""
+    if config.scheme != "log_density":
+        if guess_fn is not None:
+            raise ValueError(
+                f"the cross-matrix projection accelerates the log-density scheme's nonlinear steps; "
+                f"scheme={config.scheme!r} has none to accelerate: use projection='off'"
+            )
+        return linear_fp.solve(m0, g, config)
+    shape, dtype = m0.shape, m0.dtype
+    g_values = diffusion_schedule(config, g, dtype)
+    spacing = config.grid_spacing(shape)
+
+    def time_step(carry, inputs):
+        m_prev, m_before = carry
+        t, g, guide = inputs
+        step = step_coefficients(config, t, g, shape, dtype)
+        if guess_fn is not None:
+            guess = lax.stop_gradient(guess_fn(guide, m_prev, step))
+        else:
+            guess = 2 * m_prev - m_before if config.predictor == "extrapolate" else m_prev
+        if approximate:
+            m = guess
+            residual = jnp.linalg.norm(
+                step_residual(m, m_prev, step, spacing, config.boundary, config.advection)
+            ) / jnp.linalg.norm(step.c0 * m_prev)
+            stats = (jnp.int32(0), jnp.int32(0), residual, jnp.all(jnp.isfinite(m)))
+        else:
+            guarded = guess_fn is not None or config.predictor == "extrapolate"
+            m, *stats = _solve_step(m_prev, guess, step, config, spacing, guarded)
+        return (m, m_prev), (m, *stats)
+
+    times = jnp.arange(1, config.T + 1, dtype=dtype) * config.dt
+    xs = (times, g_values[1:].astype(dtype), guides)
+    _, (ms, k, iters, residual, converged) = lax.scan(time_step, (m0, m0), xs)
+    return FPSolution(jnp.concatenate([m0[None], ms]), k, iters, residual, converged)
+
+
+_solve_jit = jax.jit(_solve, static_argnames=("config", "guess_fn", "approximate"))
+
+
+def _fold_concrete_g(config: FPConfig, g):
+    """A concrete ``g`` override of a linear scheme becomes part of the (static) config, so that its
+    boundary terms are computed in float64 and the spectral solve keeps only the modes it needs."""
+    if g is None or config.scheme == "log_density" or isinstance(g, jax.core.Tracer):
+        return config, g
+    values = np.asarray(g, np.float64)
+    return dataclasses.replace(config, g=float(values) if values.ndim == 0 else tuple(values.ravel())), None
+
+
+def _check_field(m0):
+    if jnp.ndim(m0) != 2:
+        raise ValueError(
+            f"m0 must be one (H, W) field, got shape {jnp.shape(m0)}; use jax.vmap or solve_image for batches"
+        )
+    if min(jnp.shape(m0)) < 3:
+        raise ValueError(f"grid {jnp.shape(m0)} is too small; fpjax needs at least 3x3")
+    if not isinstance(m0, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(m0))):
+        raise ValueError(f"m0 has {int((~np.isfinite(np.asarray(m0))).sum())} non-finite values")
+
+
+def solve(m0, config: FPConfig = FPConfig(), *, g=None, on_failure: str = "raise") -> FPSolution:
+    """Solve the log-density Fokker-Planck equation from ``m0`` over ``t in [0, 1]``.
+
+    Jittable, vmappable and differentiable (implicit differentiation through
+    each step), with respect to ``m0`` and ``g``.
+
+    Args:
+      m0: ``(H, W)`` initial log-density (float32 or float64; the solve runs
+        in this dtype).
+      config: :class:`FPConfig` (static).
+      g: optional override of ``config.g``: scalar or ``(T+1,)`` array; pass
+        ``g`` here to differentiate with respect to it.
+      on_failure: when called outside a transformation, ``"raise"``
+        :class:`ConvergenceError` naming the first failed step, ``"warn"``, or
+        ``"ignore"``.
+
+    Returns:
+      :class:`FPSolution` with ``m`` of shape ``(T+1, H, W)``.
+    """
+    _check_field(m0)
+    m0 = jnp.asarray(m0)
+    if not jnp.issubdtype(m0.dtype, jnp.floating):
+        m0 = m0.astype(jnp.float32)
+    config, g = _fold_concrete_g(config, g)
+    solution = _solve_jit(m0, g, config)
+    return check_solution(solution, config, on_failure)
+
+
+def solve_image(
+    image,
+    config: FPConfig = FPConfig(),
+    *,
+    density: str = "position_kde",
+    per_channel=None,
+    g=None,
+    on_failure: str = "raise",
+) -> FPSolution:
+    """Solve for every channel of an ``(H, W, C)`` image.
+
+    The initial log-density comes from :func:`fpjax.initial_log_density`
+    (``density``, ``per_channel``). A shared field is solved once and
+    broadcast, so the result always has a leading channel axis: ``m`` is
+    ``(C, T+1, H, W)`` and the statistics ``(C, T)``.
+    """
+    channels = jnp.shape(image)[-1] if jnp.ndim(image) == 3 else None
+    m0 = initial_log_density(image, density, per_channel=per_channel)
+    fields = m0[None] if m0.ndim == 2 else m0
+    config, g = _fold_concrete_g(config, g)
+    solution = jax.vmap(lambda f: _solve_jit(f, g, config))(fields)
+    solution = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (channels,) + a.shape[1:]), solution)
+    return check_solution(solution, config, on_failure)
+
+
+def solve_images(images, config: FPConfig = FPConfig(), **kwargs) -> FPSolution:
+    """:func:`solve_image` vmapped over an NHWC batch: ``m`` is ``(N, C, T+1, H, W)``."""
+    if jnp.ndim(images) != 4:
+        raise ValueError(f"images must be NHWC, got shape {jnp.shape(images)}")
+    on_failure = kwargs.pop("on_failure", "raise")
+    if not isinstance(images, jax.core.Tracer):
+        for image in np.asarray(images):  # value checks need concrete images; vmap would skip them
+            validate_image(image)
+    solution = jax.vmap(lambda im: solve_image(im, config, on_failure="ignore", **kwargs))(jnp.asarray(images))
+    return check_solution(solution, config, on_failure)
+
+
+# ----------------------------------------------------------------------------
+# Scores
+
+
+def score(m, boundary: str = "zero"):
+    """Score ``grad m`` in pixel units (cross-matrix paper, eq. 25): ``(..., H, W) -> (..., 2, H, W)``.
+
+    ``s_x = (m_E - m_W)/2`` (component 0, axis -1), ``s_y = (m_N - m_S)/2``.
+    """
+    return stencil.gradient(m, (1.0, 1.0), boundary)
+
+
+def pixel_score(m, component: str = "sum", boundary: str = "zero"):
+    """Scalar pixel score (score-embedding paper, eq. 19): ``(..., H, W) -> (..., H, W)``.
+
+    ``component``: ``"sum"`` (``s_x + s_y``, default), ``"x"`` (the
+    cross-matrix paper's script) or ``"y"``.
+    """
+    if component not in SCORE_COMPONENTS:
+        raise ValueError(f"component must be one of {SCORE_COMPONENTS}, got {component!r}")
+    s = score(m, boundary)
+    if component == "sum":
+        return s[..., 0, :, :] + s[..., 1, :, :]
+    return s[..., 0 if component == "x" else 1, :, :]

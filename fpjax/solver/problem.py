@@ -1,0 +1,328 @@
+"""The Fokker-Planck problem on a pixel grid: its settings, its solution type and its coefficients.
+
+Every solution scheme (:mod:`fpjax.solver.log_density` for the papers' log-density
+scheme, :mod:`fpjax.solver.linear` for the linear density forms) reads the same
+:class:`FPConfig` and returns the same :class:`FPSolution`; this module is the
+layer they share, so that neither imports the other's internals.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fpjax.solver import linsolve, stencil
+
+SCHEMES = ("log_density", "density", "spectral")
+LINEARIZATIONS = ("picard", "newton")
+ADVECTIONS = ("central", "upwind")
+PREDICTORS = ("previous", "extrapolate")
+_GAUSS_LEGENDRE_POINTS = 8  # per time interval: exact for g^2 polynomial of degree <= 15 (callable g, "spectral")
+
+
+class ConvergenceError(RuntimeError):
+    """A Fokker-Planck step did not converge (raised by the non-jitted entry points)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FPConfig:
+    """Settings of the Fokker-Planck solve; hashable, usable as a static argument.
+
+    Attributes:
+      T: number of time steps; ``dt = 1/T``, ``t_n = n dt``.
+      g: diffusion coefficient: a scalar, a length ``T+1`` sequence (value at
+        each ``t_n``) or a function of ``t`` (traceable with ``jax.numpy``).
+        To differentiate with respect to ``g``, pass it to :func:`fpjax.solve`
+        as ``g=`` instead.
+      drift: ``None`` (zero drift) or a traceable function ``t -> (f_x, f_y)``
+        returning fields broadcastable to ``(H, W)``.
+      boundary: ``"zero"`` (papers' zero padding: ``m = 0``, i.e. ``p = 1``,
+        outside the image) or ``"reflect"`` (zero flux).
+      scheme: how the equation is solved (every scheme returns the same
+        :class:`FPSolution`):
+
+        * ``"log_density"`` (default, the papers' scheme): backward Euler on
+          ``m = log p`` with the Picard or Newton outer iteration.
+        * ``"density"``: backward Euler on ``p = exp(m)``, whose equation
+          ``p_t = -div(f p) + 1/2 g^2 lap p`` is linear: one preconditioned
+          linear solve per step, no outer iteration; any drift, both boundaries.
+        * ``"spectral"``: zero drift only. ``p`` then solves the heat equation,
+          which DST-I (zero boundary) or DCT-II (reflect) diagonalises for the
+          five-point Laplacian, so ``m`` at every ``t_n`` is exact in time (no
+          time-stepping error at all): one forward transform of ``p0`` and one
+          inverse transform per time. ``g`` enters only through
+          ``tau(t) = int_0^t 1/2 g^2``, integrated exactly for the rule
+          :func:`diffusion_integral` documents.
+
+      linearization: ``"picard"`` (papers' semi-explicit iteration) or
+        ``"newton"`` (damped, falling back to a Picard update when the line
+        search fails); ``"log_density"`` only.
+      advection: ``"central"`` (papers' scheme) or ``"upwind"`` (keeps the
+        step matrix an M-matrix where advection dominates); ``"log_density"`` only.
+      outer_tol, max_outer: stopping rule of the outer iteration (``"log_density"``).
+      solver: ``"bicgstab"`` (``jax.scipy``), ``"bicgstab_counted"`` (same
+        recurrence, reports iteration counts; not differentiable) or ``"gmres"``.
+      tol: relative tolerance of each linear solve; ``maxiter`` its cap
+        (default ``10 H W``).
+      preconditioner: ``"dst"`` (the exact fast inverse of
+        ``1/dt - 1/2 g^2 lap``: Krylov iterations per solve stay near 2 from
+        32x32 to 256x256), ``"none"``, or ``"auto"`` (default: ``"dst"`` on
+        accelerators and for grids of 128 and more a side, ``"none"`` for
+        smaller grids on a CPU, where the transforms cost more than the
+        iterations they save: measured by ``fpjax bench solver``; ``"dst"`` at
+        every size for ``scheme="density"``, where it is the exact inverse of
+        the zero-drift step). The papers use a direct solver; the
+        preconditioner never changes the solution.
+      spacing: ``(hx, hy)``; default ``(1/W, 1/H)`` (the papers' text; their
+        script uses ``1/(H-1)``).
+      transform: how DST/DCT transforms are applied (``"dst"`` preconditioner,
+        ``"spectral"`` scheme): ``"auto"``, ``"dense"`` or ``"fft"``.
+      predictor: where the outer iteration of step ``n`` starts
+        (``"log_density"``): ``"extrapolate"`` (default: ``2 m^(n-1) - m^(n-2)``,
+        second order in ``dt``, used where its nonlinear residual is smaller
+        than that of ``m^(n-1)``) or ``"previous"`` (``m^(n-1)``, the papers'
+        and DESIGN.md's choice). Both iterate to the same discrete equation
+        ``F(m) = 0``; the extrapolated start needs fewer outer iterations
+        (``fpjax bench solver``: 3.2 instead of 3.8 per step at 32x32, 3.3
+        instead of 4.0 at 64x64), which is why it is the default.
+    """
+
+    T: int = 100
+    g: float | tuple | Callable = 0.5
+    drift: Callable | None = None
+    boundary: str = "zero"
+    linearization: str = "picard"
+    advection: str = "central"
+    outer_tol: float = 1e-5
+    max_outer: int = 50
+    solver: str = "bicgstab"
+    tol: float = 1e-6
+    maxiter: int | None = None
+    preconditioner: str = "auto"
+    spacing: tuple | None = None
+    transform: str = "auto"
+    predictor: str = "extrapolate"
+    scheme: str = "log_density"
+
+    def __post_init__(self):
+        def choice(name, options):
+            if getattr(self, name) not in options:
+                raise ValueError(f"FPConfig.{name} must be one of {options}, got {getattr(self, name)!r}")
+
+        if not (isinstance(self.T, int) and self.T >= 1):
+            raise ValueError(f"FPConfig.T must be a positive int, got {self.T!r}")
+        stencil.check_boundary(self.boundary)
+        choice("scheme", SCHEMES)
+        choice("linearization", LINEARIZATIONS)
+        choice("advection", ADVECTIONS)
+        choice("solver", linsolve.SOLVERS)
+        choice("preconditioner", linsolve.PRECONDITIONERS)
+        choice("transform", linsolve.TRANSFORMS)
+        choice("predictor", PREDICTORS)
+        if self.scheme == "spectral" and self.drift is not None:
+            raise ValueError(
+                "FPConfig(scheme='spectral') solves the zero-drift equation exactly; "
+                "with a drift use scheme='density' (or 'log_density')"
+            )
+        if self.scheme != "log_density" and self.advection != "central":
+            raise ValueError(
+                f"FPConfig.advection={self.advection!r} applies to scheme='log_density'; "
+                f"scheme={self.scheme!r} uses central differences of the flux f p"
+            )
+        if not self.max_outer >= 1:
+            raise ValueError(f"FPConfig.max_outer must be >= 1, got {self.max_outer}")
+        if not (self.tol > 0 and self.outer_tol >= 0):
+            raise ValueError(f"FPConfig tolerances must be positive, got tol={self.tol}, outer_tol={self.outer_tol}")
+        if not callable(self.g) and np.ndim(self.g) > 0:
+            g = tuple(float(v) for v in np.asarray(self.g).ravel())
+            if len(g) != self.T + 1:
+                raise ValueError(f"FPConfig.g has {len(g)} values; give one per time t_0..t_T, i.e. T+1 = {self.T + 1}")
+            object.__setattr__(self, "g", g)
+        if self.spacing is not None:
+            object.__setattr__(self, "spacing", tuple(float(h) for h in self.spacing))
+
+    @property
+    def dt(self) -> float:
+        return 1.0 / self.T
+
+    def grid_spacing(self, shape) -> tuple[float, float]:
+        """``(hx, hy)`` for a field of shape ``(H, W)``."""
+        height, width = shape[-2:]
+        return self.spacing if self.spacing is not None else (1.0 / width, 1.0 / height)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class FPSolution:
+    """Solution of :func:`fpjax.solve`; a pytree, so it passes through ``jit`` and ``vmap``.
+
+    Attributes:
+      m: ``(T+1, H, W)`` log-density trajectory, ``m[0] = m0``.
+      outer_iterations: ``(T,)`` int: outer iterations of each step
+        (``"log_density"``); 1 for ``"density"`` (one linear solve, nothing
+        iterates outside it); 0 for ``"spectral"`` (nothing iterates).
+      linear_iterations: ``(T,)`` int: Krylov iterations of the step, summed
+        over its outer iterations (``-1`` where the solver does not count
+        them); 0 for ``"spectral"``.
+      residual: ``(T,)`` relative residual of each step:
+
+        * ``"log_density"``: the nonlinear step residual ``||F(m^n)|| / ||m^(n-1)/dt||``;
+        * ``"density"``: the linear step residual ``||A v^n - v^(n-1)/dt|| / ||v^(n-1)/dt||``
+          of the image's part ``v`` of ``p = u + v`` (the boundary part ``u``
+          does not depend on the image and is computed in float64);
+        * ``"spectral"``: the residual of the semi-discrete equation at
+          ``t_n``, ``||dp/dt - 1/2 g^2 lap_h p|| / ||1/2 g^2 lap_h p||``, with
+          ``dp/dt`` from the spectral form and ``lap_h`` the five-point
+          stencil: a check of the transforms (rounding level when they are right).
+
+      converged: ``(T,)`` bool: ``"log_density"``: the outer iteration met
+        ``outer_tol`` within ``max_outer``, the last linear solve's normwise
+        backward error is within ``max(10 tol, 100 eps)``; ``"density"``: the
+        linear solve's normwise backward error is within ``max(10 tol, 100 eps)``; ``"spectral"``: the
+        residual is within ``SPECTRAL_RESIDUAL_EPS`` machine epsilons
+        (:mod:`fpjax.solver.linear`); every scheme: everything finite.
+    """
+
+    m: jax.Array
+    outer_iterations: jax.Array
+    linear_iterations: jax.Array
+    residual: jax.Array
+    converged: jax.Array
+
+
+class StepCoefficients(NamedTuple):
+    """Coefficients of one backward-Euler step: ``c0 = 1/dt``, ``c1 = g^2/2``, drift ``(2, H, W)``, ``div f``."""
+
+    c0: jax.Array
+    c1: jax.Array
+    drift: jax.Array
+    div_drift: jax.Array
+
+
+def diffusion_schedule(config: FPConfig, g=None, dtype=jnp.float32):
+    """``g(t_n)`` for ``n = 0..T`` as a ``(T+1,)`` array.
+
+    ``g`` overrides ``config.g`` (a scalar or ``(T+1,)`` array, possibly
+    traced: this is the handle for differentiating with respect to ``g``).
+    """
+    source = config.g if g is None else g
+    times = jnp.arange(config.T + 1, dtype=dtype) * config.dt
+    if callable(source):
+        values = source(times)
+    else:
+        values = jnp.asarray(source, dtype)
+    values = jnp.asarray(values, dtype)
+    if values.ndim == 0:
+        return jnp.broadcast_to(values, times.shape)
+    if values.shape != times.shape:
+        raise ValueError(
+            f"g must be a scalar or have shape ({config.T + 1},) (one value per t_0..t_T), got {values.shape}"
+        )
+    return values
+
+
+def _is_concrete(x) -> bool:
+    return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(x))
+
+
+def diffusion_integral(config: FPConfig, g=None, dtype=jnp.float32):
+    """``tau_n = int_0^(t_n) 1/2 g(t)^2 dt`` for ``n = 0..T``: ``(T+1,)``, ``tau_0 = 0``.
+
+    The rule, by the form of ``g`` (``config.g``, or the override ``g``):
+
+    * a scalar: ``tau_n = 1/2 g^2 t_n`` (exact);
+    * ``T+1`` values: ``g`` is taken piecewise linear between the ``t_n``,
+      whose ``1/2 g^2`` integrates exactly to ``dt (g_a^2 + g_a g_b + g_b^2) / 6``
+      over each interval;
+    * a function of ``t``: 8-point Gauss-Legendre on each interval (exact for
+      ``g^2`` polynomial of degree up to 15).
+
+    A concrete ``g`` gives a float64 NumPy array (so that derived boundary
+    terms can be computed in float64); a traced one a ``dtype`` array.
+    """
+    source = config.g if g is None else g
+    if _is_concrete(source):
+        with jax.enable_x64(True), jax.ensure_compile_time_eval():
+            return np.asarray(_integral(config, source, jnp.float64), np.float64)
+    return _integral(config, source, dtype)
+
+
+def _integral(config: FPConfig, source, dtype):
+    dt = config.dt
+    if callable(source):
+        nodes, weights = np.polynomial.legendre.leggauss(_GAUSS_LEGENDRE_POINTS)
+        starts = jnp.arange(config.T, dtype=dtype) * dt
+        times = starts[:, None] + jnp.asarray((nodes + 1) / 2 * dt, dtype)[None, :]
+        g_at = jnp.broadcast_to(jnp.asarray(source(times), dtype), times.shape)
+        pieces = 0.5 * (0.5 * g_at**2) @ jnp.asarray(weights * dt, dtype)
+    else:
+        values = jnp.asarray(source, dtype)
+        if values.ndim == 0:
+            return 0.5 * values**2 * jnp.arange(config.T + 1, dtype=dtype) * dt
+        values = diffusion_schedule(config, values, dtype)
+        pieces = dt * (values[:-1] ** 2 + values[:-1] * values[1:] + values[1:] ** 2) / 6
+    return jnp.concatenate([jnp.zeros((1,), dtype), jnp.cumsum(pieces)])
+
+
+def drift_fields(config: FPConfig, t, shape, dtype, spacing=None):
+    """Drift ``(2, H, W)`` (component 0 = x) at time ``t`` and its central divergence ``(H, W)``."""
+    spacing = config.grid_spacing(shape) if spacing is None else spacing
+    if config.drift is None:
+        drift = jnp.zeros((2,) + tuple(shape), dtype)
+    else:
+        fx, fy = config.drift(t)
+        drift = jnp.stack(
+            [jnp.broadcast_to(jnp.asarray(fx, dtype), shape), jnp.broadcast_to(jnp.asarray(fy, dtype), shape)]
+        )
+    return drift, stencil.divergence(drift, spacing, config.boundary)
+
+
+def step_coefficients(config: FPConfig, t, g, shape, dtype) -> StepCoefficients:
+    """Coefficients of the step ending at time ``t`` with diffusion ``g`` (a scalar)."""
+    drift, div_drift = drift_fields(config, t, shape, dtype)
+    return StepCoefficients(jnp.asarray(1.0 / config.dt, dtype), 0.5 * g**2, drift, div_drift)
+
+
+def check_solution(solution: FPSolution, config: FPConfig, on_failure: str = "raise") -> FPSolution:
+    """Raise :class:`ConvergenceError` (or warn) naming the first step that failed, for concrete solutions.
+
+    ``on_failure``: ``"raise"``, ``"warn"`` or ``"ignore"``. Under
+    ``jit``/``vmap``/``grad`` the flags are traced and nothing is checked:
+    read ``solution.converged`` instead.
+    """
+    if on_failure not in ("raise", "warn", "ignore"):
+        raise ValueError(f"on_failure must be 'raise', 'warn' or 'ignore', got {on_failure!r}")
+    if on_failure == "ignore" or isinstance(solution.converged, jax.core.Tracer):
+        return solution
+    converged = np.asarray(solution.converged)
+    if converged.all():
+        return solution
+    bad = np.argwhere(~converged)[0]
+    n = int(bad[-1]) + 1
+    index = tuple(int(i) for i in bad)
+    advice = {
+        "log_density": "Try a larger T, advection='upwind', linearization='newton' or a larger max_outer.",
+        "density": (
+            "If m is not finite there, p went negative: central differences of a drift that dominates diffusion "
+            "on this grid (|f| h > g^2); refine the grid or use scheme='log_density' with advection='upwind'. "
+            "Otherwise try a larger maxiter or preconditioner='dst'."
+        ),
+        "spectral": "The transforms lost accuracy: check m0 for extreme values or use float64.",
+    }[config.scheme]
+    message = (
+        f"Fokker-Planck solve (scheme={config.scheme!r}) did not converge at step n={n} (t={n * config.dt:.4g})"
+        + (f" of batch member {index[:-1]}" if len(index) > 1 else "")
+        + f": {int(np.asarray(solution.outer_iterations)[index])} outer iterations "
+        f"(max_outer={config.max_outer}), relative residual {float(np.asarray(solution.residual)[index]):.3g}; "
+        f"{int((~converged).sum())} of {converged.size} steps failed. {advice}"
+    )
+    if on_failure == "raise":
+        raise ConvergenceError(message)
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
+    return solution

@@ -1,0 +1,184 @@
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import fpjax
+from fpjax.batch.precompute import precompute
+from fpjax.batch.store import StoreMismatchError
+from fpjax.data import sample_images
+
+CONFIG = fpjax.FPConfig(T=6)
+
+
+def _images(n=5, size=16):
+    return sample_images(32)[:n, :size, :size]
+
+
+def test_batched_precompute_equals_one_solve_per_image():
+    images = _images()
+    result = precompute(images, CONFIG, batch_size=2)
+    assert result.m.shape == (5, 7, 16, 16, 3)
+    for i, image in enumerate(images):
+        single = fpjax.solve(fpjax.initial_log_density(image), CONFIG)
+        for c in range(3):  # one shared density: every channel holds it
+            np.testing.assert_allclose(result.m[i, ..., c], np.asarray(single.m), rtol=2e-6, atol=1e-6)
+        np.testing.assert_array_equal(result.stats["outer_iterations"][i, 0], np.asarray(single.outer_iterations))
+    assert result.stats["converged"].all()
+
+
+def test_per_channel_and_projection_modes():
+    images = _images(4)
+    plain = precompute(images, CONFIG, per_channel=True, density="intensity")
+    assert plain.m.shape == (4, 7, 16, 16, 3) and plain.stats["residual"].shape == (4, 3, 6)
+    projected = precompute(
+        images, CONFIG, per_channel=True, density="intensity", projection="initial_guess", cycle=2, dim=6
+    )
+    np.testing.assert_array_equal(projected.seeds, [0, 0, 2, 2])
+    error = np.linalg.norm(projected.m - plain.m) / np.linalg.norm(plain.m)
+    assert error < 1e-5
+    approx = precompute(images, CONFIG, per_channel=True, density="intensity", projection="approximate", cycle=4)
+    assert (approx.stats["outer_iterations"][1:] == 0).all()
+
+
+def test_store_round_trip_and_mismatch(tmp_path):
+    images = _images(3)
+    path = tmp_path / "fp.zarr"
+    first = precompute(images, CONFIG, store=path, batch_size=2)
+    memory = precompute(images, CONFIG, batch_size=2)
+    np.testing.assert_array_equal(np.asarray(first.m[:]), memory.m[..., :1])
+    again = precompute(images, CONFIG, store=path, batch_size=2)
+    assert again.skipped == 3 and again.batch_seconds == []
+    with pytest.raises(StoreMismatchError, match="T: store has 6, this run 7|config"):
+        precompute(images, fpjax.FPConfig(T=7), store=path)
+
+
+_WORKER = textwrap.dedent(
+    """
+    import sys, numpy as np, fpjax
+    from fpjax.data import sample_images
+    from fpjax.batch.precompute import precompute
+    images = np.concatenate([sample_images(32)[:, :16, :16]] * 2)[:24]
+    precompute(images, fpjax.FPConfig(T=40), store=sys.argv[1], batch_size=2,
+               progress=lambda done, total: print(done, flush=True))
+    """
+)
+
+
+def test_sigkill_mid_run_then_resume_equals_uninterrupted_run(tmp_path):
+    killed, clean = tmp_path / "killed.zarr", tmp_path / "clean.zarr"
+    script = tmp_path / "worker.py"
+    script.write_text(_WORKER)
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.Popen([sys.executable, str(script), str(killed)], stdout=subprocess.PIPE, text=True, env=env)
+    for line in proc.stdout:  # wait until a few batches are written, then kill without warning
+        if int(line) >= 6:
+            break
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    import zarr
+
+    from fpjax.batch.store import FPStore  # noqa: F401 - the store must still open
+
+    done_after_kill = np.asarray(zarr.open_group(str(killed))["done"][:])
+    assert 0 < done_after_kill.sum() < 24
+    subprocess.run([sys.executable, str(script), str(killed)], check=True, env=env, capture_output=True)
+    subprocess.run([sys.executable, str(script), str(clean)], check=True, env=env, capture_output=True)
+    a, b = zarr.open_group(str(killed)), zarr.open_group(str(clean))
+    assert np.asarray(a["done"][:]).all()
+    for name in ("m", "outer_iterations", "linear_iterations", "residual", "converged"):
+        np.testing.assert_array_equal(np.asarray(a[name][:]), np.asarray(b[name][:]), err_msg=name)
+
+
+def test_sharded_run_equals_single_device(tmp_path):
+    script = tmp_path / "sharded.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+        import sys, jax, numpy as np, fpjax
+        from fpjax.data import sample_images
+        from fpjax.batch.precompute import precompute
+        assert len(jax.devices()) == 4, jax.devices()
+        result = precompute(sample_images(32)[:6, :16, :16], fpjax.FPConfig(T=6), batch_size=3)
+        np.save(sys.argv[1], np.asarray(result.m))
+        """
+        )
+    )
+    out = tmp_path / "sharded.npy"
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    subprocess.run([sys.executable, str(script), str(out)], check=True, env=env, capture_output=True)
+    single = precompute(_images(6), CONFIG, batch_size=3)
+    np.testing.assert_allclose(np.load(out), single.m, rtol=2e-6, atol=1e-6)
+
+
+def test_bad_images_are_named_with_their_index():
+    images = _images(3).copy()
+    images[2, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="image 2: image has NaN"):
+        precompute(images, CONFIG)
+    with pytest.raises(ValueError, match="projection must be"):
+        precompute(images[:2], CONFIG, projection="magic")
+
+
+def test_precompute_accepts_jax_arrays(tmp_path):
+    result = precompute(jnp.asarray(_images(2)), CONFIG)
+    assert isinstance(result.m, np.ndarray)
+    assert pathlib.Path(tmp_path).exists()
+
+
+def test_two_processes_share_the_work_into_one_store(tmp_path):
+    script = tmp_path / "share.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+        import sys, numpy as np, fpjax
+        from fpjax.data import sample_images
+        from fpjax.batch.precompute import precompute
+        index, store = int(sys.argv[1]), sys.argv[2]
+        images = sample_images(32)[:9, :16, :16]
+        r = precompute(images, fpjax.FPConfig(T=6), store=store, batch_size=2, projection="initial_guess",
+                       cycle=5, dim=4, process=(index, 2))
+        print(len(r.batch_seconds))
+        """
+        )
+    )
+    store = tmp_path / "shared.zarr"
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    procs = [
+        subprocess.Popen([sys.executable, str(script), str(i), str(store)], stdout=subprocess.PIPE, text=True, env=env)
+        for i in (1, 0)
+    ]
+    batches = [int(p.communicate()[0].split()[-1]) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert all(b > 0 for b in batches)  # both did some of the work
+    import zarr
+
+    shared = zarr.open_group(str(store))
+    assert np.asarray(shared["done"][:]).all()
+    single = precompute(_images(9), CONFIG, batch_size=2, projection="initial_guess", cycle=5, dim=4)
+    np.testing.assert_allclose(np.asarray(shared["m"][:])[..., 0], single.m[..., 0], rtol=1e-6, atol=1e-6)
+
+
+def test_cluster_seeds_group_similar_images():
+    from fpjax.batch.precompute import seed_groups
+
+    rng = np.random.default_rng(0)
+    dark = rng.uniform(0.0, 0.2, size=(5, 8, 8, 3))
+    bright = rng.uniform(0.8, 1.0, size=(5, 8, 8, 3))
+    images = np.concatenate([dark, bright])[rng.permutation(10)]
+    groups = seed_groups(images, "initial_guess", cycle=5, seeds="cluster")
+    assert sorted(len(g) for g in groups) == [5, 5]
+    for g in groups:  # each cluster is all dark or all bright, and its seed is a member
+        means = images[g].mean(axis=(1, 2, 3))
+        assert (means < 0.5).all() or (means > 0.5).all()
+    assert sorted(np.concatenate(groups).tolist()) == list(range(10))
+    result = precompute(_images(6), CONFIG, projection="initial_guess", cycle=3, seeds="cluster", dim=4)
+    assert result.stats["converged"].all() and len(set(result.seeds.tolist())) == 2

@@ -1,0 +1,97 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fpjax.diffusion import pds
+
+SHAPE = (4, 4, 2)
+
+
+def _data(n=64):
+    coarse = jax.random.uniform(jax.random.key(0), (n, 2, 2, 2))
+    return jax.image.resize(coarse, (n,) + SHAPE, "linear") + 0.05 * jax.random.normal(jax.random.key(1), (n,) + SHAPE)
+
+
+def _dense(op):
+    """The matrix of a linear map on (H, W, C) images, column by column."""
+    d = int(np.prod(SHAPE))
+    basis = jnp.eye(d, dtype=jnp.float64).reshape((d,) + SHAPE)
+    return np.asarray(jax.vmap(op)(basis).reshape(d, d)).T
+
+
+def test_gram_operator_is_real_symmetric_positive_definite():
+    m = pds.from_data(_data(), alpha=2.0)
+    out = m.gram(jnp.ones(SHAPE))
+    assert not jnp.iscomplexobj(out)
+    gram = _dense(m.gram)
+    np.testing.assert_allclose(gram, gram.T, atol=1e-10)
+    assert np.linalg.eigvalsh(gram).min() > 0
+    # M^T is the transpose of M.
+    np.testing.assert_allclose(_dense(m.transpose), _dense(m.apply).T, atol=1e-10)
+
+
+def test_masks_match_their_definitions_and_large_alpha_is_the_identity():
+    images = _data()
+    power = np.mean(np.abs(np.fft.fft2(np.asarray(images), axes=(1, 2))) ** 2, axis=0)
+    np.testing.assert_allclose(pds.frequency_statistics(images), np.log(power + 1), rtol=1e-10)
+    np.testing.assert_allclose(pds.pixel_statistics(images), np.log(np.mean(np.asarray(images) ** 2, 0) + 1))
+    m = pds.from_data(images, alpha=1e9)
+    x = jax.random.normal(jax.random.key(2), SHAPE, jnp.float64)
+    np.testing.assert_allclose(m.apply(x), x, rtol=1e-7, atol=1e-7)
+    r = pds.normalise(jnp.array([1.0, 2.0, 4.0]), 2.0)
+    np.testing.assert_allclose(r, [(0.25 + 1) / 2, (0.5 + 1) / 2, 1.0])
+    with pytest.raises(ValueError, match="alpha"):
+        pds.normalise(r, 0.5)
+
+
+def test_solenoidal_terms_are_skew_symmetric_and_the_fourier_forms_vanish():
+    s = _dense(lambda x: pds.solenoidal(x, "shift", shift=1))
+    np.testing.assert_allclose(s, -s.T, atol=1e-12)
+    assert np.abs(s).max() == 1.0
+    # Independent reference: the difference of two permutation matrices built with NumPy.
+    idx = np.arange(int(np.prod(SHAPE))).reshape(SHAPE)
+    up = np.roll(idx, (1, 1), axis=(0, 1)).ravel()
+    down = np.roll(idx, (-1, -1), axis=(0, 1)).ravel()
+    reference = np.eye(idx.size)[up] - np.eye(idx.size)[down]
+    np.testing.assert_allclose(s, reference, atol=1e-12)
+    for kind in ("fourier", "dft"):  # the DFT diagonalises shifts and is symmetric: these are zero
+        np.testing.assert_allclose(_dense(lambda x, kind=kind: pds.solenoidal(x, kind)), 0.0, atol=1e-12)
+
+
+def test_radial_mask_and_saving(tmp_path):
+    mask = pds.radial_mask((8, 8, 3), radius=1.0, scale=1.6)
+    shifted = np.fft.fftshift(np.asarray(mask[..., 0]))
+    assert shifted[4, 4] == 1.0 and shifted[0, 0] == pytest.approx(1.6)
+    m = pds.from_data(_data(), alpha=3.0)
+    m.save(tmp_path / "pds.npz")
+    loaded = pds.Preconditioner.load(tmp_path / "pds.npz")
+    np.testing.assert_array_equal(loaded.r_f, m.r_f)
+    np.testing.assert_array_equal(loaded.r_p, m.r_p)
+
+
+@pytest.mark.parametrize("omega", [0.0, 5.0])
+def test_preconditioned_langevin_keeps_a_gaussian_target(omega):
+    """Theorems 2-3: M M^T and a skew-symmetric S leave the stationary distribution unchanged."""
+    mean = jnp.linspace(-0.5, 0.5, int(np.prod(SHAPE))).reshape(SHAPE)
+    var = jnp.linspace(0.2, 1.0, int(np.prod(SHAPE))).reshape(SHAPE)
+    score = lambda x: -(x - mean) / var
+    m = pds.from_data(_data(), alpha=2.0)
+    chains = jnp.zeros((4000,) + SHAPE)
+    samples = jax.jit(lambda x: pds.langevin(score, x, jax.random.key(3), 0.004, 3000, m, omega))(chains)
+    flat = np.asarray(samples).reshape(4000, -1)
+    np.testing.assert_allclose(flat.mean(0), np.asarray(mean).ravel(), atol=0.08)
+    cov = np.cov(flat.T)
+    np.testing.assert_allclose(np.diag(cov), np.asarray(var).ravel(), rtol=0.12)
+    assert np.abs(cov - np.diag(np.diag(cov))).max() < 0.08
+
+
+def test_alpha_T_fit_recovers_a_known_line():
+    a, b = 30.0, 0.05
+    Ts = np.array([50, 100, 200, 400])
+    alphas = 1.0 / (a / Ts + b)  # power 1: (1 + 1/alpha) - 1 = a/T + b
+    fit = pds.fit_alpha_T(Ts, alphas)
+    np.testing.assert_allclose(fit, (a, b), rtol=1e-8)
+    np.testing.assert_allclose(pds.predict_alpha(Ts, *fit), alphas, rtol=1e-8)
+    squared = 1.0 / (np.sqrt(1 + a / Ts + b) - 1)
+    np.testing.assert_allclose(pds.fit_alpha_T(Ts, squared, power=2), (a, b), rtol=1e-8)

@@ -1,0 +1,90 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import fpjax
+from fpjax.data import sample_images
+from fpjax.learn.embedding import embed, embed_field
+
+
+def _loop_reference(channel, m, g, T, component="sum", drift_sum=0.0):
+    """The transport of DESIGN.md section 4 step by step, with numpy central differences (zero boundary)."""
+    dt = 1.0 / T
+    x = [np.asarray(channel, np.float64)]
+    for n in range(1, T + 1):
+        p = np.pad(np.asarray(m[n - 1], np.float64), 1)
+        sx = (p[1:-1, 2:] - p[1:-1, :-2]) / 2
+        sy = (p[2:, 1:-1] - p[:-2, 1:-1]) / 2
+        sigma = {"sum": sx + sy, "x": sx, "y": sy}[component]
+        x.append(x[-1] + (drift_sum - 0.5 * g[n - 1] ** 2 * sigma) * dt)
+    return np.stack(x)
+
+
+@pytest.mark.parametrize("component", ["sum", "x"])
+def test_embed_field_matches_step_by_step_transport(component):
+    image = sample_images(32)[0, :12, :10].astype(np.float64)
+    config = fpjax.FPConfig(T=8, g=tuple(np.linspace(0.3, 0.7, 9)))
+    m = fpjax.solve(fpjax.initial_log_density(image), config).m
+    ours = embed_field(image[..., 1], m, config, component)
+    np.testing.assert_allclose(
+        np.asarray(ours),
+        _loop_reference(image[..., 1], m, np.linspace(0.3, 0.7, 9), 8, component),
+        rtol=1e-12,
+        atol=1e-12,
+    )
+
+
+def test_embed_with_constant_drift():
+    image = sample_images(32)[0, :8, :8].astype(np.float64)
+    config = fpjax.FPConfig(T=4, drift=lambda t: (0.2, -0.05))
+    m = fpjax.solve(fpjax.initial_log_density(image), config).m
+    ours = embed_field(image[..., 0], m, config)
+    np.testing.assert_allclose(
+        np.asarray(ours), _loop_reference(image[..., 0], m, [0.5] * 5, 4, "sum", 0.15), rtol=1e-12
+    )
+
+
+def test_embed_batches_shared_and_per_channel_densities(tmp_path):
+    images = sample_images(32)[:3, :16, :16]
+    config = fpjax.FPConfig(T=5)
+    shared = fpjax.precompute(images, config)
+    out = embed(images, shared.m[..., :1], config)
+    assert out.shape == (3, 6, 16, 16, 3)
+    np.testing.assert_allclose(np.asarray(out[:, 0]), images, rtol=1e-7)
+    for i in range(3):
+        for c in range(3):
+            np.testing.assert_allclose(
+                np.asarray(out[i, ..., c]),
+                np.asarray(embed_field(images[i, ..., c], shared.m[i, ..., 0], config)),
+                rtol=1e-6,
+                atol=1e-7,
+            )
+    stored = fpjax.precompute(images, config, store=tmp_path / "s.zarr")
+    np.testing.assert_allclose(np.asarray(embed(images, stored.m, config)), np.asarray(out), rtol=1e-6, atol=1e-7)
+    jitted = jax.jit(lambda x, m: embed(x, m, config))(images, shared.m[..., :1])
+    np.testing.assert_allclose(np.asarray(jitted), np.asarray(out), rtol=1e-6, atol=1e-7)
+
+
+def test_embed_gradient_wrt_g_matches_finite_differences():
+    image = sample_images(32)[0, :8, :8].astype(np.float64)
+    config = fpjax.FPConfig(T=4)
+    m = fpjax.solve(fpjax.initial_log_density(image), config).m
+    loss = lambda g: jnp.sum(embed_field(image[..., 0], m, config, g=g)[-1] ** 2)  # noqa: E731
+    fd = (loss(0.5 + 1e-6) - loss(0.5 - 1e-6)) / 2e-6
+    np.testing.assert_allclose(float(jax.grad(loss)(0.5)), float(fd), rtol=1e-6)
+
+
+def test_shape_errors_are_named():
+    config = fpjax.FPConfig(T=4)
+    with pytest.raises(ValueError, match="T\\+1 = 5"):
+        embed_field(np.zeros((4, 4)), jnp.zeros((3, 4, 4)), config)
+    with pytest.raises(ValueError, match="does not fit"):
+        embed(np.zeros((2, 4, 4, 3)), np.zeros((2, 5, 4, 4, 2)), config)
+
+
+def test_zero_score_embedding_is_the_identity():
+    config = fpjax.FPConfig(T=5)
+    images = jax.random.uniform(jax.random.key(0), (2, 8, 8, 3))
+    trajectory = fpjax.embed(images, jnp.zeros((2, 6, 8, 8, 1)), config)
+    np.testing.assert_array_equal(trajectory, jnp.broadcast_to(images[:, None], trajectory.shape))

@@ -1,0 +1,175 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fpjax.diffusion import sampling
+from fpjax.eval import metrics
+from fpjax.learn import objectives as losses
+from fpjax.learn import trainer as training
+from fpjax.learn.models import UNetConfig
+
+TINY = UNetConfig(channels=8, channel_mult=(1, 2), attention_resolutions=(8,), groups=4)
+SIZE, T = 16, 10
+
+
+def _data(count=2):
+    """Smooth random images and trajectories that drift slowly away from them (float32)."""
+    key = jax.random.key(42)
+    coarse = jax.random.uniform(key, (count, 4, 4, 3), jnp.float32)
+    images = jax.image.resize(coarse, (count, SIZE, SIZE, 3), "linear")
+    drift = jnp.linspace(0.0, 0.02, T + 1, dtype=jnp.float32)[None, :, None, None, None]
+    return images, images[:, None] + drift, jnp.full((T + 1,), 0.5, jnp.float32)
+
+
+def _config(**changes):
+    base = dict(
+        batch_size=4,
+        steps_per_call=5,
+        max_steps=10,
+        target_ssim=1.01,
+        sampler=sampling.SamplerConfig(steps=8, method="ode"),
+    )
+    return training.TrainConfig(**{**base, **changes})
+
+
+def _fixed_loss(graphdef, params, config, trajectories, g):
+    x = trajectories[0]
+    z = jax.random.normal(jax.random.key(7), x.shape, x.dtype)
+    t = jnp.linspace(0.0, 1.0, T + 1, dtype=x.dtype)
+    score = training.score_function(graphdef, params, config)
+    return float(losses.embedded_denoising_loss(score, x, t, g, z, config.lam))
+
+
+def test_a_few_steps_lower_the_loss_and_raise_denoising_ssim():
+    images, trajectories, g = _data(1)
+    config = _config()
+    graphdef, params = training.create_model(TINY, 3, SIZE, jax.random.key(0))
+    state = training.init_state(params, config, jax.random.key(1))
+    data = training.TrainData(trajectories, jnp.zeros(1, jnp.int32), g)
+    before = _fixed_loss(graphdef, state.params, config, trajectories, g)
+    state, step_losses = training.train_steps(graphdef, state, data, config, 60, False)
+    after = _fixed_loss(graphdef, state.params, config, trajectories, g)
+    assert np.all(np.isfinite(step_losses)) and int(state.step) == 60
+    assert after < 0.7 * before
+    noisy = sampling.noisy_copy(jax.random.key(3), images, 0.5)
+    denoised, quality = training.evaluate(
+        graphdef, state.ema, noisy, images, jnp.zeros(1, jnp.int32), g, jax.random.key(4), config, False
+    )
+    assert float(quality["ssim"][0]) > float(metrics.ssim(jnp.clip(noisy, 0, 1), images)[0]) + 0.1
+
+
+def test_fused_and_stepwise_training_agree():
+    images, trajectories, g = _data(1)
+    graphdef, params = training.create_model(TINY, 3, SIZE, jax.random.key(0))
+    data = training.TrainData(trajectories, jnp.zeros(1, jnp.int32), g)
+    results = []
+    for fuse in (True, False):
+        config = _config(fuse_steps=fuse)
+        state = training.init_state(params, config, jax.random.key(1))
+        results.append(training.train_steps(graphdef, state, data, config, 3, False))
+    np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-4)
+    for a, b in zip(jax.tree.leaves(results[0][0].params), jax.tree.leaves(results[1][0].params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+
+
+def test_early_stopping_stops_at_the_target():
+    images, trajectories, g = _data(1)
+    result = training.train(images, trajectories, g, unet_config=TINY, config=_config(max_steps=15), progress=False)
+    assert [r["step"] for r in result.log] == [5, 10, 15] and not result.images[0]["reached"]
+    # A target reached in the middle of the run stops exactly at the first evaluation that meets it.
+    ssims = [r["ssim"] for r in result.log]
+    target = ssims[1]  # met at the second evaluation at the latest
+    rerun = training.train(
+        images, trajectories, g, unet_config=TINY, config=_config(max_steps=15, target_ssim=target), progress=False
+    )
+    stop = next(i for i, s in enumerate(ssims) if s >= target)
+    assert len(rerun.log) == stop + 1 and rerun.images[0]["reached"]
+    for record in rerun.log:
+        assert record["wall_seconds"] == pytest.approx(record["train_seconds"])
+
+
+def test_resume_from_checkpoint_equals_an_uninterrupted_run(tmp_path):
+    images, trajectories, g = _data(2)
+    config = _config(max_steps=15, checkpoint_every=2, ema_decay=0.9)
+    full = training.train(
+        images, trajectories, g, unet_config=TINY, config=config, progress=False, checkpoint_dir=tmp_path / "a"
+    )
+
+    class Interrupt(Exception):
+        pass
+
+    def interrupt_at_fourth(record, seen=[]):  # noqa: B006 - a counter across calls
+        seen.append(record)
+        if len(seen) == 4:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        training.train(
+            images,
+            trajectories,
+            g,
+            unet_config=TINY,
+            config=config,
+            progress=False,
+            checkpoint_dir=tmp_path / "b",
+            on_evaluation=interrupt_at_fourth,
+        )
+    resumed = training.train(
+        images, trajectories, g, unet_config=TINY, config=config, progress=False, checkpoint_dir=tmp_path / "b"
+    )
+    assert int(resumed.state.step) == int(full.state.step) == 30
+    for a, b in zip(jax.tree.leaves(full.state), jax.tree.leaves(resumed.state), strict=True):
+        np.testing.assert_array_equal(a, b)
+    keys = ("image", "step", "global_step", "loss", "ssim", "psnr", "mse")
+    assert [[r[k] for k in keys] for r in full.log] == [[r[k] for k in keys] for r in resumed.log]
+    # A different run refuses the checkpoint rather than mixing the two.
+    with pytest.raises(ValueError, match="another run"):
+        training.train(
+            images,
+            trajectories,
+            g,
+            unet_config=TINY,
+            config=_config(max_steps=20),
+            progress=False,
+            checkpoint_dir=tmp_path / "b",
+        )
+
+
+def test_mixed_training_with_per_image_labels():
+    images, trajectories, g = _data(2)
+    config = UNetConfig(channels=8, channel_mult=(1, 2), attention_resolutions=(), groups=4, num_images=2)
+    result = training.train(images, trajectories, g, unet_config=config, config=_config(), mode="mixed", progress=False)
+    assert len(result.images) == 1 and result.images[0]["steps"] == 10
+    assert result.uses_labels
+    out = result.score(labels=jnp.array([0, 1]))(images, jnp.array([0.5, 0.5]))
+    assert out.shape == images.shape and bool(jnp.all(jnp.isfinite(out)))
+
+
+def test_bad_inputs_are_named():
+    images, trajectories, g = _data(1)
+    with pytest.raises(ValueError, match="trajectories"):
+        training.train(images, trajectories[:, :, :8], g, unet_config=TINY, progress=False)
+    with pytest.raises(ValueError, match="g_values"):
+        training.train(images, trajectories, g[:-1], unet_config=TINY, progress=False)
+    with pytest.raises(ValueError, match="mode"):
+        training.train(images, trajectories, g, unet_config=TINY, mode="batched", progress=False)
+    with pytest.raises(ValueError, match="parametrization"):
+        training.TrainConfig(parametrization="eps")
+
+
+def test_replay_draws_earlier_images_in_the_stated_fraction():
+    trajectories = jnp.arange(4, dtype=jnp.float32)[:, None, None, None, None] * jnp.ones((4, T + 1, 2, 2, 1))
+    labels = jnp.arange(4)
+    g = jnp.full((T + 1,), 0.5)
+    config = _config(batch_size=4000, replay=0.3)
+
+    def drawn(current):
+        data = training.TrainData(trajectories, labels, g, jnp.asarray(current))
+        x = training._batch(jax.random.key(0), data, config)[0]
+        return np.asarray(x[:, 0, 0, 0]).astype(int)
+
+    counts = np.bincount(drawn(2), minlength=4)
+    assert counts[3] == 0 and abs(counts[2] / 4000 - 0.7) < 0.03 and abs(counts[0] - counts[1]) < 200
+    assert set(drawn(0)) == {0}
+    assert np.all(np.abs(np.bincount(drawn(-1), minlength=4) / 4000 - 0.25) < 0.03)
