@@ -7,18 +7,9 @@ turn the solution into scores, and (in later modules) embed, train and sample.
 from fpjax.batch.precompute import PrecomputeResult, precompute
 from fpjax.learn.embedding import embed
 from fpjax.solver.initial import initial_log_density, validate_image
-from fpjax.solver.log_density import (
-    ConvergenceError,
-    FPConfig,
-    FPSolution,
-    check_solution,
-    diffusion_schedule,
-    pixel_score,
-    score,
-    solve,
-    solve_image,
-    solve_images,
-)
+from fpjax.solver.problem import ConvergenceError, FPConfig, FPSolution, check_solution, diffusion_schedule
+from fpjax.solver.scores import pixel_score, score
+from fpjax.solver.solve import solve, solve_image, solve_images
 
 __version__ = "0.1.0"
 

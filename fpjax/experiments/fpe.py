@@ -183,7 +183,7 @@ def image_part(settings: FPESettings, out: pathlib.Path) -> dict:
     fp_config = fp.FPConfig()
     solved = precompute(images, fp_config)
     m = jnp.asarray(solved.m)  # (N, T+1, H, W, C)
-    per_channel = jax.vmap(lambda mm: sf.fp_step_residuals(mm, fp_config), in_axes=-1)
+    per_channel = jax.vmap(lambda mm: fp.step_residuals(mm, fp_config), in_axes=-1)
     step_residuals = np.asarray(jax.vmap(per_channel)(m))  # (N, C, T)
     trajectories = embed(images, m, fp_config)
     g_values = fp.diffusion_schedule(fp_config)

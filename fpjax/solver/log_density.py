@@ -18,22 +18,20 @@ Each step solve carries a custom VJP, so reverse-mode derivatives of the
 solution (with respect to the initial field and ``g``) come from the implicit
 function theorem, one transposed linear solve per step, never from
 differentiating the iteration. Forward mode (``jvp``) is not defined.
+
+:func:`fpjax.solve` (:mod:`fpjax.solver.solve`) runs this scheme or a linear one.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
-from fpjax.solver import linear as linear_fp
 from fpjax.solver import linsolve, stencil
-from fpjax.solver.initial import initial_log_density, validate_image
-from fpjax.solver.problem import (  # noqa: F401 - re-exported: fokker_planck is where users meet them
+from fpjax.solver.problem import (  # noqa: F401 - re-exported until every consumer imports from problem
     ADVECTIONS,
     LINEARIZATIONS,
     PREDICTORS,
@@ -48,8 +46,8 @@ from fpjax.solver.problem import (  # noqa: F401 - re-exported: fokker_planck is
     drift_fields,
     step_coefficients,
 )
+from fpjax.solver.scores import pixel_score, score  # noqa: F401 - re-exported until every consumer moves
 
-SCORE_COMPONENTS = ("sum", "x", "y")
 _LINE_SEARCH_HALVINGS = 8
 
 
@@ -237,19 +235,13 @@ def _solve_step(m_prev, m_guess, step: StepCoefficients, config: FPConfig, spaci
 # Time stepping
 
 
-def _solve(m0, g, config: FPConfig, guides=None, guess_fn=None, approximate=False) -> FPSolution:
-    """Any scheme; for ``"log_density"`` the time loop. ``g``: ``None`` (``config.g``) or an override.
+def trajectory(m0, g, config: FPConfig, guides=None, guess_fn=None, approximate=False) -> FPSolution:
+    """The papers' scheme over ``t_1 .. t_T`` from ``m0`` ``(H, W)`` (jittable; ``config`` static).
 
+    ``g``: ``None`` (``config.g``) or an override (scalar or ``(T+1,)``).
     ``guess_fn(guide_n, m_prev, step) -> (H, W)``, with ``guides`` scanned over
     the steps, replaces the predictor (cross-matrix projection); ``approximate``
     takes that guess as the step's solution without iterating."""
-    if config.scheme != "log_density":
-        if guess_fn is not None:
-            raise ValueError(
-                f"the cross-matrix projection accelerates the log-density scheme's nonlinear steps; "
-                f"scheme={config.scheme!r} has none to accelerate: use projection='off'"
-            )
-        return linear_fp.solve(m0, g, config)
     shape, dtype = m0.shape, m0.dtype
     g_values = diffusion_schedule(config, g, dtype)
     spacing = config.grid_spacing(shape)
@@ -279,115 +271,17 @@ def _solve(m0, g, config: FPConfig, guides=None, guess_fn=None, approximate=Fals
     return FPSolution(jnp.concatenate([m0[None], ms]), k, iters, residual, converged)
 
 
-_solve_jit = jax.jit(_solve, static_argnames=("config", "guess_fn", "approximate"))
+def step_residuals(m, config: FPConfig, g=None):
+    """The discrete log-density FP residual of every step of a ``(T+1, H, W)`` trajectory ``m`` (of any
+    scheme), recomputed from it: ``(T,)`` ``||F(m^n)|| / ||m^(n-1) / dt||``. A log-density solution's sits at
+    the outer iteration's tolerance; another scheme's measures how far it is from the papers' discrete steps."""
+    g_values = diffusion_schedule(config, g, m.dtype)
+    spacing = config.grid_spacing(m.shape[-2:])
+    times = jnp.arange(1, config.T + 1, dtype=m.dtype) * config.dt
 
+    def one(m_now, m_prev, t, g_t):
+        step = step_coefficients(config, t, g_t, m.shape[-2:], m.dtype)
+        r = step_residual(m_now, m_prev, step, spacing, config.boundary, config.advection)
+        return linsolve.relative_norm(r, step.c0 * m_prev)
 
-def _fold_concrete_g(config: FPConfig, g):
-    """A concrete ``g`` override of a linear scheme becomes part of the (static) config, so that its
-    boundary terms are computed in float64 and the spectral solve keeps only the modes it needs."""
-    if g is None or config.scheme == "log_density" or isinstance(g, jax.core.Tracer):
-        return config, g
-    values = np.asarray(g, np.float64)
-    return dataclasses.replace(config, g=float(values) if values.ndim == 0 else tuple(values.ravel())), None
-
-
-def _check_field(m0):
-    if jnp.ndim(m0) != 2:
-        raise ValueError(
-            f"m0 must be one (H, W) field, got shape {jnp.shape(m0)}; use jax.vmap or solve_image for batches"
-        )
-    if min(jnp.shape(m0)) < 3:
-        raise ValueError(f"grid {jnp.shape(m0)} is too small; fpjax needs at least 3x3")
-    if not isinstance(m0, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(m0))):
-        raise ValueError(f"m0 has {int((~np.isfinite(np.asarray(m0))).sum())} non-finite values")
-
-
-def solve(m0, config: FPConfig = FPConfig(), *, g=None, on_failure: str = "raise") -> FPSolution:
-    """Solve the log-density Fokker-Planck equation from ``m0`` over ``t in [0, 1]``.
-
-    Jittable, vmappable and differentiable (implicit differentiation through
-    each step), with respect to ``m0`` and ``g``.
-
-    Args:
-      m0: ``(H, W)`` initial log-density (float32 or float64; the solve runs
-        in this dtype).
-      config: :class:`FPConfig` (static).
-      g: optional override of ``config.g``: scalar or ``(T+1,)`` array; pass
-        ``g`` here to differentiate with respect to it.
-      on_failure: when called outside a transformation, ``"raise"``
-        :class:`ConvergenceError` naming the first failed step, ``"warn"``, or
-        ``"ignore"``.
-
-    Returns:
-      :class:`FPSolution` with ``m`` of shape ``(T+1, H, W)``.
-    """
-    _check_field(m0)
-    m0 = jnp.asarray(m0)
-    if not jnp.issubdtype(m0.dtype, jnp.floating):
-        m0 = m0.astype(jnp.float32)
-    config, g = _fold_concrete_g(config, g)
-    solution = _solve_jit(m0, g, config)
-    return check_solution(solution, config, on_failure)
-
-
-def solve_image(
-    image,
-    config: FPConfig = FPConfig(),
-    *,
-    density: str = "position_kde",
-    per_channel=None,
-    g=None,
-    on_failure: str = "raise",
-) -> FPSolution:
-    """Solve for every channel of an ``(H, W, C)`` image.
-
-    The initial log-density comes from :func:`fpjax.initial_log_density`
-    (``density``, ``per_channel``). A shared field is solved once and
-    broadcast, so the result always has a leading channel axis: ``m`` is
-    ``(C, T+1, H, W)`` and the statistics ``(C, T)``.
-    """
-    channels = jnp.shape(image)[-1] if jnp.ndim(image) == 3 else None
-    m0 = initial_log_density(image, density, per_channel=per_channel)
-    fields = m0[None] if m0.ndim == 2 else m0
-    config, g = _fold_concrete_g(config, g)
-    solution = jax.vmap(lambda f: _solve_jit(f, g, config))(fields)
-    solution = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (channels,) + a.shape[1:]), solution)
-    return check_solution(solution, config, on_failure)
-
-
-def solve_images(images, config: FPConfig = FPConfig(), **kwargs) -> FPSolution:
-    """:func:`solve_image` vmapped over an NHWC batch: ``m`` is ``(N, C, T+1, H, W)``."""
-    if jnp.ndim(images) != 4:
-        raise ValueError(f"images must be NHWC, got shape {jnp.shape(images)}")
-    on_failure = kwargs.pop("on_failure", "raise")
-    if not isinstance(images, jax.core.Tracer):
-        for image in np.asarray(images):  # value checks need concrete images; vmap would skip them
-            validate_image(image)
-    solution = jax.vmap(lambda im: solve_image(im, config, on_failure="ignore", **kwargs))(jnp.asarray(images))
-    return check_solution(solution, config, on_failure)
-
-
-# ----------------------------------------------------------------------------
-# Scores
-
-
-def score(m, boundary: str = "zero"):
-    """Score ``grad m`` in pixel units (cross-matrix paper, eq. 25): ``(..., H, W) -> (..., 2, H, W)``.
-
-    ``s_x = (m_E - m_W)/2`` (component 0, axis -1), ``s_y = (m_N - m_S)/2``.
-    """
-    return stencil.gradient(m, (1.0, 1.0), boundary)
-
-
-def pixel_score(m, component: str = "sum", boundary: str = "zero"):
-    """Scalar pixel score (score-embedding paper, eq. 19): ``(..., H, W) -> (..., H, W)``.
-
-    ``component``: ``"sum"`` (``s_x + s_y``, default), ``"x"`` (the
-    cross-matrix paper's script) or ``"y"``.
-    """
-    if component not in SCORE_COMPONENTS:
-        raise ValueError(f"component must be one of {SCORE_COMPONENTS}, got {component!r}")
-    s = score(m, boundary)
-    if component == "sum":
-        return s[..., 0, :, :] + s[..., 1, :, :]
-    return s[..., 0 if component == "x" else 1, :, :]
+    return jax.vmap(one)(m[1:], m[:-1], times, g_values[1:])

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from fpjax.solver import log_density as fp
+from fpjax.solver.solve import solve_field
 
 MODES = ("off", "initial_guess", "approximate", "galerkin")
 _REORTHOGONALIZE = 0.7  # DGKS criterion: repeat the Gram-Schmidt pass when it removed more than ~30% of w
@@ -156,8 +157,6 @@ def solve_projected(m0, bases, config: fp.FPConfig, mode: str = "initial_guess")
     if mode not in MODES:
         raise ValueError(f"projection mode must be one of {MODES}, got {mode!r}")
     if mode == "off":
-        return fp._solve_jit(m0, None, config)
+        return solve_field(m0, None, config)
     guess_mode = "galerkin" if mode == "galerkin" else "initial_guess"
-    return fp._solve_jit(
-        m0, None, config, lax.stop_gradient(bases), _guess_fn(guess_mode, config), mode == "approximate"
-    )
+    return solve_field(m0, None, config, lax.stop_gradient(bases), _guess_fn(guess_mode, config), mode == "approximate")

@@ -3,6 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import fpjax
 from fpjax.diffusion import mixtures
 from fpjax.diffusion import score_fpe as sf
 
@@ -131,7 +132,7 @@ def test_fp_step_residuals_sit_at_the_solver_tolerance():
     rng = np.random.default_rng(0)
     image = rng.uniform(0.2, 1.0, (12, 12))
     config = fp.FPConfig(T=10, outer_tol=1e-6)
-    solution = fp.solve(jnp.log(image / image.sum()), config)
+    solution = fpjax.solve(jnp.log(image / image.sum()), config)
     r = np.asarray(sf.fp_step_residuals(solution.m, config))
     assert r.shape == (10,) and np.all(r < 1e-4)
     # A trajectory that is not the solution has a large residual: the check can fail.

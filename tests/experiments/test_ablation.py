@@ -2,6 +2,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import fpjax
 from fpjax.experiments import ablation
 from fpjax.learn.embedding import embed
 from fpjax.solver import log_density as fp
@@ -29,7 +30,7 @@ def test_scaled_score_differs_from_the_default_by_the_stated_factor():
     config = fp.FPConfig(T=10, boundary="reflect")
     profile = np.log(images[0, 0, :, 0] + 0.1)
     m0 = jnp.asarray(np.broadcast_to(profile - np.log(12 * np.exp(profile).sum()), (12, 12)))
-    m = fp.solve(m0, config).m[None, ..., None]  # (1, T+1, H, W, 1), constant along y at every step
+    m = fpjax.solve(m0, config).m[None, ..., None]  # (1, T+1, H, W, 1), constant along y at every step
     default = embed(images, m, config)
     scaled = ablation.scaled_score_trajectories(images, m, config)
     h_x = config.grid_spacing((12, 12))[0]

@@ -332,3 +332,16 @@ def test_auto_preconditioner_choice():
     small, large = resolve_preconditioner("auto", (32, 32)), resolve_preconditioner("auto", (128, 128))
     assert large == "dst"
     assert small == ("none" if jax.default_backend() == "cpu" else "dst")
+
+
+def test_step_residuals_sit_at_the_solver_tolerance_and_catch_a_wrong_step():
+    rng = np.random.default_rng(0)
+    image = rng.uniform(0.2, 1.0, (12, 12))
+    config = fpjax.FPConfig(T=10, outer_tol=1e-6)
+    solution = fpjax.solve(jnp.log(image / image.sum()), config)
+    r = np.asarray(fp.step_residuals(solution.m, config))
+    assert r.shape == (10,) and np.all(r < 1e-4)
+    wrong = solution.m.at[5].add(0.01)  # not the solution: the check can fail
+    assert np.asarray(fp.step_residuals(wrong, config))[4] > 100 * r.max()
+    exact = fpjax.solve(jnp.log(image / image.sum()), fpjax.FPConfig(T=10, scheme="spectral")).m
+    assert np.asarray(fp.step_residuals(exact, config)).max() > 100 * r.max()  # another discretisation

@@ -1,0 +1,29 @@
+"""Scores from a solved log-density (cross-matrix paper eq. 25; score-embedding paper eq. 19)."""
+
+from __future__ import annotations
+
+from fpjax.solver import stencil
+
+SCORE_COMPONENTS = ("sum", "x", "y")
+
+
+def score(m, boundary: str = "zero"):
+    """Score ``grad m`` in pixel units (cross-matrix paper, eq. 25): ``(..., H, W) -> (..., 2, H, W)``.
+
+    ``s_x = (m_E - m_W)/2`` (component 0, axis -1), ``s_y = (m_N - m_S)/2``.
+    """
+    return stencil.gradient(m, (1.0, 1.0), boundary)
+
+
+def pixel_score(m, component: str = "sum", boundary: str = "zero"):
+    """Scalar pixel score (score-embedding paper, eq. 19): ``(..., H, W) -> (..., H, W)``.
+
+    ``component``: ``"sum"`` (``s_x + s_y``, default), ``"x"`` (the
+    cross-matrix paper's script) or ``"y"``.
+    """
+    if component not in SCORE_COMPONENTS:
+        raise ValueError(f"component must be one of {SCORE_COMPONENTS}, got {component!r}")
+    s = score(m, boundary)
+    if component == "sum":
+        return s[..., 0, :, :] + s[..., 1, :, :]
+    return s[..., 0 if component == "x" else 1, :, :]

@@ -1,0 +1,124 @@
+"""Solving the Fokker-Planck equation of a field or an image, with any scheme (:class:`FPConfig.scheme`).
+
+The public entry points: :func:`solve` (one ``(H, W)`` field), :func:`solve_image` (every channel of an
+``(H, W, C)`` image), :func:`solve_images` (an NHWC batch), and :func:`solve_field`, the jitted dispatch
+the batch and projection layers call. The schemes live in :mod:`fpjax.solver.log_density` (the papers')
+and :mod:`fpjax.solver.linear` (the density and spectral ones).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fpjax.solver import linear, log_density
+from fpjax.solver.initial import initial_log_density, validate_image
+from fpjax.solver.problem import FPConfig, FPSolution, check_solution
+
+
+@functools.partial(jax.jit, static_argnames=("config", "guess_fn", "approximate"))
+def solve_field(m0, g, config: FPConfig, guides=None, guess_fn=None, approximate=False) -> FPSolution:
+    """The solution of one ``(H, W)`` field with ``config.scheme`` (jitted; ``config`` static).
+
+    ``g``: ``None`` (``config.g``) or an override. ``guides``, ``guess_fn`` and
+    ``approximate`` are the cross-matrix projection's hooks into the
+    log-density scheme (:func:`fpjax.solver.log_density.trajectory`); the linear
+    schemes have no nonlinear steps to accelerate and refuse them.
+    """
+    if config.scheme == "log_density":
+        return log_density.trajectory(m0, g, config, guides, guess_fn, approximate)
+    if guess_fn is not None:
+        raise ValueError(
+            f"the cross-matrix projection accelerates the log-density scheme's nonlinear steps; "
+            f"scheme={config.scheme!r} has none to accelerate: use projection='off'"
+        )
+    return linear.solve(m0, g, config)
+
+
+def _fold_concrete_g(config: FPConfig, g):
+    """A concrete ``g`` override of a linear scheme becomes part of the (static) config, so that its
+    boundary terms are computed in float64 and the spectral solve keeps only the modes it needs."""
+    if g is None or config.scheme == "log_density" or isinstance(g, jax.core.Tracer):
+        return config, g
+    values = np.asarray(g, np.float64)
+    return dataclasses.replace(config, g=float(values) if values.ndim == 0 else tuple(values.ravel())), None
+
+
+def _check_field(m0):
+    if jnp.ndim(m0) != 2:
+        raise ValueError(
+            f"m0 must be one (H, W) field, got shape {jnp.shape(m0)}; use jax.vmap or solve_image for batches"
+        )
+    if min(jnp.shape(m0)) < 3:
+        raise ValueError(f"grid {jnp.shape(m0)} is too small; fpjax needs at least 3x3")
+    if not isinstance(m0, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(m0))):
+        raise ValueError(f"m0 has {int((~np.isfinite(np.asarray(m0))).sum())} non-finite values")
+
+
+def solve(m0, config: FPConfig = FPConfig(), *, g=None, on_failure: str = "raise") -> FPSolution:
+    """Solve the log-density Fokker-Planck equation from ``m0`` over ``t in [0, 1]``.
+
+    Jittable, vmappable and differentiable (implicit differentiation through
+    each step), with respect to ``m0`` and ``g``.
+
+    Args:
+      m0: ``(H, W)`` initial log-density (float32 or float64; the solve runs
+        in this dtype).
+      config: :class:`FPConfig` (static).
+      g: optional override of ``config.g``: scalar or ``(T+1,)`` array; pass
+        ``g`` here to differentiate with respect to it.
+      on_failure: when called outside a transformation, ``"raise"``
+        :class:`ConvergenceError` naming the first failed step, ``"warn"``, or
+        ``"ignore"``.
+
+    Returns:
+      :class:`FPSolution` with ``m`` of shape ``(T+1, H, W)``.
+    """
+    _check_field(m0)
+    m0 = jnp.asarray(m0)
+    if not jnp.issubdtype(m0.dtype, jnp.floating):
+        m0 = m0.astype(jnp.float32)
+    config, g = _fold_concrete_g(config, g)
+    solution = solve_field(m0, g, config)
+    return check_solution(solution, config, on_failure)
+
+
+def solve_image(
+    image,
+    config: FPConfig = FPConfig(),
+    *,
+    density: str = "position_kde",
+    per_channel=None,
+    g=None,
+    on_failure: str = "raise",
+) -> FPSolution:
+    """Solve for every channel of an ``(H, W, C)`` image.
+
+    The initial log-density comes from :func:`fpjax.initial_log_density`
+    (``density``, ``per_channel``). A shared field is solved once and
+    broadcast, so the result always has a leading channel axis: ``m`` is
+    ``(C, T+1, H, W)`` and the statistics ``(C, T)``.
+    """
+    channels = jnp.shape(image)[-1] if jnp.ndim(image) == 3 else None
+    m0 = initial_log_density(image, density, per_channel=per_channel)
+    fields = m0[None] if m0.ndim == 2 else m0
+    config, g = _fold_concrete_g(config, g)
+    solution = jax.vmap(lambda f: solve_field(f, g, config))(fields)
+    solution = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (channels,) + a.shape[1:]), solution)
+    return check_solution(solution, config, on_failure)
+
+
+def solve_images(images, config: FPConfig = FPConfig(), **kwargs) -> FPSolution:
+    """:func:`solve_image` vmapped over an NHWC batch: ``m`` is ``(N, C, T+1, H, W)``."""
+    if jnp.ndim(images) != 4:
+        raise ValueError(f"images must be NHWC, got shape {jnp.shape(images)}")
+    on_failure = kwargs.pop("on_failure", "raise")
+    if not isinstance(images, jax.core.Tracer):
+        for image in np.asarray(images):  # value checks need concrete images; vmap would skip them
+            validate_image(image)
+    solution = jax.vmap(lambda im: solve_image(im, config, on_failure="ignore", **kwargs))(jnp.asarray(images))
+    return check_solution(solution, config, on_failure)
