@@ -326,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre.set_defaults(func=precompute)
 
     experiment = sub.add_parser("experiment", help="the papers' experiments beside a DDPM baseline")
-    from fpjax.experiments import papers as experiments
+    from fpjax.experiments import command as experiments
 
     experiments.add_arguments(experiment)
     experiment.set_defaults(func=experiments.run)

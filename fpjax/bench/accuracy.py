@@ -35,7 +35,13 @@ import math
 import platform
 import time
 
+import jax
+import jax.numpy as jnp
+import matplotlib.pyplot as plt
 import numpy as np
+
+import fpjax
+from fpjax.solver.linear import spectral_solve
 
 SCHEMES = ("log_density", "density", "spectral")
 G = 0.5  # the papers' constant diffusion coefficient
@@ -116,10 +122,6 @@ def reference_solution(n: int, times) -> np.ndarray:
     Exact in time: ``tau = 1/2 g^2 t`` is passed directly, so only the
     requested times are formed (a whole trajectory at 2047 would not fit).
     """
-    import jax.numpy as jnp
-
-    from fpjax.solver.linear import spectral_solve
-
     tau = np.concatenate([[0.0], 0.5 * G**2 * np.asarray(times, np.float64)])
     h = 1.0 / (n + 1)
     m, _ = spectral_solve(jnp.asarray(initial_log_density(n)), tau, (h, h), "zero")
@@ -156,10 +158,6 @@ def timed_solve(m0, config, repeats: int, budget: float):
     the compile includes what a scheme computes once per grid and
     configuration (the ``"density"`` scheme's float64 boundary part).
     """
-    import jax
-
-    import fpjax
-
     start = time.perf_counter()
     compiled = jax.jit(lambda m: fpjax.solve(m, config)).lower(m0).compile()
     compile_seconds = time.perf_counter() - start
@@ -173,10 +171,6 @@ def timed_solve(m0, config, repeats: int, budget: float):
 
 def measure(scheme: str, n: int, T: int, times, reference: np.ndarray, repeats: int, budget: float) -> dict:
     """One row: ``scheme`` on the ``n x n`` grid with ``T`` steps against ``reference``, ``(len(times), n, n)``."""
-    import jax.numpy as jnp
-
-    import fpjax
-
     h = 1.0 / (n + 1)
     config = fpjax.FPConfig(T=T, g=G, spacing=(h, h), scheme=scheme)
     solution, runs, compile_seconds = timed_solve(jnp.asarray(initial_log_density(n)), config, repeats, budget)
@@ -341,10 +335,6 @@ def _plot_versus_h(ax, rows, times) -> None:
 
 def write_figure(result: dict, path: str) -> None:
     """Two log-log panels: error versus ``T`` on the finest grid, error versus ``h`` at each ``T``."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # written to a file; no display is assumed
-    import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(15, 5))
     _plot_versus_T(left, result["rows"], result["times"])
@@ -376,7 +366,6 @@ def _command(args, settings) -> str:
 
 
 def run(args) -> int:
-    import jax
 
     jax.config.update("jax_enable_x64", True)  # the problem is float64: the errors measured reach 1e-6
 

@@ -12,14 +12,18 @@ mean outer and linear iterations per step.
 from __future__ import annotations
 
 import json
-import pathlib
 import platform
 import time
 
+import jax
 import numpy as np
 
+import fpjax
+from fpjax.batch.precompute import precompute
+from fpjax.bench.baseline import solve_spsolve
+from fpjax.data import benchmark_images
+
 SUBSET = {32: 4, 64: 2, 128: 1}
-CIFAR = pathlib.Path(__file__).resolve().parents[3] / "shared" / "data" / "cifar10_subset.npz"
 PAPER = {32: (51.7, 43.5), 64: (244.7, 171.9), 128: (1222.6, 688.7)}  # spsolve / projection, seconds, their CPU
 
 
@@ -28,35 +32,17 @@ def add_arguments(parser):
     parser.add_argument("--n", type=int, default=100)
     parser.add_argument("--T", type=int, default=100)
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--cifar", default=str(CIFAR), help="CIFAR-10 npz/pickle folder (trucks are used)")
+    parser.add_argument(
+        "--cifar", help="CIFAR-10 npz/pickle folder (trucks); default: the shared subset under $FPJAX_DATA_ROOT"
+    )
     parser.add_argument("--out", default="bench_projection.json")
 
 
-def _dataset(size, n, cifar):
-    from fpjax.data import _resize, load_cifar10, sample_images
-
-    if pathlib.Path(cifar).exists():
-        images, _ = load_cifar10(cifar, "truck")
-        source = f"CIFAR-10 trucks ({cifar})"
-    else:
-        images = sample_images(32)
-        source = "sample images (repeated)"
-    images = np.concatenate([images] * (-(-n // len(images))))[:n]
-    if size != 32:
-        images = np.stack([_resize(im, size) for im in images])
-    return images, source
-
-
 def run(args) -> int:
-    import jax
-
-    import fpjax
-    from fpjax.batch.precompute import precompute
-    from fpjax.bench.baseline import solve_spsolve
 
     records = []
     for size in args.sizes:
-        images, source = _dataset(size, args.n, args.cifar)
+        images, source = benchmark_images(size, args.n, cifar=args.cifar)
         k = SUBSET.get(size, 1)
         # the subset skips image 0, the first seed, which every mode solves exactly
         m0s = [np.asarray(fpjax.initial_log_density(im.astype(np.float64))) for im in images[1 : k + 1]]

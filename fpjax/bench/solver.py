@@ -17,10 +17,17 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import platform
 import time
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+
+import fpjax
+from fpjax.bench.baseline import solve_spsolve
+from fpjax.data import benchmark_images
 
 _COUNTED = dict(solver="bicgstab_counted")  # jax.scipy's BiCGSTAB recurrence, with iteration counts
 VARIANTS = {
@@ -59,22 +66,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="bench_solver.json")
 
 
-def _images(size: int, n: int) -> np.ndarray:
-    from fpjax.data import _resize, sample_images
-
-    if size in (32, 64, 128):
-        return sample_images(size)[:n]
-    return np.stack([_resize(im, size) for im in sample_images(128)[:n]])
-
-
 def _rel_error(m, reference):
     m, reference = np.asarray(m, np.float64), np.asarray(reference, np.float64)
     return float(np.linalg.norm(m - reference) / np.linalg.norm(reference))
 
 
 def _run(fn, *args):
-    import jax
-
     return jax.block_until_ready(fn(*args))
 
 
@@ -85,20 +82,15 @@ def _timed(fn, *args):
 
 
 def run(args) -> int:
-    import jax
 
     jax.config.update("jax_enable_x64", True)  # for the float64 reference; fpjax runs follow their inputs' dtype
-    import jax.numpy as jnp
-
-    import fpjax
-    from fpjax.bench.baseline import solve_spsolve
 
     rows, records = [], []
     n_spsolve = dict(DEFAULT_SPSOLVE_IMAGES)
     if args.spsolve_images:
         n_spsolve.update(dict(zip(args.sizes, args.spsolve_images, strict=False)))
     for size in args.sizes:
-        images = _images(size, max(args.images, args.batch, n_spsolve.get(size, 0)))
+        images = benchmark_images(size, max(args.images, args.batch, n_spsolve.get(size, 0)), source="samples")[0]
         m0_64 = [np.asarray(fpjax.initial_log_density(im.astype(np.float64))) for im in images]
         ref_config = fpjax.FPConfig(T=args.T, linearization="newton", outer_tol=1e-11, tol=1e-12, max_outer=100)
         references = [np.asarray(fpjax.solve(m0, ref_config, on_failure="warn").m) for m0 in m0_64[: args.images]]
@@ -214,9 +206,6 @@ def run(args) -> int:
 def _memory_floor(size, T, batch):
     """Rows timing ``log(exp(x) + 1)`` over a ``(T+1, size, size)`` float32 array, alone and as a batch:
     the cost of merely reading and writing a trajectory, the floor for the spectral scheme."""
-    import jax
-    import jax.numpy as jnp
-
     floor = jax.jit(lambda x: jnp.log(jnp.exp(x) + 1))
     rows = []
     for n in (1, batch):
@@ -240,8 +229,6 @@ def _memory_floor(size, T, batch):
 
 
 def _cpu_count():
-    import os
-
     return os.cpu_count()
 
 

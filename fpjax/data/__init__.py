@@ -7,6 +7,7 @@ licences are listed in ``fpjax/data/ATTRIBUTION.md``.
 from __future__ import annotations
 
 import functools
+import os
 import pathlib
 
 import numpy as np
@@ -62,7 +63,7 @@ def load_image_folder(folder, size: int | None = None) -> tuple[np.ndarray, list
             image = np.repeat(image[..., None], 3, axis=-1)
         image = image[..., :3].astype(np.float32)
         if size is not None:
-            image = _resize(image, size)
+            image = resize(image, size)
         images.append(image)
     shapes = {im.shape for im in images}
     if len(shapes) > 1:
@@ -130,7 +131,7 @@ def load_celeba_folder(folder, size: int = 64, n: int | None = None) -> tuple[np
         h, w, _ = image.shape
         side = min(h, w)
         top, left = (h - side) // 2, (w - side) // 2
-        images.append(_resize(image[top : top + side, left : left + side], size))
+        images.append(resize(image[top : top + side, left : left + side], size))
     return np.stack(images), [p.name for p in paths]
 
 
@@ -144,7 +145,7 @@ def load_dataset(spec: str, size: int | None = None, n: int | None = None) -> tu
         images, labels = load_cifar10(path, class_name or None)
         ids = [f"cifar10_{i}" for i in range(len(images))]
         if size not in (None, 32):
-            images = np.stack([_resize(im, size) for im in images])
+            images = np.stack([resize(im, size) for im in images])
     elif kind == "folder":
         images, ids = load_celeba_folder(rest, size or 64, n)
     else:
@@ -152,7 +153,7 @@ def load_dataset(spec: str, size: int | None = None, n: int | None = None) -> tu
     return images[:n], list(ids)[:n]
 
 
-def _resize(image: np.ndarray, size: int) -> np.ndarray:
+def resize(image: np.ndarray, size: int) -> np.ndarray:
     """Bilinear resize of an ``(H, W, C)`` image to ``(size, size, C)``."""
     h, w, _ = image.shape
     rows = np.linspace(0, h - 1, size)
@@ -163,3 +164,49 @@ def _resize(image: np.ndarray, size: int) -> np.ndarray:
     top = image[r0][:, c0] * (1 - fc) + image[r0][:, c1] * fc
     bottom = image[r1][:, c0] * (1 - fc) + image[r1][:, c1] * fc
     return np.clip(top * (1 - fr) + bottom * fr, 0, 1).astype(np.float32)
+
+
+DATA_ROOT_VARIABLE = "FPJAX_DATA_ROOT"
+CIFAR_SUBSET = "cifar10_subset.npz"
+# Where the development checkout keeps shared data, relative to the working directory: searched only when
+# neither an option nor FPJAX_DATA_ROOT names a root (nothing is ever downloaded).
+_CONVENTIONAL_ROOTS = ("shared/data", "../shared/data")
+
+
+def data_root(root=None) -> pathlib.Path | None:
+    """The folder holding optional datasets: ``root`` if given, else ``$FPJAX_DATA_ROOT``, else the first
+    existing of ``shared/data`` and ``../shared/data`` below the working directory; ``None`` if none exists."""
+    if root is not None:
+        return pathlib.Path(root)
+    if os.environ.get(DATA_ROOT_VARIABLE):
+        return pathlib.Path(os.environ[DATA_ROOT_VARIABLE])
+    return next((pathlib.Path(c) for c in _CONVENTIONAL_ROOTS if pathlib.Path(c).is_dir()), None)
+
+
+def cifar_subset(root=None) -> pathlib.Path | None:
+    """The shared 1010-image CIFAR-10 test subset under :func:`data_root`, or ``None`` where it is absent."""
+    folder = data_root(root)
+    path = None if folder is None else folder / CIFAR_SUBSET
+    return path if path is not None and path.exists() else None
+
+
+def benchmark_images(size: int, count: int, source: str = "cifar", cifar=None) -> tuple[np.ndarray, str]:
+    """``count`` float32 ``(size, size, 3)`` images for benchmarks and experiments, and where they came from.
+
+    ``source="samples"``: the embedded crops at ``size`` (32, 64, 128; other sizes resized from the 128
+    crops). ``source="cifar"``: CIFAR-10 test trucks from ``cifar`` (a path) or :func:`cifar_subset`,
+    resized bilinearly, falling back to the samples where the subset is absent. Repeated if too few.
+    """
+    if source not in ("cifar", "samples"):
+        raise ValueError(f"source must be 'cifar' or 'samples', got {source!r}")
+    path = (cifar if cifar is not None else cifar_subset()) if source == "cifar" else None
+    if path is not None and pathlib.Path(path).exists():
+        images, _ = load_cifar10(path, "truck")
+        origin = f"CIFAR-10 test trucks ({path})"
+    else:
+        images = sample_images(size if size in SIZES else _STORED)
+        origin = "fpjax sample images" + (" (CIFAR-10 subset absent)" if source == "cifar" else "")
+    images = np.concatenate([images] * (-(-count // len(images))))[:count]
+    if size != images.shape[1]:
+        images = np.stack([resize(im, size) for im in images])
+    return np.asarray(images, np.float32), origin

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")  # figures are written to files; no display is assumed
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from fpjax.solver.log_density import pixel_score  # noqa: E402
+from fpjax.solver.scores import pixel_score
 
 
 def _interior(field):
@@ -81,7 +78,8 @@ def plot_convergence(outer_iterations, residual, names=None):
     return fig
 
 
-def _show(ax, image, title=None):
+def show_image(ax, image, title=None):
+    """Draw an ``(H, W, C)`` image in ``[0, 1]`` on ``ax`` without ticks."""
     image = np.clip(np.asarray(image), 0.0, 1.0)
     ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray" if image.shape[-1] == 1 else None)
     ax.set_xticks([])
@@ -104,11 +102,11 @@ def plot_denoising(noisy, denoised, clean, generated=None, scores=None):
         ax.axis("off")
     labels = ("noisy", "denoised", "clean", "generated")
     for i in range(count):
-        _show(axes[0, i], noisy[i])
-        _show(axes[1, i], denoised[i], None if scores is None else f"SSIM {float(scores[i]):.3f}")
-        _show(axes[2, i], clean[i])
+        show_image(axes[0, i], noisy[i])
+        show_image(axes[1, i], denoised[i], None if scores is None else f"SSIM {float(scores[i]):.3f}")
+        show_image(axes[2, i], clean[i])
     for j in range(extra):
-        _show(axes[3, j], generated[j])
+        show_image(axes[3, j], generated[j])
     for r in range(rows):
         axes[r, 0].axis("on")
         axes[r, 0].set_xticks([])

@@ -23,12 +23,15 @@ import pathlib
 
 import jax
 import jax.numpy as jnp
+import matplotlib.pyplot as plt
 import numpy as np
 
+from fpjax.experiments.common import Settings, embedded, first_reach, load_images
 from fpjax.learn import ddpm as dd
 from fpjax.learn import trainer as training
 from fpjax.learn.embedding import embed
 from fpjax.learn.models.unet import UNetConfig
+from fpjax.pipeline import _machine
 from fpjax.solver import log_density as fp
 
 VARIANTS = ("fpjax", "zero score", "scaled score", "DDPM tuned", "DDPM fixed sigma")
@@ -70,13 +73,11 @@ def scaled_score_trajectories(images, m, config: fp.FPConfig):
 
 def variant_trajectories(variant: str, images, config: fp.FPConfig):
     """``(trajectories, seconds)`` the variant trains on and the wall time spent making them."""
-    from fpjax.experiments.papers import _embedded
-
     if variant == "zero score":
         return zero_score_trajectories(images, config.T), 0.0
     if variant.startswith("DDPM"):
         return jnp.asarray(images)[:, None], 0.0
-    return _embedded(images, config, scaled_score_trajectories if variant == "scaled score" else embed)
+    return embedded(images, config, scaled_score_trajectories if variant == "scaled score" else embed)
 
 
 def variant_config(variant: str, settings: AblationSettings, **changes) -> training.TrainConfig:
@@ -100,8 +101,6 @@ def _fit(variant, images, settings, fp_config, unet, seed, **changes):
 
 
 def run(out: pathlib.Path, settings: AblationSettings, cifar: str | None = None, progress: bool = True) -> dict:
-    from fpjax.experiments.papers import Settings, _first_reach, load_images
-    from fpjax.pipeline import _machine
 
     load = Settings(cifar=cifar) if cifar else Settings()
     images, source = load_images(load, settings.size, settings.images)
@@ -121,7 +120,7 @@ def run(out: pathlib.Path, settings: AblationSettings, cifar: str | None = None,
                            final_ssim=last["ssim"], final_psnr=last["psnr"], final_mse=last["mse"],
                            final_seconds=last["wall_seconds"])  # fmt: skip
                 for target in settings.targets:
-                    hit = _first_reach(log, target)
+                    hit = first_reach(log, target)
                     row[f"seconds_{target}"] = hit["wall_seconds"] if hit else None
                 rows.append(row)
                 if progress:
@@ -189,8 +188,6 @@ def markdown(result) -> str:
 
 
 def _plot(curves, settings: AblationSettings, path):
-    from fpjax.eval.figures import plt
-
     fig, ax = plt.subplots(figsize=(7, 4.2))
     colours = {v: f"C{i}" for i, v in enumerate(VARIANTS)}
     seen = set()

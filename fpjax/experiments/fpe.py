@@ -23,11 +23,20 @@ import time
 
 import jax
 import jax.numpy as jnp
+import matplotlib.pyplot as plt
 import numpy as np
 
+from fpjax.batch.precompute import precompute
+from fpjax.data import sample_images
 from fpjax.diffusion import likelihood, mixtures
 from fpjax.diffusion import score_fpe as sf
+from fpjax.learn import ddpm as dd
 from fpjax.learn import dsm
+from fpjax.learn import trainer as training
+from fpjax.learn.embedding import embed
+from fpjax.learn.models.unet import UNetConfig
+from fpjax.pipeline import _machine
+from fpjax.solver import log_density as fp
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,8 +103,6 @@ def mixture_part(settings: FPESettings, out: pathlib.Path) -> dict:
 
 
 def _plot_curves(curves, times, path, title="2-D mixture"):
-    from fpjax.eval.figures import plt
-
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for i, (name, c) in enumerate(curves.items()):
         axes[0].plot(times, c["r_fp"], "-o", ms=3, color=f"C{i}", label=name)
@@ -114,8 +121,6 @@ def _plot_curves(curves, times, path, title="2-D mixture"):
 
 
 def _plot_densities(models, mixture, sde, grid, t_min, path):
-    from fpjax.eval.figures import plt
-
     axis = np.linspace(-1.6, 1.6, grid)
     xx, yy = np.meshgrid(axis, axis)
     points = jnp.asarray(np.stack([xx.ravel(), yy.ravel()], 1), jnp.float32)
@@ -171,13 +176,6 @@ def digits_part(settings: FPESettings) -> dict:
 
 
 def image_part(settings: FPESettings, out: pathlib.Path) -> dict:
-    from fpjax.batch.precompute import precompute
-    from fpjax.data import sample_images
-    from fpjax.learn import ddpm as dd
-    from fpjax.learn import trainer as training
-    from fpjax.learn.embedding import embed
-    from fpjax.learn.models.unet import UNetConfig
-    from fpjax.solver import log_density as fp
 
     images = np.asarray(sample_images(32)[:2], np.float32)
     fp_config = fp.FPConfig()
@@ -226,7 +224,6 @@ def image_part(settings: FPESettings, out: pathlib.Path) -> dict:
 
 
 def run(out: pathlib.Path, settings: FPESettings, parts=("mixture", "digits", "images")) -> dict:
-    from fpjax.pipeline import _machine
 
     result = dict(experiment="score-fpe", settings=dataclasses.asdict(settings), machine=_machine())
     if "mixture" in parts:

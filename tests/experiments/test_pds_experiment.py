@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from fpjax.experiments import papers as experiments
+from fpjax.experiments import pds as experiments
 
 
 def _rows(table):
