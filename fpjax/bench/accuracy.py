@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import time
 
 import jax
@@ -41,6 +40,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import fpjax
+from fpjax.provenance import machine
 from fpjax.solver.linear import spectral_solve
 
 SCHEMES = ("log_density", "density", "spectral")
@@ -396,12 +396,7 @@ def run(args) -> int:
         times=list(args.times),
         reference=n_ref,
         grids=grids,
-        machine=dict(
-            platform=platform.platform(),
-            processor=platform.processor(),
-            jax=jax.__version__,
-            backend=jax.default_backend(),
-        ),
+        machine=machine(),
         rows=rows,
         orders_h=orders_in_h(rows),
         orders_dt=orders_in_dt(rows),

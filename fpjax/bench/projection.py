@@ -12,16 +12,15 @@ mean outer and linear iterations per step.
 from __future__ import annotations
 
 import json
-import platform
 import time
 
-import jax
 import numpy as np
 
 import fpjax
 from fpjax.batch.precompute import precompute
 from fpjax.bench.baseline import solve_spsolve
 from fpjax.data import benchmark_images
+from fpjax.provenance import machine
 
 SUBSET = {32: 4, 64: 2, 128: 1}
 PAPER = {32: (51.7, 43.5), 64: (244.7, 171.9), 128: (1222.6, 688.7)}  # spsolve / projection, seconds, their CPU
@@ -38,89 +37,70 @@ def add_arguments(parser):
     parser.add_argument("--out", default="bench_projection.json")
 
 
-def run(args) -> int:
+def _runs(T: int, batch: int):
+    """``(label, precompute keyword arguments, config)`` of every fpjax mode measured."""
+    base = fpjax.FPConfig(T=T, solver="bicgstab_counted")
+    # the spectral scheme solves the same PDE exactly in time: its "error" is the papers' scheme's own
+    # time-discretisation error at T, not an inaccuracy of it (``fpjax bench accuracy``)
+    spectral = fpjax.FPConfig(T=T, scheme="spectral")
+    return [
+        ("fpjax, one image at a time", dict(projection="off", batch_size=1), base),
+        (f"fpjax, batch {batch}", dict(projection="off", batch_size=batch), base),
+        (f"projection initial_guess, batch {batch}", dict(projection="initial_guess", batch_size=batch), base),
+        (f"projection approximate, batch {batch}", dict(projection="approximate", batch_size=batch), base),
+        (f"spectral scheme (exact in time), batch {batch}", dict(batch_size=batch), spectral),
+    ]
 
+
+def _spsolve_row(size, images, T, n):
+    """The papers' scheme timed on a subset (images 1..k: targets, not the first seed) and scaled to ``n``."""
+    k = SUBSET.get(size, 1)
+    m0s = [np.asarray(fpjax.initial_log_density(im.astype(np.float64))) for im in images[1 : k + 1]]
+    start = time.perf_counter()
+    references = [solve_spsolve(m0, T)[0] for m0 in m0s]
+    seconds = (time.perf_counter() - start) / k * n
+    row = dict(size=size, method=f"scipy spsolve (timed on {k}, scaled to {n})", seconds=seconds, rel_error=0.0,
+               reduction=0.0, outer=None, linear=None)  # fmt: skip
+    return row, references
+
+
+def _mode_row(size, label, kwargs, config, images, references, sp_total):
+    precompute(images[: max(kwargs["batch_size"], 2)], config, on_failure="ignore", **kwargs)  # compile
+    result = precompute(images, config, on_failure="ignore", **kwargs)
+    errors = [
+        float(np.linalg.norm(result.m[i + 1, ..., 0] - ref) / np.linalg.norm(ref)) for i, ref in enumerate(references)
+    ]
+    return dict(size=size, method=label, seconds=result.seconds, rel_error=float(np.mean(errors)),
+                reduction=1 - result.seconds / sp_total, outer=float(result.stats["outer_iterations"].mean()),
+                linear=float(result.stats["linear_iterations"].mean()),
+                converged=bool(result.stats["converged"].all()))  # fmt: skip
+
+
+def _print_size(size, rows):
+    for r in rows:
+        print(
+            f"{size:>4} {r['method']:48s} {r['seconds']:9.2f} s  err {r['rel_error']:.1e}  "
+            f"reduction {100 * r['reduction']:5.1f}%  outer {r['outer'] or 0:5.2f}  "
+            f"linear/step {r['linear'] or 0:6.2f}",
+            flush=True,
+        )
+    if size in PAPER:
+        print(f"{size:>4} paper (their CPU): spsolve {PAPER[size][0]} s, projection {PAPER[size][1]} s", flush=True)
+
+
+def run(args) -> int:
     records = []
     for size in args.sizes:
         images, source = benchmark_images(size, args.n, cifar=args.cifar)
-        k = SUBSET.get(size, 1)
-        # the subset skips image 0, the first seed, which every mode solves exactly
-        m0s = [np.asarray(fpjax.initial_log_density(im.astype(np.float64))) for im in images[1 : k + 1]]
-        start = time.perf_counter()
-        references = [solve_spsolve(m0, args.T)[0] for m0 in m0s]
-        sp_total = (time.perf_counter() - start) / k * args.n
-        records.append(
-            dict(
-                size=size,
-                method=f"scipy spsolve (timed on {k}, scaled to {args.n})",
-                seconds=sp_total,
-                rel_error=0.0,
-                reduction=0.0,
-                outer=None,
-                linear=None,
-            )
-        )
-        base = fpjax.FPConfig(T=args.T, solver="bicgstab_counted")
-        # the spectral scheme solves the same PDE exactly in time: its "error" is the papers' scheme's own
-        # time-discretisation error at T, not an inaccuracy of it (``fpjax bench accuracy``)
-        spectral = fpjax.FPConfig(T=args.T, scheme="spectral")
-        runs = [
-            ("fpjax, one image at a time", dict(projection="off", batch_size=1), base),
-            (f"fpjax, batch {args.batch}", dict(projection="off", batch_size=args.batch), base),
-            (
-                f"projection initial_guess, batch {args.batch}",
-                dict(projection="initial_guess", batch_size=args.batch),
-                base,
-            ),
-            (
-                f"projection approximate, batch {args.batch}",
-                dict(projection="approximate", batch_size=args.batch),
-                base,
-            ),
-            (f"spectral scheme (exact in time), batch {args.batch}", dict(batch_size=args.batch), spectral),
+        sp_row, references = _spsolve_row(size, images, args.T, args.n)
+        rows = [sp_row] + [
+            _mode_row(size, label, kwargs, config, images, references, sp_row["seconds"])
+            for label, kwargs, config in _runs(args.T, args.batch)
         ]
-        for label, kwargs, config in runs:
-            precompute(images[: max(kwargs["batch_size"], 2)], config, on_failure="ignore", **kwargs)  # compile
-            result = precompute(images, config, on_failure="ignore", **kwargs)
-            errors = [
-                float(np.linalg.norm(result.m[i + 1, ..., 0] - ref) / np.linalg.norm(ref))
-                for i, ref in enumerate(references)
-            ]
-            records.append(
-                dict(
-                    size=size,
-                    method=label,
-                    seconds=result.seconds,
-                    rel_error=float(np.mean(errors)),
-                    reduction=1 - result.seconds / sp_total,
-                    outer=float(result.stats["outer_iterations"].mean()),
-                    linear=float(result.stats["linear_iterations"].mean()),
-                    converged=bool(result.stats["converged"].all()),
-                )
-            )
-        for r in records:
-            if r["size"] == size:
-                print(
-                    f"{size:>4} {r['method']:48s} {r['seconds']:9.2f} s  err {r['rel_error']:.1e}  "
-                    f"reduction {100 * r['reduction']:5.1f}%  outer {r['outer'] or 0:5.2f}  "
-                    f"linear/step {r['linear'] or 0:6.2f}",
-                    flush=True,
-                )
-        print(
-            f"{size:>4} paper (their CPU): spsolve {PAPER[size][0]} s, projection {PAPER[size][1]} s"
-            if size in PAPER
-            else "",
-            flush=True,
-        )
-    result = dict(
-        n=args.n,
-        T=args.T,
-        data=source,
-        machine=dict(platform=platform.platform(), jax=jax.__version__),
-        command=f"fpjax bench projection --sizes {' '.join(map(str, args.sizes))} --n {args.n}",
-        rows=records,
-        paper=PAPER,
-    )
+        _print_size(size, rows)
+        records.extend(rows)
+    result = dict(n=args.n, T=args.T, data=source, machine=machine(), rows=records, paper=PAPER,
+                  command=f"fpjax bench projection --sizes {' '.join(map(str, args.sizes))} --n {args.n}")  # fmt: skip
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
     print(markdown(records))

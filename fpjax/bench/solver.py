@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
-import platform
 import time
 
 import jax
@@ -28,6 +26,7 @@ import numpy as np
 import fpjax
 from fpjax.bench.baseline import solve_spsolve
 from fpjax.data import benchmark_images
+from fpjax.provenance import machine
 
 _COUNTED = dict(solver="bicgstab_counted")  # jax.scipy's BiCGSTAB recurrence, with iteration counts
 VARIANTS = {
@@ -81,121 +80,99 @@ def _timed(fn, *args):
     return out, time.perf_counter() - start
 
 
+def _row(size, method, images, seconds, baseline_seconds=None, **fields):
+    """One result row; missing statistics are ``None``, the speed-up is against the papers' ``spsolve``."""
+    row = dict(size=size, method=method, images=images, seconds=seconds, outer_per_step=None,
+               linear_per_solve=None, rel_error=None)  # fmt: skip
+    row.update(fields)
+    row["speedup"] = baseline_seconds / seconds if baseline_seconds else None
+    return row
+
+
+def _baseline_rows(size, m0_64, references, k, T):
+    """The papers' ``spsolve`` scheme on ``k`` images, with the papers' start and the extrapolated one."""
+    rows, baseline_seconds = [], None
+    for label, predictor in BASELINES.items() if k else ():
+        times, errors, outers = [], [], []
+        for i in range(k):
+            (m, outer), seconds = _timed(functools.partial(solve_spsolve, predictor=predictor), m0_64[i], T)
+            times.append(seconds)
+            outers.append(outer.mean())
+            if i < len(references):
+                errors.append(_rel_error(m, references[i]))
+        seconds = float(np.median(times))
+        baseline_seconds = baseline_seconds or seconds  # speed-ups are against the papers' scheme
+        error = float(np.max(errors)) if errors else None
+        rows.append(_row(size, label + " (float64)", k, seconds, baseline_seconds,
+                         outer_per_step=float(np.mean(outers)), rel_error=error))  # fmt: skip
+    return rows, baseline_seconds
+
+
+def _variant_row(size, name, config, m0_64, references, repeats, baseline_seconds):
+    """One fpjax configuration, jitted, one image at a time: median seconds over images x repeats."""
+    solve = jax.jit(lambda m0: fpjax.solve(m0, config))
+    m0s = [jnp.asarray(m0, jnp.float32) for m0 in m0_64]
+    jax.block_until_ready(solve(m0s[0]))  # compile
+    own = config.scheme != "log_density"
+    if own:  # the linear schemes discretise differently: compare them with their own float64 solve
+        references = [np.asarray(fpjax.solve(m0, config).m) for m0 in m0_64]
+    times, errors, outer, linear, residual, converged = [], [], [], [], [], True
+    for m0, reference in zip(m0s, references, strict=True):
+        for _ in range(repeats):
+            sol, seconds = _timed(_run, solve, m0)
+            times.append(seconds)
+        errors.append(_rel_error(sol.m, reference))
+        outer.append(float(np.mean(sol.outer_iterations)))
+        iters = np.asarray(sol.linear_iterations)
+        linear.append(float(iters.sum() / max(int(np.sum(sol.outer_iterations)), 1)) if iters.min() >= 0 else None)
+        residual.append(float(np.max(sol.residual)))
+        converged &= bool(np.all(sol.converged))
+    return _row(
+        size, f"fpjax {name}", len(m0s), float(np.median(times)), baseline_seconds,
+        outer_per_step=float(np.mean(outer)), linear_per_solve=None if None in linear else float(np.mean(linear)),
+        rel_error=float(np.max(errors)), max_residual=float(np.max(residual)), converged=converged,
+        error_reference="own scheme, float64" if own else "log_density Newton, float64",
+    )  # fmt: skip
+
+
+def _batched_row(size, name, config, m0_64, batch, baseline_seconds):
+    """The same configuration as one jitted ``vmap`` over ``batch`` images: seconds per image."""
+    stacked = jnp.asarray(np.stack(m0_64[:batch]), jnp.float32)
+    batched = jax.jit(jax.vmap(lambda m0: fpjax.solve(m0, config)))
+    jax.block_until_ready(batched(stacked))
+    seconds = float(np.median([_timed(_run, batched, stacked)[1] for _ in range(3)])) / batch
+    return _row(size, f"fpjax {name}, vmap batch of {batch}", batch, seconds, baseline_seconds)
+
+
+def _size_rows(size, args, n_spsolve):
+    """Every row of one image size."""
+    images = benchmark_images(size, max(args.images, args.batch, n_spsolve), source="samples")[0]
+    m0_64 = [np.asarray(fpjax.initial_log_density(im.astype(np.float64))) for im in images]
+    ref_config = fpjax.FPConfig(T=args.T, linearization="newton", outer_tol=1e-11, tol=1e-12, max_outer=100)
+    references = [np.asarray(fpjax.solve(m0, ref_config, on_failure="warn").m) for m0 in m0_64[: args.images]]
+    rows, baseline_seconds = _baseline_rows(size, m0_64, references, n_spsolve, args.T)
+    for name in args.variants:
+        config = fpjax.FPConfig(T=args.T, **VARIANTS[name])
+        rows.append(_variant_row(size, name, config, m0_64[: args.images], references, args.repeats, baseline_seconds))
+        if name in BATCHED and args.batch:
+            rows.append(_batched_row(size, name, config, m0_64, args.batch, baseline_seconds))
+    if args.batch:
+        rows.extend(_memory_floor(size, args.T, args.batch))
+    return rows
+
+
 def run(args) -> int:
-
     jax.config.update("jax_enable_x64", True)  # for the float64 reference; fpjax runs follow their inputs' dtype
-
-    rows, records = [], []
     n_spsolve = dict(DEFAULT_SPSOLVE_IMAGES)
     if args.spsolve_images:
         n_spsolve.update(dict(zip(args.sizes, args.spsolve_images, strict=False)))
+    records = []
     for size in args.sizes:
-        images = benchmark_images(size, max(args.images, args.batch, n_spsolve.get(size, 0)), source="samples")[0]
-        m0_64 = [np.asarray(fpjax.initial_log_density(im.astype(np.float64))) for im in images]
-        ref_config = fpjax.FPConfig(T=args.T, linearization="newton", outer_tol=1e-11, tol=1e-12, max_outer=100)
-        references = [np.asarray(fpjax.solve(m0, ref_config, on_failure="warn").m) for m0 in m0_64[: args.images]]
-
-        k = n_spsolve.get(size, 0)
-        baseline_seconds = None
-        for label, predictor in BASELINES.items() if k else ():
-            times, errors, outers = [], [], []
-            for i in range(k):
-                (m, outer), seconds = _timed(functools.partial(solve_spsolve, predictor=predictor), m0_64[i], args.T)
-                times.append(seconds)
-                outers.append(outer.mean())
-                if i < len(references):
-                    errors.append(_rel_error(m, references[i]))
-            seconds = float(np.median(times))
-            baseline_seconds = baseline_seconds or seconds  # speed-ups are against the papers' scheme
-            records.append(
-                dict(
-                    size=size,
-                    method=label + " (float64)",
-                    images=k,
-                    seconds=seconds,
-                    outer_per_step=float(np.mean(outers)),
-                    linear_per_solve=None,
-                    rel_error=float(np.max(errors)) if errors else None,
-                    speedup=baseline_seconds / seconds,
-                )
-            )
-
-        for name in args.variants:
-            config = fpjax.FPConfig(T=args.T, **VARIANTS[name])
-            solve = jax.jit(lambda m0, config=config: fpjax.solve(m0, config))
-            m0s = [jnp.asarray(m0, jnp.float32) for m0 in m0_64[: args.images]]
-            jax.block_until_ready(solve(m0s[0]))  # compile
-            own = config.scheme != "log_density"
-            reference_of = [np.asarray(fpjax.solve(m0, config).m) for m0 in m0_64[: args.images]] if own else references
-            times, errors, outer, linear, residual, converged = [], [], [], [], [], True
-            for m0, reference in zip(m0s, reference_of, strict=True):
-                for _ in range(args.repeats):
-                    sol, seconds = _timed(_run, solve, m0)
-                    times.append(seconds)
-                errors.append(_rel_error(sol.m, reference))
-                outer.append(float(np.mean(sol.outer_iterations)))
-                iters = np.asarray(sol.linear_iterations)
-                solves = max(int(np.sum(sol.outer_iterations)), 1)
-                linear.append(float(iters.sum() / solves) if iters.min() >= 0 else None)
-                residual.append(float(np.max(sol.residual)))
-                converged &= bool(np.all(sol.converged))
-            seconds = float(np.median(times))
-            records.append(
-                dict(
-                    size=size,
-                    method=f"fpjax {name}",
-                    images=len(m0s),
-                    seconds=seconds,
-                    outer_per_step=float(np.mean(outer)),
-                    linear_per_solve=None if None in linear else float(np.mean(linear)),
-                    rel_error=float(np.max(errors)),
-                    error_reference="own scheme, float64" if own else "log_density Newton, float64",
-                    max_residual=float(np.max(residual)),
-                    converged=converged,
-                    speedup=baseline_seconds / seconds if baseline_seconds else None,
-                )
-            )
-            if name in BATCHED and args.batch:
-                batch = jnp.asarray(np.stack(m0_64[: args.batch]), jnp.float32)
-                batched = jax.jit(jax.vmap(lambda m0, config=config: fpjax.solve(m0, config)))
-                jax.block_until_ready(batched(batch))
-                repeats = [_timed(_run, batched, batch)[1] for _ in range(3)]
-                seconds = float(np.median(repeats)) / args.batch
-                records.append(
-                    dict(
-                        size=size,
-                        method=f"fpjax {name}, vmap batch of {args.batch}",
-                        images=args.batch,
-                        seconds=seconds,
-                        outer_per_step=None,
-                        linear_per_solve=None,
-                        rel_error=None,
-                        speedup=baseline_seconds / seconds if baseline_seconds else None,
-                    )
-                )
-        if args.batch:
-            records.extend(_memory_floor(size, args.T, args.batch))
-        for r in records[len(rows) :]:
-            rows.append(r)
-            _print_row(r, header=len(rows) == 1)
-
-    result = dict(
-        command="fpjax bench solver "
-        + " ".join(
-            f"--{k.replace('_', '-')} {v}"
-            for k, v in vars(args).items()
-            if k in ("sizes", "T", "images", "repeats", "batch")
-        ),
-        machine=dict(
-            platform=platform.platform(),
-            processor=platform.processor(),
-            cpus=_cpu_count(),
-            jax=jax.__version__,
-            backend=jax.default_backend(),
-        ),
-        T=args.T,
-        rows=records,
-    )
+        for row in _size_rows(size, args, n_spsolve.get(size, 0)):
+            records.append(row)
+            _print_row(row, header=len(records) == 1)
+    options = " ".join(f"--{k} {v}" for k, v in vars(args).items() if k in ("sizes", "T", "images", "repeats", "batch"))
+    result = dict(command=f"fpjax bench solver {options}", machine=machine(), T=args.T, rows=records)
     _print_growth(records)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
@@ -213,23 +190,8 @@ def _memory_floor(size, T, batch):
         jax.block_until_ready(floor(x))
         seconds = float(np.median([_timed(_run, floor, x)[1] for _ in range(5)])) / n
         label = "memory floor: log(exp(x) + 1) of a trajectory" + (f", batch of {n}" if n > 1 else "")
-        rows.append(
-            dict(
-                size=size,
-                method=label,
-                images=n,
-                seconds=seconds,
-                outer_per_step=None,
-                linear_per_solve=None,
-                rel_error=None,
-                speedup=None,
-            )
-        )
+        rows.append(_row(size, label, n, seconds))
     return rows
-
-
-def _cpu_count():
-    return os.cpu_count()
 
 
 def _fmt(value, spec):

@@ -10,6 +10,7 @@ import functools
 import os
 import pathlib
 
+import matplotlib.image as mpimg
 import numpy as np
 
 _FILE = pathlib.Path(__file__).with_name("sample_images.npz")
@@ -49,8 +50,6 @@ def load_image_folder(folder, size: int | None = None) -> tuple[np.ndarray, list
     resized to ``size x size`` with matplotlib's reader and block averaging
     is not attempted: a bilinear resize via ``numpy`` interpolation).
     """
-    import matplotlib.image as mpimg
-
     paths = sorted(p for p in pathlib.Path(folder).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
     if not paths:
         raise ValueError(f"no .png/.jpg images in {folder}")
@@ -117,8 +116,6 @@ def load_celeba_folder(folder, size: int = 64, n: int | None = None) -> tuple[np
 
     Returns NHWC float32 in ``[0, 1]`` of shape ``(N, size, size, 3)`` and file names.
     """
-    import matplotlib.image as mpimg
-
     paths = sorted(p for p in pathlib.Path(folder).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
     if not paths:
         raise ValueError(f"no .png/.jpg images in {folder}")

@@ -31,7 +31,7 @@ from fpjax.learn import ddpm as dd
 from fpjax.learn import trainer as training
 from fpjax.learn.embedding import embed
 from fpjax.learn.models.unet import UNetConfig
-from fpjax.pipeline import _machine
+from fpjax.provenance import machine
 from fpjax.solver import log_density as fp
 
 VARIANTS = ("fpjax", "zero score", "scaled score", "DDPM tuned", "DDPM fixed sigma")
@@ -126,7 +126,7 @@ def run(out: pathlib.Path, settings: AblationSettings, cifar: str | None = None,
                 if progress:
                     print(f"ablation image {i} seed {seed} {variant:16s}: SSIM {last['ssim']:.3f} after "
                           f"{last['wall_seconds']:.1f} s ({last['global_step']} steps)", flush=True)  # fmt: skip
-    result = dict(experiment="ablation", source=source, machine=_machine(), settings=dataclasses.asdict(settings),
+    result = dict(experiment="ablation", source=source, machine=machine(), settings=dataclasses.asdict(settings),
                   rows=rows, summary=summarise(rows, settings))  # fmt: skip
     _plot(curves, settings, out / "ablation_ssim_vs_time.png")
     (out / "ablation.json").write_text(json.dumps(result, indent=1))

@@ -10,18 +10,18 @@ from fpjax.experiments import fpe as fpe_experiment
 from fpjax.experiments.common import QUICK, Settings, resolved
 from fpjax.experiments.papers import exp1, exp1_markdown, exp2, exp3, exp3_markdown
 from fpjax.experiments.pds import PDS_ALPHAS, exp_pds, pds_markdown
-from fpjax.pipeline import _machine
+from fpjax.provenance import machine
 
 # ----------------------------------------------------------------------------------------------
 # report
 
 
 def write_report(out: pathlib.Path, results: dict, settings: Settings, command: str) -> pathlib.Path:
-    machine = _machine()
+    host = machine()
     parts = [
         "# fpjax experiments against the cross-matrix paper\n",
-        f"Command: `{command}`  \nMachine: {machine['platform']}, {machine['cpu_count']} CPU cores, JAX "
-        f"{machine['jax']} on {machine['backend']}.  \nSettings: `{dataclasses.asdict(settings)}`.  \n"
+        f"Command: `{command}`  \nMachine: {host['platform']}, {host['cpu_count']} CPU cores, JAX "
+        f"{host['jax']} on {host['backend']}.  \nSettings: `{dataclasses.asdict(settings)}`.  \n"
         "SSIM: Gaussian 11x11 window, sigma 1.5 (dm-pix); the paper's script used another window.\n",
     ]
     if "exp1" in results:

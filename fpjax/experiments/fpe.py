@@ -35,7 +35,7 @@ from fpjax.learn import dsm
 from fpjax.learn import trainer as training
 from fpjax.learn.embedding import embed
 from fpjax.learn.models.unet import UNetConfig
-from fpjax.pipeline import _machine
+from fpjax.provenance import machine
 from fpjax.solver import log_density as fp
 
 
@@ -225,7 +225,7 @@ def image_part(settings: FPESettings, out: pathlib.Path) -> dict:
 
 def run(out: pathlib.Path, settings: FPESettings, parts=("mixture", "digits", "images")) -> dict:
 
-    result = dict(experiment="score-fpe", settings=dataclasses.asdict(settings), machine=_machine())
+    result = dict(experiment="score-fpe", settings=dataclasses.asdict(settings), machine=machine())
     if "mixture" in parts:
         result["mixture"] = mixture_part(settings, out)
     if "digits" in parts:

@@ -46,7 +46,7 @@ from fpjax.experiments.common import (
 from fpjax.learn import ddpm as dd
 from fpjax.learn import trainer as training
 from fpjax.learn.models.unet import UNetConfig
-from fpjax.pipeline import _jsonable, _machine
+from fpjax.provenance import jsonable, machine
 from fpjax.solver import log_density as fp
 
 # The cross-matrix paper's Tables 1-3 (V100 GPU for training, M4 CPU for the pre-computation):
@@ -103,8 +103,8 @@ def exp1(out: pathlib.Path, settings: Settings, progress=True) -> dict:
                     print(f"exp1 {size}x{size} image {i} {name:5s}: SSIM {log[-1]['ssim']:.3f} after "
                           f"{log[-1]['wall_seconds']:.1f} s ({log[-1]['global_step']} steps)", flush=True)  # fmt: skip
     summary = _exp1_summary(rows, settings)
-    result = dict(experiment="exp1", source=source, machine=_machine(), settings=dataclasses.asdict(settings),
-                  fp=_jsonable(fp_config), unet=_jsonable(unet), rows=rows, summary=summary)  # fmt: skip
+    result = dict(experiment="exp1", source=source, machine=machine(), settings=dataclasses.asdict(settings),
+                  fp=jsonable(fp_config), unet=jsonable(unet), rows=rows, summary=summary)  # fmt: skip
     _plot_curves(curves, settings, out / "exp1_ssim_vs_time.png")
     (out / "exp1.json").write_text(json.dumps(result, indent=1))
     return result
@@ -217,9 +217,7 @@ def exp3(out: pathlib.Path, settings: Settings, progress=True) -> dict:
     fp_config = fp.FPConfig()
     g_values = fp.diffusion_schedule(fp_config)
     key = jax.random.key(settings.seed)
-    result = dict(
-        experiment="exp3", source=source, size=size, machine=_machine(), settings=dataclasses.asdict(settings)
-    )
+    result = dict(experiment="exp3", source=source, size=size, machine=machine(), settings=dataclasses.asdict(settings))
 
     # fpjax: pre-compute (counted in the budget), then image by image with replay until the budget is spent.
     trajectories, pre = embedded(images, fp_config)

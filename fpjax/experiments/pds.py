@@ -18,7 +18,7 @@ from fpjax.experiments.common import Settings, embedded, load_images, median_sec
 from fpjax.learn import ddpm as dd
 from fpjax.learn import trainer as training
 from fpjax.learn.models.unet import UNetConfig
-from fpjax.pipeline import _machine
+from fpjax.provenance import machine
 from fpjax.solver import log_density as fp
 
 PDS_ALPHAS = (1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
@@ -80,7 +80,7 @@ def exp_pds(out: pathlib.Path, settings: Settings, progress=True, step_counts=(5
     fn = jax.jit(lambda k, m: sampling.generate(ours.score(gen_labels), k, shape, g, cfg, preconditioner=m))
     timing = {name: median_seconds(lambda m_=m_: fn(key, m_)) / cfg.steps
               for name, m_ in (("plain", None), ("pds", preconditioners[alphas[0]]))}  # fmt: skip
-    result = dict(experiment="pds", source=source, size=size, alphas=list(alphas), machine=_machine(),
+    result = dict(experiment="pds", source=source, size=size, alphas=list(alphas), machine=machine(),
                   settings=dataclasses.asdict(settings), rows=rows, seconds_per_step=timing,
                   summary=pds_summaries(rows),
                   fpjax_train_seconds=ours.log[-1]["train_seconds"],
