@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import pathlib
+import pickle
 
 import matplotlib.image as mpimg
 import numpy as np
@@ -89,8 +90,6 @@ def load_cifar10(path, class_name=None, split: str = "test") -> tuple[np.ndarray
     the five ``data_batch_*``) or an ``.npz`` with ``images`` (uint8 NHWC)
     and ``labels`` (such as ``../shared/data/cifar10_subset.npz``).
     """
-    import pickle
-
     path = pathlib.Path(path)
     if path.suffix == ".npz":
         with np.load(path) as data:

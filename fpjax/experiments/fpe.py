@@ -207,7 +207,7 @@ def image_part(settings: FPESettings, out: pathlib.Path) -> dict:
             x, tb, labels = x[: settings.image_points], tb[: settings.image_points], labels[: settings.image_points]
             eps = residual(x, tb, jax.random.fold_in(key, 100 + i), labels)
             s = score(x, tb, labels)
-            r_fp.append(float(jnp.mean(sf._per_dimension_norm(eps))))
+            r_fp.append(float(jnp.mean(sf.per_dimension_norm(eps))))
             relative.append(float(jnp.mean(jnp.linalg.norm(eps.reshape(len(x), -1), axis=1)
                                            / jnp.linalg.norm(s.reshape(len(x), -1), axis=1))))  # fmt: skip
         curves[name] = dict(r_fp=r_fp, relative=relative, steps=result.log[-1]["step"],
