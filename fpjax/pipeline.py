@@ -10,22 +10,41 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import pathlib
-import platform
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
+from fpjax import provenance
 from fpjax.batch.precompute import precompute
 from fpjax.diffusion import sampling
-from fpjax.eval import metrics
+from fpjax.eval import figures, metrics
 from fpjax.learn import trainer as training
 from fpjax.learn.embedding import embed
 from fpjax.learn.models.unet import UNetConfig
-from fpjax.solver import log_density as fp
+from fpjax.solver.problem import FPConfig
+
+TRAIN_OVERRIDES = {
+    "replay": (
+        0.5,
+        "pure image-by-image training (0, the paper's) forgets: on the 16 samples the final network denoised the "
+        "earlier images at median SSIM 0.17; with half of each batch from earlier images all 16 still reach the "
+        "target in about the same time and the final network denoises them at median 0.87 (README, Replay)",
+    ),
+    "max_steps": (
+        1000,
+        "the main job's per-image budget: the 16 samples reach SSIM 0.9 after 25-175 steps, and 1000 stops an "
+        "image that never does after a few minutes on 2 CPU cores rather than twice that (README, The main job)",
+    ),
+}
+"""Where the main job departs from :class:`fpjax.learn.trainer.TrainConfig`'s defaults: ``{field: (value, why)}``.
+
+:func:`run` without a ``train_config`` and ``fpjax run`` (whose option defaults show these) both use
+:func:`main_job_train_config`; everything else is the library's default.
+"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,44 +63,14 @@ class RunConfig:
     seed: int = 0
 
 
-def _jsonable(config) -> dict:
-    return {k: (repr(v) if callable(v) else v) for k, v in dataclasses.asdict(config).items()}
+def main_job_train_config() -> training.TrainConfig:
+    """``TrainConfig()`` with :data:`TRAIN_OVERRIDES`: the training settings of ``fpjax run``."""
+    return training.TrainConfig(**{name: value for name, (value, _) in TRAIN_OVERRIDES.items()})
 
 
-def _machine() -> dict:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "jax": jax.__version__,
-        "backend": jax.default_backend(),
-        "devices": [str(d) for d in jax.devices()],
-    }
-
-
-def _precompute_stage(images, names, fp_config, out: pathlib.Path, progress: bool):
-    """Solve (or find in the store) every image's FP equation; the timing survives a resume."""
-    timing_path = out / "precompute.json"
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(images), desc="FP solve", unit="image")
-    result = precompute(
-        images,
-        fp_config,
-        store=out / "fp_store.zarr",
-        ids=names,
-        progress=None if bar is None else (lambda done, total: bar.update(done - bar.n)),
-    )
-    if bar is not None:
-        bar.close()
-    previous = json.loads(timing_path.read_text())["seconds"] if timing_path.exists() else 0.0
-    # A resumed run adds the time of the images it solved now, not the store look-up of finished ones.
-    seconds = previous + (result.seconds if result.skipped < len(images) else 0.0)
-    timing_path.write_text(json.dumps({"seconds": seconds, "images": len(images)}))
-    m = np.asarray(result.m[...])
-    return m, seconds, result.stats
+# Kept for fpjax.experiments (papers, ablation, fpe) until they import fpjax.provenance themselves.
+_jsonable = provenance.jsonable
+_machine = provenance.machine
 
 
 def run(
@@ -89,7 +78,7 @@ def run(
     out,
     *,
     names=None,
-    fp_config: fp.FPConfig | None = None,
+    fp_config: FPConfig | None = None,
     unet_config: UNetConfig | None = None,
     train_config: training.TrainConfig | None = None,
     run_config: RunConfig | None = None,
@@ -102,34 +91,30 @@ def run(
       out: output folder: ``fp_store.zarr``, ``checkpoint/``, ``denoising.png``,
         ``ssim_vs_time.png``, ``metrics.json``, ``training_log.json``.
       names: image names for the store and the report.
+      fp_config, unet_config, run_config: default ``FPConfig()``, ``UNetConfig()``, ``RunConfig()``;
+        with ``run_config.per_image_labels`` the U-Net gets at least one label per image.
+      train_config: default :func:`main_job_train_config`.
+      progress: progress bars.
     Returns:
       the ``metrics.json`` content.
     """
     images = np.asarray(images, np.float32)
-    fp_config = fp_config or fp.FPConfig()
-    train_config = train_config or training.TrainConfig()
+    fp_config = fp_config or FPConfig()
+    train_config = train_config or main_job_train_config()
     run_config = run_config or RunConfig()
-    count = len(images)
-    if unet_config is None:
-        unet_config = UNetConfig()
-    if run_config.per_image_labels and unet_config.num_images < count:
-        unet_config = dataclasses.replace(unet_config, num_images=count)
-    names = list(names) if names is not None else [f"image_{i}" for i in range(count)]
+    unet_config = unet_config or UNetConfig()
+    if run_config.per_image_labels and unet_config.num_images < len(images):
+        unet_config = dataclasses.replace(unet_config, num_images=len(images))
+    names = list(names) if names is not None else [f"image_{i}" for i in range(len(images))]
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
 
-    m, precompute_seconds, stats = _precompute_stage(images, names, fp_config, out, progress)
-    start = time.perf_counter()
-    trajectories = jax.jit(lambda x, m: embed(x, m, fp_config))(jnp.asarray(images), jnp.asarray(m))
-    precompute_seconds += time.perf_counter() - start  # the embedding belongs to the pre-computation
-    g_values = fp.diffusion_schedule(fp_config)
-
-    key = jax.random.key(run_config.seed)
-    train_key, eval_key, generate_key = jax.random.split(key, 3)
+    trajectories, precompute_seconds, stats = _precompute_stage(images, names, fp_config, out, progress)
+    train_key, eval_key, generate_key = jax.random.split(jax.random.key(run_config.seed), 3)
     result = training.train(
         images,
         trajectories,
-        g_values,
+        fp_config,
         unet_config=unet_config,
         config=train_config,
         key=train_key,
@@ -138,77 +123,99 @@ def run(
         progress=progress,
     )
     training.save_log(result, out / "training_log.json")
-
-    labels = jnp.arange(count) if result.uses_labels else jnp.zeros(count, jnp.int32)
-    noise_key, sampler_key = jax.random.split(eval_key)
     clean = jnp.asarray(images)
-    noisy = sampling.noisy_copy(noise_key, clean, train_config.noise_level)
-    denoised, final = training.evaluate(
-        result.graphdef, result.state.ema, noisy, clean, labels, g_values, sampler_key, train_config, result.uses_labels
+    noisy, denoised, final = _denoise_stage(result, clean, eval_key)
+    generated = _generate_stage(result, images.shape, run_config.generate, generate_key)
+    _save_figures(
+        out, (noisy, denoised, clean, generated), final, result.log, train_config.target_ssim, precompute_seconds
     )
-    generate_labels = jnp.arange(run_config.generate) % count if result.uses_labels else None
-    generated = (
-        jax.jit(
-            lambda k: sampling.generate(
-                result.score(generate_labels),
-                k,
-                (run_config.generate,) + images.shape[1:],
-                sampling.g_function(fp_config),
-                train_config.sampler,
-            )
-        )(generate_key)
-        if run_config.generate
-        else None
-    )
-
-    from fpjax.eval.figures import plot_denoising, plot_ssim_vs_time
-
-    fig = plot_denoising(noisy, denoised, clean, generated, scores=final["ssim"])
-    fig.savefig(out / "denoising.png", dpi=130)
-    fig = plot_ssim_vs_time(result.log, train_config.target_ssim, precompute_seconds)
-    fig.savefig(out / "ssim_vs_time.png", dpi=130)
-
-    report = _report(
-        names,
-        stats,
-        precompute_seconds,
-        result,
-        final,
-        generated,
-        clean,
-        fp_config,
-        unet_config,
-        train_config,
-        run_config,
-    )
+    settings = {"fp": fp_config, "unet": unet_config, "train": train_config, "run": run_config}
+    report = _report(names, stats, precompute_seconds, result, final, clean, settings)
+    if generated is not None:
+        report["generated"] = _generated_report(generated, clean, names)
     (out / "metrics.json").write_text(json.dumps(report, indent=1))
     return report
 
 
-def _report(
-    names, stats, precompute_seconds, result, final, generated, clean, fp_config, unet_config, train_config, run_config
-) -> dict:
-    train_seconds = result.log[-1]["train_seconds"] if result.log else 0.0
-    per_image = []
-    for summary in result.images:
-        i = summary["image"]
-        per_image.append(
-            {
-                "name": names[i],
-                "steps": summary["steps"],
-                "reached_target": summary["reached"],
-                "train_seconds": summary["train_seconds"],
-                "ssim_at_stop": summary["ssim"],
-                "psnr_at_stop": summary["psnr"],
-                "mse_at_stop": summary["mse"],
-                "final_model_ssim": float(final["ssim"][i]),
-                "final_model_psnr": float(final["psnr"][i]),
-                "final_model_mse": float(final["mse"][i]),
-                "fp_max_residual": float(np.max(stats["residual"][i])),
-            }
+def _precompute_stage(images, names, fp_config: FPConfig, out: pathlib.Path, progress: bool):
+    """Solve (or find in the store) every image's FP equation and embed the images.
+
+    Returns ``(N, T+1, H, W, C)`` trajectories, the stage's seconds (the embedding included; the
+    solve's time survives a resume in ``precompute.json``) and the solver statistics.
+    """
+    timing_path = out / "precompute.json"
+    bar = tqdm(total=len(images), desc="FP solve", unit="image", disable=not progress)
+    with bar:
+        result = precompute(
+            images,
+            fp_config,
+            store=out / "fp_store.zarr",
+            ids=names,
+            progress=lambda done, total: bar.update(done - bar.n),
         )
-    report = {
-        "machine": _machine(),
+    previous = json.loads(timing_path.read_text())["seconds"] if timing_path.exists() else 0.0
+    # A resumed run adds the time of the images it solved now, not the store look-up of finished ones.
+    seconds = previous + (result.seconds if result.skipped < len(images) else 0.0)
+    timing_path.write_text(json.dumps({"seconds": seconds, "images": len(images)}))
+    start = time.perf_counter()
+    trajectories = jax.jit(lambda x, m: embed(x, m, fp_config))(jnp.asarray(images), jnp.asarray(result.m[...]))
+    trajectories.block_until_ready()
+    return trajectories, seconds + time.perf_counter() - start, result.stats
+
+
+def _denoise_stage(result: training.TrainResult, clean, key):
+    """Noisy copies of ``clean`` and the final model's denoising of them: ``(noisy, denoised, quality)``."""
+    count = clean.shape[0]
+    labels = jnp.arange(count) if result.uses_labels else jnp.zeros(count, jnp.int32)
+    noise_key, sampler_key = jax.random.split(key)
+    noisy = sampling.noisy_copy(noise_key, clean, result.config.noise_level)
+    denoised, quality = training.evaluate(
+        result.graphdef, result.state.ema, noisy, clean, labels, None, sampler_key, result.config, result.uses_labels
+    )
+    return noisy, denoised, quality
+
+
+def _generate_stage(result: training.TrainResult, shape, count: int, key):
+    """``(count, H, W, C)`` images generated from noise with the trained score (``None`` for ``count = 0``)."""
+    if not count:
+        return None
+    labels = jnp.arange(count) % shape[0] if result.uses_labels else None
+    score = result.score(labels)
+    sample = jax.jit(
+        lambda k: sampling.generate(score, k, (count,) + tuple(shape[1:]), result.sde, result.config.sampler)
+    )
+    return sample(key)
+
+
+def _save_figures(out: pathlib.Path, rows, final, log, target_ssim: float, precompute_seconds: float) -> None:
+    """``denoising.png`` (``rows``: noisy, denoised, clean, generated or ``None``) and ``ssim_vs_time.png``."""
+    noisy, denoised, clean, generated = rows
+    figures.plot_denoising(noisy, denoised, clean, generated, scores=final["ssim"]).savefig(
+        out / "denoising.png", dpi=130
+    )
+    figures.plot_ssim_vs_time(log, target_ssim, precompute_seconds).savefig(out / "ssim_vs_time.png", dpi=130)
+
+
+def _report(names, stats, precompute_seconds, result, final, clean, settings: dict) -> dict:
+    train_seconds = result.log[-1]["train_seconds"] if result.log else 0.0
+    per_image = [
+        {
+            "name": names[s["image"]],
+            "steps": s["steps"],
+            "reached_target": s["reached"],
+            "train_seconds": s["train_seconds"],
+            "ssim_at_stop": s["ssim"],
+            "psnr_at_stop": s["psnr"],
+            "mse_at_stop": s["mse"],
+            "final_model_ssim": float(final["ssim"][s["image"]]),
+            "final_model_psnr": float(final["psnr"][s["image"]]),
+            "final_model_mse": float(final["mse"][s["image"]]),
+            "fp_max_residual": float(np.max(stats["residual"][s["image"]])),
+        }
+        for s in result.images
+    ]
+    return {
+        "machine": provenance.machine(),
         "images": len(names),
         "image_shape": list(clean.shape[1:]),
         "precompute_seconds": precompute_seconds,
@@ -219,19 +226,15 @@ def _report(
         "median_final_model_ssim": float(np.median(final["ssim"])),
         "per_image": per_image,
         "ssim": "Gaussian window 11x11, sigma 1.5, data range 1 (dm_pix.ssim)",
-        "settings": {
-            "fp": _jsonable(fp_config),
-            "unet": _jsonable(unet_config),
-            "train": _jsonable(train_config),
-            "run": _jsonable(run_config),
-        },
+        "settings": {name: provenance.jsonable(config) for name, config in settings.items()},
     }
-    if generated is not None:
-        best, index = metrics.nearest_ssim(generated, clean)
-        report["generated"] = {
-            "count": int(generated.shape[0]),
-            "nearest_training_ssim": [float(b) for b in best],
-            "nearest_training_image": [names[int(i)] for i in index],
-            "mean_nearest_training_ssim": float(jnp.mean(best)),
-        }
-    return report
+
+
+def _generated_report(generated, clean, names) -> dict:
+    best, index = metrics.nearest_ssim(generated, clean)
+    return {
+        "count": int(generated.shape[0]),
+        "nearest_training_ssim": [float(b) for b in best],
+        "nearest_training_image": [names[int(i)] for i in index],
+        "mean_nearest_training_ssim": float(jnp.mean(best)),
+    }

@@ -17,6 +17,7 @@ cells = [
         "import jax, jax.numpy as jnp\n"
         "from IPython.display import Image, display\n"
         "from fpjax.diffusion import mixtures, score_fpe as sf\n"
+        "from fpjax.diffusion.sde import perturb\n"
         "from fpjax.experiments import fpe as fe\n"
         "mixture = mixtures.ring()  # eight modes on the unit circle, std 0.1\n"
         "sde = fe.MIXTURE_SDE\n"
@@ -30,7 +31,7 @@ cells = [
     nbf.v4.new_code_cell(
         "x0 = mixture.sample(jax.random.key(0), 8)\n"
         "t = jnp.full((8,), 0.3)\n"
-        "x, _ = sf.perturb(jax.random.key(1), x0, t, sde)\n"
+        "x, _ = perturb(jax.random.key(1), x0, t, sde)\n"
         "score = mixture.score(sde)\n"
         "print('exact estimators:    max |eps| =', float(jnp.abs(sf.residual(score, x, t, sde)).max()))\n"
         "print('paper\\'s estimators: max |eps| =', float(jnp.abs(sf.residual(score, x, t, sde, jax.random.key(2), sf.ESTIMATED)).max()))\n"

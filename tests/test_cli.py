@@ -1,11 +1,20 @@
+import argparse
+import dataclasses
+import functools
+import inspect
 import json
 
 import matplotlib.image as mpimg
 import numpy as np
+import pytest
 
 import fpjax
+from fpjax import cli, pipeline
 from fpjax.cli import main
 from fpjax.data import sample_images
+from fpjax.learn.models.unet import UNetConfig
+from fpjax.learn.trainer import TrainConfig
+from fpjax.solver import linsolve, problem, stencil
 
 
 def test_precompute_writes_solutions_scores_and_figures(tmp_path, capsys):
@@ -14,13 +23,13 @@ def test_precompute_writes_solutions_scores_and_figures(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "astronaut_r0_c64" in printed and "converged 5/5" in printed
     data = np.load(out / "fp_solutions.npz")
-    m, score = data["m"], data["score"]
-    assert m.shape == (2, 1, 6, 32, 32) and score.shape == (2, 1, 6, 2, 32, 32)
-    padded = np.pad(m, [(0, 0)] * 3 + [(1, 1), (1, 1)])  # zero boundary, pixel units (eq. 25)
-    np.testing.assert_allclose(score[:, :, :, 0], (padded[..., 1:-1, 2:] - padded[..., 1:-1, :-2]) / 2, atol=1e-6)
-    np.testing.assert_allclose(score[:, :, :, 1], (padded[..., 2:, 1:-1] - padded[..., :-2, 1:-1]) / 2, atol=1e-6)
+    m, score = data["m"], data["score"]  # the layout of fpjax.precompute and the store: (N, T+1, H, W, K)
+    assert m.shape == (2, 6, 32, 32, 1) and score.shape == (2, 6, 32, 32, 1, 2)
+    padded = np.pad(m[..., 0], [(0, 0)] * 2 + [(1, 1), (1, 1)])  # zero boundary, pixel units (eq. 25)
+    np.testing.assert_allclose(score[..., 0, 0], (padded[..., 1:-1, 2:] - padded[..., 1:-1, :-2]) / 2, atol=1e-6)
+    np.testing.assert_allclose(score[..., 0, 1], (padded[..., 2:, 1:-1] - padded[..., :-2, 1:-1]) / 2, atol=1e-6)
     m0 = fpjax.initial_log_density(sample_images(32)[1])
-    np.testing.assert_allclose(m[1, 0, 0], np.asarray(m0), rtol=1e-6)
+    np.testing.assert_allclose(m[1, 0, ..., 0], np.asarray(m0), rtol=1e-6)
     assert data["converged"].all() and list(data["names"]) == ["astronaut_r0_c64", "astronaut_r64_c96"]
     for figure in ("precompute.png", "convergence.png"):
         assert mpimg.imread(out / figure).shape[0] > 100
@@ -35,7 +44,7 @@ def test_precompute_reads_an_image_folder_per_channel(tmp_path):
     args = ["precompute", "--images", str(folder), "--T", "3", "--density", "intensity", "--per-channel"]
     assert main(args + ["--out", str(out)]) == 0
     data = np.load(out / "fp_solutions.npz")
-    assert data["m"].shape == (2, 3, 4, 16, 20)
+    assert data["m"].shape == (2, 4, 16, 20, 3)
     assert not bool(data["channels_shared"])
 
 
@@ -163,3 +172,92 @@ def test_precompute_spectral_scheme_to_a_store_refuses_another_scheme(tmp_path, 
     assert np.linalg.norm(stored - expected) / np.linalg.norm(expected) < 1e-6
     with pytest.raises(StoreMismatchError, match="scheme"):
         main(args + ["--scheme", "density"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Options generated from the configuration dataclasses
+
+
+def _library_value(instance, path):
+    for name in path:
+        instance = getattr(instance, name)
+    return instance
+
+
+def test_every_generated_option_defaults_to_the_library_or_a_documented_override():
+    parser = cli.build_parser()
+    run, pre = parser.parse_args(["run"]), parser.parse_args(["precompute"])
+    overrides = {name: value for name, (value, _) in pipeline.TRAIN_OVERRIDES.items()}
+    library = [
+        (run, fpjax.FPConfig(), {}),
+        (pre, fpjax.FPConfig(), {}),
+        (run, TrainConfig(), overrides),
+        (run, UNetConfig(), {}),
+        (run, pipeline.RunConfig(), {}),
+    ]
+    checked = 0
+    for args, instance, override in library:
+        for option in cli.dataclass_options(type(instance)):  # without overrides: the library's defaults
+            expected = override.get(option.path[0], _library_value(instance, option.path))
+            assert getattr(args, option.dest) == expected, f"{option.flag} drifted from {type(instance).__name__}"
+            checked += 1
+    signature = inspect.signature(fpjax.precompute).parameters
+    for option in cli.PRECOMPUTE_OPTIONS:
+        assert getattr(pre, option.dest) == signature[option.path[0]].default, f"{option.flag} drifted"
+    assert checked > 40 and {"solver", "replay", "max_steps", "sampler_steps", "sampler_method"} <= set(vars(run))
+    # the same, end to end: the configurations the commands build from no options
+    build = functools.partial(cli.dataclass_from_args, args=run)
+    assert build(fpjax.FPConfig) == fpjax.FPConfig() and build(UNetConfig) == UNetConfig()
+    assert build(TrainConfig) == pipeline.main_job_train_config() and build(pipeline.RunConfig) == pipeline.RunConfig()
+    assert cli.dataclass_from_args(fpjax.FPConfig, pre) == fpjax.FPConfig()
+
+
+def test_choices_come_from_the_module_tuples_and_bad_values_are_usage_errors(capsys):
+    choices = {o.dest: o.choices for o in cli.dataclass_options(fpjax.FPConfig)}
+    assert choices["scheme"] == problem.SCHEMES and choices["linearization"] == problem.LINEARIZATIONS
+    assert choices["solver"] == linsolve.SOLVERS and choices["preconditioner"] == linsolve.PRECONDITIONERS
+    assert choices["boundary"] == stencil.BOUNDARIES and choices["T"] is None
+    with pytest.raises(SystemExit):
+        main(["precompute", "--solver", "magic"])
+    with pytest.raises(SystemExit):  # TrainConfig refuses it: a usage error naming the config, not a traceback
+        main(["run", "--n", "1", "--replay", "1.5"])
+    assert "TrainConfig: replay must be in [0, 1)" in capsys.readouterr().err
+
+
+def test_dataclass_options_read_types_docstrings_and_nested_configs():
+    @dataclasses.dataclass(frozen=True)
+    class Inner:
+        """Attributes:
+        steps: how many, 100% of them.
+        """
+
+        steps: int = 3
+
+    @dataclasses.dataclass(frozen=True)
+    class Outer:
+        """Toy settings.
+
+        Attributes:
+          rate, decay: two floats.
+          clip: optional threshold (``None``: none).
+          widths: per level.
+          fast: a switch.
+          inner: nested.
+        """
+
+        rate: float = 0.1
+        decay: float = 0.9
+        clip: float | None = 1.0
+        widths: tuple[int, ...] = (1, 2)
+        fast: bool = False
+        inner: Inner = Inner()
+        hook: object = None  # no command-line form: left to its default
+
+    parser = argparse.ArgumentParser()
+    options = cli.add_dataclass_options(parser, Outer)
+    assert [o.flag for o in options] == ["--rate", "--decay", "--clip", "--widths", "--fast", "--inner-steps"]
+    assert options[0].help == options[1].help == "two floats." and options[2].help == "optional threshold (None: none)."
+    assert "100%" in parser.format_help()
+    args = parser.parse_args(["--clip", "none", "--widths", "4", "8", "--fast", "--inner-steps", "7"])
+    assert cli.dataclass_from_args(Outer, args) == Outer(clip=None, widths=(4, 8), fast=True, inner=Inner(7))
+    assert cli.dataclass_from_args(Outer, parser.parse_args([])) == Outer()

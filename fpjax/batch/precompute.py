@@ -7,6 +7,11 @@ cross-matrix projection is on) and, inside a group, in batches of
 channels), sharded over ``jax.devices()`` when there are several. Results
 stay in memory or stream to an :class:`fpjax.batch.store.FPStore`, which makes the
 run resumable.
+
+:func:`precompute` plans the work (:func:`fpjax.batch.seeding.seed_groups`,
+then :func:`plan_batches`: batches of similar images, each process's share)
+and writes every solved batch to a sink with one interface, in memory
+(:class:`fpjax.batch.store.MemoryStore`) or on disk (``FPStore``).
 """
 
 from __future__ import annotations
@@ -14,18 +19,23 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from fpjax.batch.store import STATS, FPStore
-from fpjax.solver import log_density as fp
+from fpjax.batch.seeding import SEED_RULES, seed_groups
+from fpjax.batch.store import STATS, FPStore, MemoryStore
+from fpjax.provenance import jsonable
 from fpjax.solver import projection as krylov
 from fpjax.solver.initial import initial_log_density, validate_image
+from fpjax.solver.problem import ConvergenceError, FPConfig
 
 STAT_NAMES = tuple(STATS)
+ON_FAILURE = ("raise", "warn", "ignore")
+"""What :func:`precompute` does about images with unconverged steps."""
 
 
 @dataclasses.dataclass
@@ -51,10 +61,13 @@ class PrecomputeResult:
     store: FPStore | None = None
 
 
-def _metadata(config, density, per_channel, projection, dim, cycle, ids, shape, dtype):
+def _metadata(config, *, density, per_channel, projection, dim, cycle, ids, shape, dtype):
+    """The settings a store's results depend on; reopening it with others raises StoreMismatchError."""
+    settings = jsonable(config)
+    drift = settings.pop("drift")  # beside the config, as stores written before provenance.jsonable have it
     return dict(
-        config={k: v for k, v in dataclasses.asdict(config).items() if k != "drift"},
-        drift=None if config.drift is None else repr(config.drift),
+        config=settings,
+        drift=drift,
         density=density,
         per_channel=per_channel,
         projection=projection,
@@ -89,57 +102,6 @@ def _shard(batch):
     return jax.device_put(batch, NamedSharding(mesh, PartitionSpec("batch")))
 
 
-def _thumbnails(images, side: int = 8):
-    n, h, w, c = images.shape
-    rows = np.linspace(0, h, side + 1).astype(int)
-    cols = np.linspace(0, w, side + 1).astype(int)
-    return np.stack(
-        [
-            images[:, rows[i] : rows[i + 1], cols[j] : cols[j + 1]].mean(axis=(1, 2))
-            for i in range(side)
-            for j in range(side)
-        ],
-        axis=1,
-    ).reshape(n, -1)
-
-
-def kmeans(points, k: int, iterations: int = 25, seed: int = 0):
-    """Plain Lloyd k-means with k-means++ initialisation; returns ``(labels, centres)``."""
-    rng = np.random.default_rng(seed)
-    centres = [points[rng.integers(len(points))]]
-    for _ in range(1, k):
-        d2 = np.min(((points[:, None] - np.asarray(centres)[None]) ** 2).sum(-1), axis=1)
-        centres.append(points[rng.choice(len(points), p=d2 / d2.sum()) if d2.sum() > 0 else rng.integers(len(points))])
-    centres = np.asarray(centres)
-    for _ in range(iterations):
-        labels = np.argmin(((points[:, None] - centres[None]) ** 2).sum(-1), axis=1)
-        new = np.asarray([points[labels == j].mean(0) if np.any(labels == j) else centres[j] for j in range(k)])
-        if np.allclose(new, centres):
-            break
-        centres = new
-    return labels, centres
-
-
-def seed_groups(images, projection: str, cycle: int, seeds: str = "cycle"):
-    """Index arrays, one per group; with a projection, each group's first index is its seed."""
-    n = len(images)
-    if projection == "off":
-        return [np.arange(n)]
-    if seeds == "cycle":
-        return [np.arange(s, min(s + cycle, n)) for s in range(0, n, cycle)]
-    if seeds != "cluster":
-        raise ValueError(f"seeds must be 'cycle' or 'cluster', got {seeds!r}")
-    points = _thumbnails(np.asarray(images))
-    labels, centres = kmeans(points, max(1, -(-n // cycle)))
-    groups = []
-    for j in range(len(centres)):
-        members = np.flatnonzero(labels == j)
-        if len(members):
-            seed = members[np.argmin(((points[members] - centres[j]) ** 2).sum(-1))]
-            groups.append(np.concatenate([[seed], members[members != seed]]))
-    return groups
-
-
 def _difficulty(m0s):
     """Cheap proxy for the work of a field (its gradient energy), to batch similar images together."""
     return np.asarray(jnp.sum(jnp.diff(m0s, axis=-1) ** 2, axis=(-3, -2, -1)))
@@ -147,7 +109,7 @@ def _difficulty(m0s):
 
 def precompute(
     images,
-    config: fp.FPConfig | None = None,
+    config: FPConfig | None = None,
     *,
     projection: str = "off",
     dim: int = 20,
@@ -161,35 +123,91 @@ def precompute(
     on_failure: str = "warn",
     process: tuple[int, int] | None = None,
     seeds: str = "cycle",
+    on_batch=None,
 ) -> PrecomputeResult:
-    """Solve the FP equation for every channel of NHWC ``images`` in ``[0, 1]``.
+    """Solve the FP equation for every channel of ``(N, H, W, C)`` ``images`` in ``[0, 1]``.
 
     Args:
-      images: ``(N, H, W, C)``.
       config: :class:`fpjax.FPConfig` (default ``FPConfig()``).
-      projection: ``"off"`` (each step warm-starts from the predictor),
-        ``"initial_guess"`` (cross-matrix projection, the paper's method),
-        ``"approximate"`` (projected solution, no iterations; its error shows
-        in ``residual``) or ``"galerkin"``.
+      projection: ``"off"`` (each step warm-starts from the predictor), ``"initial_guess"``
+        (cross-matrix projection, the paper's method), ``"approximate"`` (projected solution, no
+        iterations; its error shows in ``residual``) or ``"galerkin"``.
       dim, cycle: Krylov basis size and images per seed (the paper's 20, 50).
-      batch_size: images per vmapped batch (rounded up to a multiple of the
-        device count; the last batch is padded).
-      store: path of a zarr store to stream to (resumable) or ``None``.
-      ids: image identifiers for the store (default ``0..N-1``).
+      batch_size: images per vmapped batch (rounded up to a multiple of the device count; the last
+        batch is padded).
+      store: path of a zarr store to stream to (resumable) or ``None``; ``ids``: its image names.
       density, per_channel: initial log-density (see :func:`fpjax.initial_log_density`).
-      progress: a callable ``progress(done_images, total_images)`` or ``None``.
+      progress: ``progress(done_images, total_images)`` after each batch, or ``None``.
       on_failure: ``"raise"``, ``"warn"`` or ``"ignore"`` for unconverged steps.
-      seeds: ``"cycle"`` (a new seed every ``cycle`` images, the paper's
-        scheme) or ``"cluster"`` (k-means on 8x8 thumbnails into
-        ``ceil(N / cycle)`` clusters, the image nearest each centre is its
-        seed: the paper's proposed remedy for diverse datasets).
-      process: ``(index, count)`` of this process among several sharing the
-        work into one store (default ``(jax.process_index(),
-        jax.process_count())``, i.e. what ``jax.distributed.initialize`` set
-        up). Process ``p`` takes every ``count``-th batch; process 0 creates
-        the store and the others wait for it.
+      process: ``(index, count)`` of this process among several sharing the work into one store
+        (default: what ``jax.distributed.initialize`` set up). Process ``p`` takes every
+        ``count``-th batch; process 0 creates the store and the others wait for it.
+      seeds: ``"cycle"`` (a seed every ``cycle`` images, the paper's scheme) or ``"cluster"``
+        (k-means on 8x8 thumbnails, :func:`fpjax.batch.seeding.seed_groups`: the paper's remedy
+        for diverse datasets).
+      on_batch: ``on_batch(indices, stats, seconds)`` after each batch written (a seed is a batch of
+        one): the images' indices, their statistics ``{name: (B, K, T)}`` and the batch's wall time.
     """
-    config = fp.FPConfig() if config is None else config
+    config = FPConfig() if config is None else config
+    process = (jax.process_index(), jax.process_count()) if process is None else process
+    _check_settings(config, projection, on_failure, seeds, several_without_store=process[1] > 1 and store is None)
+    images = _checked_images(images)
+    ids = list(range(len(images))) if ids is None else list(ids)
+    start = time.perf_counter()
+    m0s = _initial_fields(jnp.asarray(images), density, per_channel)
+    m0s = m0s[:, None] if m0s.ndim == 3 else m0s  # (N, K, H, W)
+    settings = dict(density=density, per_channel=per_channel, projection=projection, dim=dim, cycle=cycle)
+    sink = _open_sink(store, config, m0s, ids, settings, create=process[0] == 0)
+    done = sink.done()
+    skipped = int(done.sum())
+    groups = seed_groups(images, projection, cycle, seeds)
+    batch_size = -(-batch_size // len(jax.local_devices())) * len(jax.local_devices())
+    plans = plan_batches(m0s, groups, projection=projection, batch_size=batch_size, process=process)
+    solve = functools.partial(_solve_plan, m0s=m0s, sink=sink, done=done, config=config, projection=projection,
+                              dim=dim, batch_size=batch_size, progress=progress, on_batch=on_batch)  # fmt: skip
+    batch_seconds = [seconds for plan in plans for seconds in solve(plan)]
+    m = _all_channels(sink.m, images.shape[-1]) if store is None else sink.m
+    stats = {name: sink.stats(name) for name in STAT_NAMES}
+    result = PrecomputeResult(m, stats, _seed_of(groups, len(images), projection), batch_seconds,
+                              time.perf_counter() - start, skipped, None if store is None else sink)  # fmt: skip
+    _report_failures(result, ids, on_failure, projection)
+    return result
+
+
+def _open_sink(store, config: FPConfig, m0s, ids, settings: dict, create: bool):
+    """A :class:`MemoryStore` (``store=None``) or the :class:`FPStore` at ``store``, for ``(N, K, H, W)`` ``m0s``."""
+    n, channels, height, width = m0s.shape
+    if store is None:
+        return MemoryStore(n, config.T, (height, width), channels, m0s.dtype)
+    metadata = _metadata(config, ids=ids, shape=(height, width), dtype=m0s.dtype, **settings)
+    return FPStore.open(
+        store,
+        metadata=metadata,
+        n=n,
+        T=config.T,
+        shape=(height, width),
+        channels=channels,
+        dtype=str(m0s.dtype),
+        create=create,
+    )
+
+
+def _all_channels(m, channels: int):
+    """``(N, T+1, H, W, K)`` as ``C`` channels: a broadcast view where one density serves them all."""
+    return m if m.shape[-1] == channels else np.broadcast_to(m, m.shape[:-1] + (channels,))
+
+
+def _seed_of(groups, n: int, projection: str) -> np.ndarray:
+    """``(N,)`` each image's seed: its group's first index (``-1`` without projection)."""
+    seed_of = np.full(n, -1)
+    for group in groups if projection != "off" else ():
+        seed_of[group] = group[0]
+    return seed_of
+
+
+def _check_settings(config: FPConfig, projection: str, on_failure: str, seeds: str, several_without_store: bool):
+    if several_without_store:
+        raise ValueError("several processes share their work through a store: pass store=PATH")
     if projection not in krylov.MODES:
         raise ValueError(f"projection must be one of {krylov.MODES}, got {projection!r}")
     if projection != "off" and config.scheme != "log_density":
@@ -197,6 +215,13 @@ def precompute(
             f"projection={projection!r} accelerates the log-density scheme's nonlinear steps; "
             f"scheme={config.scheme!r} has none to accelerate: use projection='off'"
         )
+    if on_failure not in ON_FAILURE:
+        raise ValueError(f"on_failure must be one of {ON_FAILURE}, got {on_failure!r}")
+    if seeds not in SEED_RULES:
+        raise ValueError(f"seeds must be one of {SEED_RULES}, got {seeds!r}")
+
+
+def _checked_images(images) -> np.ndarray:
     images = np.asarray(images)
     if images.ndim != 4:
         raise ValueError(f"images must be NHWC, got shape {images.shape}")
@@ -205,106 +230,99 @@ def precompute(
             validate_image(image)
         except ValueError as error:
             raise ValueError(f"image {i}: {error}") from None
-    n, height, width, channels = images.shape
-    process_index, process_count = (jax.process_index(), jax.process_count()) if process is None else process
-    if process_count > 1 and store is None:
-        raise ValueError("several processes share their work through a store: pass store=PATH")
-    ids = list(range(n)) if ids is None else list(ids)
-    start = time.perf_counter()
+    return images
 
-    m0s = _initial_fields(jnp.asarray(images), density, per_channel)
-    if m0s.ndim == 3:
-        m0s = m0s[:, None]  # (N, K, H, W)
-    k_fields = m0s.shape[1]
-    T = config.T
 
-    fpstore = None
-    if store is not None:
-        meta = _metadata(config, density, per_channel, projection, dim, cycle, ids, (height, width), m0s.dtype)
-        fpstore = FPStore.open(
-            store,
-            metadata=meta,
-            n=n,
-            T=T,
-            shape=(height, width),
-            channels=k_fields,
-            dtype=str(m0s.dtype),
-            create=process_index == 0,
-        )
-        done = fpstore.done()
-        m_out = None
-        stats = None
-    else:
-        done = np.zeros(n, bool)
-        m_out = np.zeros((n, T + 1, height, width, k_fields), m0s.dtype)
-        stats = {name: np.zeros((n, k_fields, T), STATS[name] or m0s.dtype) for name in STAT_NAMES}
-    skipped = int(done.sum())
+@dataclasses.dataclass(frozen=True)
+class GroupPlan:
+    """One seed group's share of the work for one process (see :func:`plan_batches`).
 
-    def save(index, m, sol_stats):  # m (K, T+1, H, W)
-        m = np.moveaxis(np.asarray(m), 0, -1)
-        if fpstore is not None:
-            fpstore.write(index, m, sol_stats)
-        else:
-            m_out[index] = m
-            for name in STAT_NAMES:
-                stats[name][index] = sol_stats[name]
+    Attributes:
+      seed: index of the group's seed (projection on), solved alone first; ``None`` without projection.
+      writes_seed: whether this process writes the seed's solution (one writer per seed).
+      batches: this process's batches of the group's other images, index arrays of at most
+        ``batch_size`` images in order of difficulty (not padded).
+    """
 
-    n_devices = len(jax.local_devices())
-    batch_size = -(-batch_size // n_devices) * n_devices
-    seed_of = np.full(n, -1)
-    batch_seconds = []
-    finished = skipped
-    groups = seed_groups(images, projection, cycle, seeds)
-    batch_number = -1
-    for group_number, members in enumerate(groups):
-        n_batches = -(-(len(members) - (projection != "off")) // batch_size)
-        owned = [(batch_number + 1 + b) % process_count == process_index for b in range(n_batches)]
-        if not any(owned) and not (projection != "off" and group_number % process_count == process_index):
-            batch_number += n_batches
-            continue
-        bases = None
-        if projection != "off":
-            seed = members[0]
-            seed_of[members] = seed
-            if done[seed] and fpstore is not None:
-                m_seed = jnp.moveaxis(jnp.asarray(fpstore.m[seed]), -1, 0)
-            else:
-                sol = _solve_batch(m0s[seed][None], None, config, "off")
-                m_seed = sol.m[0]
-                if group_number % process_count == process_index:  # one writer per seed
-                    save(seed, m_seed, {name: np.asarray(getattr(sol, name)[0]) for name in STAT_NAMES})
-                    done[seed] = True
-                    finished += 1
-            bases = jax.vmap(lambda m, cfg=config: krylov.seed_bases(m, cfg, dim))(m_seed)
-            members = members[1:]
-        # similar images share a batch, so vmap's slowest member stays near the mean
-        members = members[np.argsort(_difficulty(m0s[members]), kind="stable")] if len(members) else members
-        for batch_start in range(0, len(members), batch_size):
-            batch = members[batch_start : batch_start + batch_size]
-            batch_number += 1
-            if batch_number % process_count != process_index or done[batch].all():
-                continue
-            padded = np.concatenate([batch, np.repeat(batch[-1:], batch_size - len(batch))])
-            tick = time.perf_counter()
-            sol = _solve_batch(_shard(m0s[padded]), bases, config, projection)
-            sol = jax.tree_util.tree_map(np.asarray, sol)
-            batch_seconds.append(time.perf_counter() - tick)
-            for row, index in enumerate(batch):
-                save(index, sol.m[row], {name: getattr(sol, name)[row] for name in STAT_NAMES})
-                if not done[index]:
-                    finished += 1
-                done[index] = True
-            if progress is not None:
-                progress(finished, n)
+    seed: int | None
+    writes_seed: bool
+    batches: tuple
 
-    if fpstore is not None:
-        stats = {name: fpstore.stats(name) for name in STAT_NAMES}
-        m_result = fpstore.m
-    else:
-        m_result = m_out if k_fields == channels else np.broadcast_to(m_out, m_out.shape[:-1] + (channels,))
-    result = PrecomputeResult(m_result, stats, seed_of, batch_seconds, time.perf_counter() - start, skipped, fpstore)
-    _report_failures(result, ids, on_failure, projection)
-    return result
+
+def plan_batches(m0s, groups, *, projection: str, batch_size: int, process=(0, 1)) -> list[GroupPlan]:
+    """Split seed groups into batches of similar images and keep this process's share.
+
+    Batches are numbered across all groups; process ``index`` of ``count``
+    takes every batch whose number is ``index`` modulo ``count`` and writes
+    the seed of every group whose number is. Groups with nothing for this
+    process are left out.
+
+    Args:
+      m0s: ``(N, K, H, W)`` initial log-densities (their gradient energy orders the batches).
+      groups: index arrays from :func:`fpjax.batch.seeding.seed_groups` (first index: the seed).
+      projection: a mode of :data:`fpjax.solver.projection.MODES`; ``"off"`` has no seeds.
+      batch_size: images per batch.
+      process: ``(index, count)``.
+    """
+    index, count = process
+    plans, first_batch = [], 0
+    for number, members in enumerate(groups):
+        seed, members = (int(members[0]), members[1:]) if projection != "off" else (None, members)
+        if len(members):  # similar images share a batch, so vmap's slowest member stays near the mean
+            members = members[np.argsort(_difficulty(m0s[members]), kind="stable")]
+        batches = [members[s : s + batch_size] for s in range(0, len(members), batch_size)]
+        owned = tuple(b for j, b in enumerate(batches) if (first_batch + j) % count == index)
+        first_batch += len(batches)
+        writes_seed = seed is not None and number % count == index
+        if owned or writes_seed:
+            plans.append(GroupPlan(seed, writes_seed, owned))
+    return plans
+
+
+def _solve_plan(plan, *, m0s, sink, done, config, projection, dim, batch_size, progress, on_batch) -> list:
+    """Solve one group's planned batches (and its seed), writing each to ``sink``; returns the batches' seconds."""
+    pending = [batch for batch in plan.batches if not done[batch].all()]
+    bases = _seed_bases(plan, pending, m0s, sink, done, config, dim, on_batch)
+    seconds = []
+    for batch in pending:
+        padded = np.concatenate([batch, np.repeat(batch[-1:], batch_size - len(batch))])
+        tick = time.perf_counter()
+        sol = jax.tree_util.tree_map(np.asarray, _solve_batch(_shard(m0s[padded]), bases, config, projection))
+        seconds.append(_write(sink, done, batch, sol, on_batch, tick))
+        if progress is not None:
+            progress(int(done.sum()), len(done))
+    return seconds
+
+
+def _seed_bases(plan, pending, m0s, sink, done, config, dim, on_batch):
+    """Solve the group's seed (read it where finished) and write it if this process owns it.
+
+    Returns the seed's Krylov bases, one per channel, or ``None`` (no seed, or no batch pending).
+    """
+    if plan.seed is None:
+        return None
+    if done[plan.seed]:
+        m_seed = jnp.moveaxis(jnp.asarray(sink.m[plan.seed]), -1, 0)  # (K, T+1, H, W)
+    elif pending or plan.writes_seed:
+        tick = time.perf_counter()
+        sol = _solve_batch(m0s[plan.seed][None], None, config, "off")
+        if plan.writes_seed:
+            _write(sink, done, np.array([plan.seed]), jax.tree_util.tree_map(np.asarray, sol), on_batch, tick)
+        m_seed = sol.m[0]
+    if not pending:
+        return None
+    return jax.vmap(lambda m: krylov.seed_bases(m, config, dim))(m_seed)
+
+
+def _write(sink, done, batch, sol, on_batch, tick: float) -> float:
+    """Write the first ``len(batch)`` rows of a NumPy ``sol`` (leading ``(B, K)``); returns the batch's seconds."""
+    seconds = time.perf_counter() - tick
+    for row, index in enumerate(batch):
+        sink.write(index, np.moveaxis(sol.m[row], 0, -1), {name: getattr(sol, name)[row] for name in STAT_NAMES})
+    done[batch] = True
+    if on_batch is not None:
+        on_batch(batch, {name: getattr(sol, name)[: len(batch)] for name in STAT_NAMES}, seconds)
+    return seconds
 
 
 def _report_failures(result, ids, on_failure, projection):
@@ -316,7 +334,5 @@ def _report_failures(result, ids, on_failure, projection):
     bad = [ids[i] for i in np.flatnonzero(~converged)]
     message = f"{len(bad)} image(s) had unconverged FP steps: {bad[:10]}{' ...' if len(bad) > 10 else ''}"
     if on_failure == "raise":
-        raise fp.ConvergenceError(message)
-    import warnings
-
+        raise ConvergenceError(message)
     warnings.warn(message, RuntimeWarning, stacklevel=3)

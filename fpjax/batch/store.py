@@ -1,4 +1,9 @@
-"""On-disk, resumable results: a zarr store with one chunk per image and channel.
+"""Where :func:`fpjax.precompute` writes: a resumable zarr store on disk, or the same interface in memory.
+
+Both sinks have one interface: ``m`` (indexable ``(N, T+1, H, W, K)``),
+``stats(name)`` (``(N, K, T)``), ``done()`` (``(N,)`` bool) and
+``write(index, m, stats)``; :class:`MemoryStore` holds NumPy arrays,
+:class:`FPStore` a zarr group, one chunk per image and channel.
 
 Layout (zarr v3 group)::
 
@@ -21,17 +26,42 @@ import json
 import time
 
 import numpy as np
+import zarr
 
 STATS = {"outer_iterations": "int32", "linear_iterations": "int32", "residual": None, "converged": "bool"}
+"""The per-step statistics of every image and channel, ``(N, K, T)``, and their dtypes (``None``: the solution's)."""
 
 
 def _has_metadata(path) -> bool:
-    import zarr
-
     try:
         return "fpjax" in zarr.open_group(str(path), mode="r").attrs
     except Exception:  # noqa: BLE001 - not there yet, or being written
         return False
+
+
+class MemoryStore:
+    """:class:`FPStore`'s interface over NumPy arrays (``precompute`` without a store path)."""
+
+    def __init__(self, n: int, T: int, shape, channels: int, dtype="float32"):
+        height, width = shape
+        self.m = np.zeros((n, T + 1, height, width, channels), dtype)  # (N, T+1, H, W, K)
+        self._stats = {name: np.zeros((n, channels, T), kind or dtype) for name, kind in STATS.items()}
+        self._done = np.zeros(n, bool)
+
+    def stats(self, name: str) -> np.ndarray:
+        """``(N, K, T)`` statistic ``name`` (one of :data:`STATS`)."""
+        return self._stats[name]
+
+    def done(self) -> np.ndarray:
+        """``(N,)`` bool: the images written so far (a copy)."""
+        return self._done.copy()
+
+    def write(self, index: int, m, stats: dict) -> None:
+        """Write image ``index``: ``m`` ``(T+1, H, W, K)`` and its ``(K, T)`` statistics, then mark it done."""
+        self.m[index] = m
+        for name in STATS:
+            self._stats[name][index] = stats[name]
+        self._done[index] = True
 
 
 class StoreMismatchError(ValueError):
@@ -66,8 +96,6 @@ class FPStore:
         Raises:
           StoreMismatchError: naming the settings that differ.
         """
-        import zarr
-
         metadata = json.loads(json.dumps(metadata, default=str))  # the form it takes on disk
         if not create:
             deadline = time.monotonic() + wait_seconds

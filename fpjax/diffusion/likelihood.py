@@ -1,7 +1,7 @@
 """Log-likelihood through the probability-flow ODE (instantaneous change of variables).
 
 For the probability-flow ODE ``dx/dt = v(x, t) = f(x, t) - 1/2 g(t)^2 s(x, t)`` of an SDE of
-:mod:`fpjax.diffusion.score_fpe`, ``d/dt log p_t(x(t)) = -div v``, so::
+:mod:`fpjax.diffusion.sde`, ``d/dt log p_t(x(t)) = -div v``, so::
 
     log p_(t_min)(x_0) = log p_prior(x(1)) + int_(t_min)^1 div v(x(t), t) dt
 
@@ -17,32 +17,27 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from fpjax.diffusion.score_fpe import EXACT, ResidualConfig, _single, divergence
+from fpjax.diffusion.score_fpe import EXACT, ResidualConfig, divergence, single_sample
+from fpjax.diffusion.sde import SDE
 
 
-def gaussian_logp(x, variance, mean=0.0):
-    """``log N(x; mean, variance I)`` per sample of ``(B, ...)`` -> ``(B,)``."""
-    flat = (x - mean).reshape(x.shape[0], -1)
-    dim = flat.shape[1]
-    return -0.5 * (jnp.sum(flat**2, axis=1) / variance + dim * jnp.log(2.0 * jnp.pi * variance))
-
-
-def pf_ode_logp(score: Callable, x0, sde, key=None, steps: int = 100, t_min: float = 1e-3,
+def pf_ode_logp(score: Callable, x0, sde: SDE, key=None, steps: int = 100, t_min: float = 1e-3,
                 config: ResidualConfig = EXACT, prior_logp: Callable | None = None):  # fmt: skip
     """``log p_(t_min)(x_0)`` in nats for ``(B, ...)`` points under the model's probability-flow ODE -> ``(B,)``.
 
     Args:
       score: ``s(x, t)`` batched, as in :mod:`fpjax.diffusion.score_fpe`.
       x0: ``(B, ...)`` data points.
-      sde: the forward SDE (``g``, ``drift``, ``mean_scale``, ``variance``).
+      sde: the forward :class:`~fpjax.diffusion.sde.SDE`.
       key: PRNG key (Hutchinson's estimator only).
       steps: RK4 steps from ``t_min`` to 1.
       config: ``divergence`` exact or ``"hutchinson"`` (``probes`` per sample, fixed along the path).
-      prior_logp: ``log p_1`` of ``(B, ...)`` points; default ``N(0, variance(1) I)``.
+      prior_logp: ``log p_1`` of ``(B, ...)`` points; default the SDE's :meth:`~fpjax.diffusion.sde.SDE.prior_logp`,
+        ``N(0, variance(1) I)``.
     """
     if config.divergence == "hutchinson" and key is None:
         raise ValueError("Hutchinson's estimator needs a PRNG key")
-    s1 = _single(score)
+    s1 = single_sample(score)
 
     def velocity(x, t):
         v = -0.5 * sde.g(t) ** 2 * s1(x, t)
@@ -68,7 +63,7 @@ def pf_ode_logp(score: Callable, x0, sde, key=None, steps: int = 100, t_min: flo
 
     keys = jax.random.split(jax.random.key(0) if key is None else key, x0.shape[0])
     x1, integral = jax.vmap(path)(x0, keys)
-    prior = prior_logp or (lambda x: gaussian_logp(x, sde.variance(jnp.ones((), x.dtype))))
+    prior = prior_logp or sde.prior_logp
     return prior(x1) + integral
 
 

@@ -1,6 +1,6 @@
 """Isotropic Gaussian mixtures: samples, and exact scores and log-densities under a linear forward SDE.
 
-Under ``x_t = a(t) x_0 + sqrt(v(t)) z`` (:mod:`fpjax.diffusion.score_fpe`'s SDEs) a mixture
+Under ``x_t = a(t) x_0 + sqrt(v(t)) z`` (an SDE of :mod:`fpjax.diffusion.sde`) a mixture
 ``sum_k w_k N(mu_k, sd_k^2 I)`` stays one: ``sum_k w_k N(a mu_k, (a^2 sd_k^2 + v) I)``, so its score is known
 in closed form at every ``t``: the reference for the score-FPE residual and for likelihoods.
 """

@@ -105,6 +105,13 @@ class Preconditioner:
             return cls(**{k: jnp.asarray(data[k]) for k in ("r_f", "r_p") if k in data})
 
 
+def as_preconditioner(preconditioner: Preconditioner | None) -> Preconditioner:
+    """``preconditioner``, or the identity ``M = I`` (a :class:`Preconditioner` without masks) for ``None``: the
+    one place where "no preconditioner" becomes an operator (the samplers of :mod:`fpjax.diffusion.sampling` and
+    :mod:`fpjax.learn.ddpm`, :func:`langevin`). Anything with ``apply``, ``transpose`` and ``gram`` passes through."""
+    return Preconditioner() if preconditioner is None else preconditioner
+
+
 def from_data(images, alpha: float, pixel: bool = True) -> Preconditioner:
     """The paper's preconditioner estimated from ``(N, H, W, C)`` images in one jitted pass (it uses 200)."""
     images = jnp.asarray(images)
@@ -145,7 +152,7 @@ def langevin(score, x, key, step: float, steps: int, preconditioner: Preconditio
 
     ``score(x)`` is the (time-independent) score; ``preconditioner=None`` is ``M = I``. One ``lax.scan``.
     """
-    m = preconditioner or Preconditioner()
+    m = as_preconditioner(preconditioner)
 
     def body(x, k):
         s = score(x)

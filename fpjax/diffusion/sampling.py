@@ -14,7 +14,9 @@ Both run as one ``lax.scan``, batched over the leading axis, jittable. The last
 SDE step adds no noise unless ``final_noise``; ``tweedie`` adds a last
 denoising step ``x + tweedie * s(x, t_end)`` (Tweedie's formula for a model
 trained to denoise at one noise variance ``tweedie``, e.g. ``lambda^2`` of the
-embedded loss). The drift ``f`` is zero unless given (the papers' setting).
+embedded loss). ``g`` and the drift ``f`` are those of the forward SDE
+(:mod:`fpjax.diffusion.sde`; fpjax's own is ``dx = g dW`` of the FP config,
+:func:`fpjax.diffusion.sde.from_fp_config`, with zero drift: the papers' setting).
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+
+from fpjax.diffusion import pds
+from fpjax.diffusion import sde as sde_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,34 +78,24 @@ class SamplerConfig:
         return self.t_start - (self.t_start - self.t_end) * u
 
 
-def constant_g(value: float = 0.5) -> Callable:
-    return lambda t: jnp.full(jnp.shape(t), value, jnp.result_type(t))
-
-
 def g_function(fp_config) -> Callable:
-    """``g(t)`` of an :class:`fpjax.FPConfig`, for any ``t`` in ``[0, 1]`` (piecewise linear between the ``t_n``)."""
-    import numpy as np
+    """``g(t)`` of an :class:`fpjax.FPConfig` for any ``t`` in ``[0, 1]`` (piecewise linear between the ``t_n``).
 
-    from fpjax.solver import log_density as fp
-
-    if callable(fp_config.g):
-        return fp_config.g
-    if np.ndim(fp_config.g) == 0:
-        return constant_g(float(fp_config.g))
-    values = fp.diffusion_schedule(fp_config)
-    grid = jnp.arange(fp_config.T + 1, dtype=values.dtype) * fp_config.dt
-    return lambda t: jnp.interp(t, grid, values)
+    A thin wrapper kept for older callers: pass the SDE itself (:func:`fpjax.diffusion.sde.from_fp_config`) to
+    the samplers instead, which gives them the exact prior variance too. Like the old function it ignores a drift.
+    """
+    return sde_lib.from_g(fp_config.g, fp_config.T).g
 
 
-def integrated_variance(g: Callable, t_start: float, t_end: float = 0.0, points: int = 1001):
-    """``int_{t_end}^{t_start} g(t)^2 dt`` (trapezoidal rule): the variance the forward SDE adds."""
-    t = jnp.linspace(t_end, t_start, points)
-    return jnp.trapezoid(g(t) ** 2, t)
+def _drift_function(sde: sde_lib.SDE, drift: Callable | None) -> Callable | None:
+    """``f(x, tb)`` for ``(B, ...)`` states and ``(B,)`` times: ``drift`` if given, else the SDE's own (or ``None``)."""
+    if drift is not None or sde.drift is None:
+        return drift
+    return lambda x, tb: sde.drift(x, tb.reshape((-1,) + (1,) * (x.ndim - 1)))
 
 
-def reverse_sample(
-    score: Callable, x, key, g: Callable, config: SamplerConfig, drift: Callable | None = None, preconditioner=None
-):
+def reverse_sample(score: Callable, x, key, sde, config: SamplerConfig, drift: Callable | None = None,
+                   preconditioner=None):  # fmt: skip
     """Integrate the reverse SDE / probability-flow ODE from ``x`` at ``t_start`` down to ``t_end``.
 
     With a ``preconditioner`` ``M`` (:class:`~fpjax.diffusion.pds.Preconditioner`: ``apply`` = ``M``,
@@ -112,16 +107,17 @@ def reverse_sample(
       score: ``s(x, t)`` for ``(B, ...)`` states and ``(B,)`` times.
       x: ``(B, ...)`` the state at ``t_start``.
       key: PRNG key for the SDE noise (unused by the ODE).
-      g: the diffusion ``g(t)``, vectorised over ``t``.
+      sde: the forward :class:`~fpjax.diffusion.sde.SDE` (its ``g`` and ``drift``); a bare ``g(t)`` function
+        is taken as ``dx = g dW`` (:func:`fpjax.diffusion.sde.as_sde`).
       config: :class:`SamplerConfig` (static).
-      drift: optional ``f(x, t)``; zero by default.
+      drift: optional ``f(x, t)`` for ``(B,)`` times, replacing the SDE's own drift.
       preconditioner: optional PDS preconditioner.
     Returns:
       ``(B, ...)`` the sample at ``t_end``.
     """
-    gram = (lambda v: v) if preconditioner is None else preconditioner.gram
-    shape_noise = (lambda v: v) if preconditioner is None else preconditioner.apply
-    transpose = (lambda v: v) if preconditioner is None else preconditioner.transpose
+    sde = sde_lib.as_sde(sde)
+    m = pds.as_preconditioner(preconditioner)
+    drift = _drift_function(sde, drift)
     times = config.times(x.dtype)
     batch = x.shape[0]
     weight = 1.0 if config.method == "sde" else 0.5
@@ -133,16 +129,15 @@ def reverse_sample(
         tb = jnp.full((batch,), t, x.dtype)
         corrector_key, step_key = jax.random.split(step_key)
         for c in range(config.corrector_steps):
-            x = _langevin_step(score(x, tb), x, jax.random.fold_in(corrector_key, c), config.snr, gram, shape_noise,
-                               transpose)  # fmt: skip
-        g_t = g(t)
-        update = weight * g_t**2 * gram(score(x, tb))
+            x = corrector_step(score(x, tb), x, jax.random.fold_in(corrector_key, c), config.snr, m)
+        g_t = sde.g(t)
+        update = weight * g_t**2 * m.gram(score(x, tb))
         if drift is not None:
             update = update - drift(x, tb)
         x = x + update * dt
         if config.method == "sde":
             noise_scale = g_t * jnp.sqrt(dt) * (1.0 if config.final_noise else (k != last))
-            x = x + noise_scale * shape_noise(jax.random.normal(step_key, x.shape, x.dtype))
+            x = x + noise_scale * m.apply(jax.random.normal(step_key, x.shape, x.dtype))
         return x, None
 
     keys = jax.random.split(key, config.steps)
@@ -152,40 +147,42 @@ def reverse_sample(
     return jnp.clip(x, 0.0, 1.0) if config.clip else x
 
 
-def _langevin_step(s, x, key, snr, gram, shape_noise, transpose):
-    """One preconditioned Langevin corrector step ``x + eps M M^T s + sqrt(2 eps) M z`` (Song et al.'s step rule)."""
+def corrector_step(s, x, key, snr: float, preconditioner=None):
+    """One preconditioned Langevin corrector step ``x + eps M M^T s + sqrt(2 eps) M z`` for ``(B, ...)`` states and
+    their scores ``s``, with Song et al.'s step ``eps = 2 (snr |z| / |M^T s|)^2`` per sample (``M = I`` without a
+    preconditioner)."""
+    m = pds.as_preconditioner(preconditioner)
     z = jax.random.normal(key, x.shape, x.dtype)
     axes = tuple(range(1, x.ndim))
-    s_norm = jnp.sqrt(jnp.sum(transpose(s) ** 2, axis=axes, keepdims=True))
+    s_norm = jnp.sqrt(jnp.sum(m.transpose(s) ** 2, axis=axes, keepdims=True))
     z_norm = jnp.sqrt(jnp.sum(z**2, axis=axes, keepdims=True))
     eps = 2.0 * (snr * z_norm / jnp.maximum(s_norm, 1e-12)) ** 2
-    return x + eps * gram(s) + jnp.sqrt(2.0 * eps) * shape_noise(z)
+    return x + eps * m.gram(s) + jnp.sqrt(2.0 * eps) * m.apply(z)
 
 
-def denoise(
-    score: Callable, noisy, key, g: Callable, config: SamplerConfig, drift: Callable | None = None, preconditioner=None
-):
-    """Denoise ``(B, H, W, C)`` noisy images: the reverse process started from them at ``t_start``."""
-    return reverse_sample(score, noisy, key, g, config, drift, preconditioner)
+def denoise(score: Callable, noisy, key, sde, config: SamplerConfig, drift: Callable | None = None,
+            preconditioner=None):  # fmt: skip
+    """Denoise ``(B, H, W, C)`` noisy images: the reverse process of ``sde`` started from them at ``t_start``."""
+    return reverse_sample(score, noisy, key, sde, config, drift, preconditioner)
 
 
-def prior_sample(
-    key, shape, g: Callable, t_start: float = 1.0, mean: float = 0.5, dtype=jnp.float32, preconditioner=None
-):
-    """The reverse process's start for generation: ``mean + sqrt(int_0^t_start g^2) M z`` (variance-exploding
-    prior; ``M = I`` without a preconditioner)."""
-    std = jnp.sqrt(integrated_variance(g, t_start))
-    z = jax.random.normal(key, shape, dtype)
-    return mean + std * (z if preconditioner is None else preconditioner.apply(z))
+def prior_sample(key, shape, sde, t_start: float = 1.0, mean: float = 0.5, dtype=jnp.float32, preconditioner=None):
+    """The reverse process's start for generation: ``mean_scale(t_start) mean + M sqrt(variance(t_start)) z``
+    (:meth:`~fpjax.diffusion.sde.SDE.prior_sampling` about ``mean``; ``M = I`` without a preconditioner).
+
+    For fpjax's ``dx = g dW`` that is ``mean + sqrt(int_0^t_start g^2) M z``, the variance exact for a constant or
+    per-step ``g`` (:mod:`fpjax.diffusion.sde`)."""
+    sde = sde_lib.as_sde(sde)
+    centre = sde.mean_scale(jnp.asarray(t_start, dtype)) * mean
+    return centre + pds.as_preconditioner(preconditioner).apply(sde.prior_sampling(key, shape, dtype, t_start))
 
 
-def generate(
-    score: Callable, key, shape, g: Callable, config: SamplerConfig, mean: float = 0.5, drift=None, preconditioner=None
-):
-    """Generate ``shape = (B, H, W, C)`` images from the prior."""
+def generate(score: Callable, key, shape, sde, config: SamplerConfig, mean: float = 0.5, drift=None,
+             preconditioner=None):  # fmt: skip
+    """Generate ``shape = (B, H, W, C)`` images from the prior of ``sde`` (:func:`prior_sample`)."""
     prior_key, sample_key = jax.random.split(key)
-    x = prior_sample(prior_key, shape, g, config.t_start, mean, preconditioner=preconditioner)
-    return reverse_sample(score, x, sample_key, g, config, drift, preconditioner)
+    x = prior_sample(prior_key, shape, sde, config.t_start, mean, preconditioner=preconditioner)
+    return reverse_sample(score, x, sample_key, sde, config, drift, preconditioner)
 
 
 def noisy_copy(key, images, noise_level: float):

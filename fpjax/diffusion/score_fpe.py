@@ -11,15 +11,13 @@ score function, with the divergence exact (automatic differentiation, small
 dimensions) or by Hutchinson's estimator, and ``d_t s`` exact (forward-mode in
 ``t``) or by the paper's three-point non-uniform finite difference.
 :func:`residual_curve` and :func:`dsm_curve` are the averaged curves of the
-paper's Figure 1; :func:`regulariser` is the ``R_FP`` of eq. 19 and
-:class:`FPRegularised` adds it to any training objective of
-:mod:`fpjax.learn.trainer`.
+paper's Figure 1; :func:`regulariser` is the ``R_FP`` of eq. 19
+(:class:`fpjax.learn.objectives.FPRegularised` adds it to a training objective).
 
 Score functions take a batch: ``score(x, t)`` with ``x: (B, *shape)`` and
 ``t: (B,)``; everything here is computed one sample at a time under ``vmap``,
-so the batch members never mix. The SDEs are frozen dataclasses (static
-arguments) with ``g(t)``, ``drift(x, t)`` (or ``None``), and the transition
-kernel ``x_t = mean_scale(t) x_0 + sqrt(variance(t)) z``.
+so the batch members never mix. ``sde`` is any :class:`fpjax.diffusion.sde.SDE`
+(``g(t)``, ``drift(x, t)`` or ``None``, the transition kernel).
 """
 
 from __future__ import annotations
@@ -31,87 +29,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-# ----------------------------------------------------------------------------------------------
-# SDEs
-
-
-@dataclasses.dataclass(frozen=True)
-class ConstantVE:
-    """``dx = g dW`` with constant ``g``: fpjax's and the papers' SDE (``FPConfig.g = 0.5``). Variance ``g^2 t``."""
-
-    g_value: float = 0.5
-    drift = None
-
-    def g(self, t):
-        return jnp.full(jnp.shape(t), self.g_value, jnp.result_type(t, jnp.float32))
-
-    def mean_scale(self, t):
-        return jnp.ones_like(t)
-
-    def variance(self, t):
-        return self.g_value**2 * t
-
-
-@dataclasses.dataclass(frozen=True)
-class VESDE:
-    """Song et al.'s VE SDE: ``sigma(t) = sigma_min (sigma_max / sigma_min)^t``, ``g = sigma sqrt(2 log(max/min))``.
-
-    The transition variance is the exact ``sigma(t)^2 - sigma_min^2`` (zero at ``t = 0``).
-    """
-
-    sigma_min: float = 0.01
-    sigma_max: float = 10.0
-    drift = None
-
-    def sigma(self, t):
-        return self.sigma_min * (self.sigma_max / self.sigma_min) ** t
-
-    def g(self, t):
-        return self.sigma(t) * math.sqrt(2.0 * math.log(self.sigma_max / self.sigma_min))
-
-    def mean_scale(self, t):
-        return jnp.ones_like(t)
-
-    def variance(self, t):
-        return self.sigma(t) ** 2 - self.sigma_min**2
-
-
-@dataclasses.dataclass(frozen=True)
-class VPSDE:
-    """``dx = -1/2 beta(t) x dt + sqrt(beta(t)) dW``, ``beta`` linear from ``beta_min`` to ``beta_max``.
-
-    DDPM's chain (linear betas ``1e-4 .. 0.02`` over 1000 levels) is its discretisation with ``(0.1, 20)``.
-    """
-
-    beta_min: float = 0.1
-    beta_max: float = 20.0
-
-    def beta(self, t):
-        return self.beta_min + t * (self.beta_max - self.beta_min)
-
-    def g(self, t):
-        return jnp.sqrt(self.beta(t))
-
-    def drift(self, x, t):
-        return -0.5 * self.beta(t) * x
-
-    def log_mean_scale(self, t):
-        return -0.5 * (self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2)
-
-    def mean_scale(self, t):
-        return jnp.exp(self.log_mean_scale(t))
-
-    def variance(self, t):
-        return -jnp.expm1(2.0 * self.log_mean_scale(t))
-
-
-def perturb(key, x0, t, sde):
-    """``x_t = mean_scale(t) x_0 + sqrt(variance(t)) z`` for ``(B, ...)`` data and ``(B,)`` times; returns
-    ``(x_t, z)``."""
-    z = jax.random.normal(key, x0.shape, x0.dtype)
-    shape = (-1,) + (1,) * (x0.ndim - 1)
-    return sde.mean_scale(t).reshape(shape) * x0 + jnp.sqrt(sde.variance(t)).reshape(shape) * z, z
-
+# The SDEs live in fpjax.diffusion.sde; re-exported here until the callers of their old location move.
+from fpjax.diffusion.sde import perturb
 
 # ----------------------------------------------------------------------------------------------
 # residual
@@ -151,7 +70,7 @@ EXACT = ResidualConfig()
 ESTIMATED = ResidualConfig(divergence="hutchinson", time_derivative="finite_difference")
 
 
-def _single(score, label=None):
+def single_sample(score, label=None):
     """``score`` of one sample: ``(shape, ()) -> shape`` (``label``: the sample's, for ``score(x, t, labels)``)."""
     if label is None:
         return lambda x, t: score(x[None], t[None])[0]
@@ -162,8 +81,8 @@ def _per_sample(fn, score, x, t, key, labels):
     """``fn(score1, x_i, t_i, key_i)`` under ``vmap`` over the batch (``labels``, if given, batched too)."""
     keys = jax.random.split(jax.random.key(0) if key is None else key, x.shape[0])
     if labels is None:
-        return jax.vmap(lambda xi, ti, ki: fn(_single(score), xi, ti, ki))(x, t, keys)
-    return jax.vmap(lambda xi, ti, ki, li: fn(_single(score, li), xi, ti, ki))(x, t, keys, labels)
+        return jax.vmap(lambda xi, ti, ki: fn(single_sample(score), xi, ti, ki))(x, t, keys)
+    return jax.vmap(lambda xi, ti, ki, li: fn(single_sample(score, li), xi, ti, ki))(x, t, keys, labels)
 
 
 def _probes(key, x, config: ResidualConfig):
@@ -232,7 +151,7 @@ def scalar_residual(score: Callable, x, t, sde, key=None, config: ResidualConfig
     return _per_sample(lambda s1, xi, ti, ki: scalar_term(s1, xi, ti, sde, ki, config), score, x, t, key, labels)
 
 
-def _per_dimension_norm(v):
+def per_dimension_norm(v):
     """``|v|_2 / D`` per sample of ``(B, ...)`` (the paper's normalisation of both curves)."""
     flat = v.reshape(v.shape[0], -1)
     squared = jnp.sum(flat**2, axis=1)
@@ -252,7 +171,7 @@ def residual_curve(score, data, times, key, sde, config: ResidualConfig = Residu
         k_x, k_eps = jax.random.split(k)
         tb = jnp.full((data.shape[0],), t, data.dtype)
         x, _ = perturb(k_x, data, tb, sde)
-        return jnp.mean(_per_dimension_norm(residual(score, x, tb, sde, k_eps, config)))
+        return jnp.mean(per_dimension_norm(residual(score, x, tb, sde, k_eps, config)))
 
     return jax.lax.map(at, (jnp.asarray(times, data.dtype), jax.random.split(key, len(times))))
 
@@ -265,7 +184,7 @@ def dsm_curve(score, data, times, key, sde):
         tb = jnp.full((data.shape[0],), t, data.dtype)
         x, z = perturb(k, data, tb, sde)
         target = -z / jnp.sqrt(sde.variance(t))
-        return jnp.mean(_per_dimension_norm(score(x, tb) - target))
+        return jnp.mean(per_dimension_norm(score(x, tb) - target))
 
     return jax.lax.map(at, (jnp.asarray(times, data.dtype), jax.random.split(key, len(times))))
 
@@ -303,7 +222,7 @@ def regulariser(score: Callable, x, t, sde, key, reg: Regulariser = Regulariser(
     total = 0.0
     if reg.gamma:
         total = reg.gamma * jnp.mean(
-            w * _per_dimension_norm(residual(score, x, t, sde, k_vec, reg.config, labels)) ** reg.m
+            w * per_dimension_norm(residual(score, x, t, sde, k_vec, reg.config, labels)) ** reg.m
         )
     if reg.beta:
         dim = math.prod(x.shape[1:])
@@ -313,50 +232,5 @@ def regulariser(score: Callable, x, t, sde, key, reg: Regulariser = Regulariser(
     return total
 
 
-@dataclasses.dataclass(frozen=True)
-class FPRegularised:
-    """A training objective plus ``R_FP`` at the objective's own noisy inputs: ``loss + regulariser``.
-
-    ``objective`` is any :mod:`fpjax.learn.trainer` objective with ``fpe_points(key, data, config) -> (x, t, labels)``,
-    ``score(net, labels, config)`` and ``sde`` (:class:`fpjax.learn.trainer.EmbeddedDenoising`,
-    :class:`fpjax.learn.ddpm.DDPM`); the check (``denoise``) is the objective's. Hashable, so it can be a
-    :class:`~fpjax.learn.trainer.TrainConfig`'s ``objective``.
-    """
-
-    objective: object
-    reg: Regulariser = Regulariser()
-
-    def score(self, net, labels, config):
-        return self.objective.score(net, labels, config)
-
-    def loss(self, net, key, data, config):
-        k_loss, k_points, k_reg = jax.random.split(key, 3)
-        x, t, labels = self.objective.fpe_points(k_points, data, config)
-        score = lambda x, t, labels: self.score(net, labels, config)(x, t)
-        penalty = regulariser(score, x, t, self.objective.sde, k_reg, self.reg, labels)
-        return self.objective.loss(net, k_loss, data, config) + penalty
-
-    def denoise(self, net, noisy, labels, key, g_values, config):
-        return self.objective.denoise(net, noisy, labels, key, g_values, config)
-
-
 # ----------------------------------------------------------------------------------------------
 # fpjax's own solution
-
-
-def fp_step_residuals(m, config, g=None):
-    """The discrete log-density FP residual of every step of a ``(T+1, H, W)`` log-density trajectory ``m``
-    (e.g. :func:`fpjax.solver.log_density.solve`'s ``.m``), recomputed from it: ``(T,)``
-    ``||F(m^n)|| / ||m^(n-1) / dt||`` (a solution's sits at the outer iteration's tolerance)."""
-    from fpjax.solver import log_density as fp
-
-    g_values = fp.diffusion_schedule(config, g, m.dtype)
-    spacing = config.grid_spacing(m.shape[-2:])
-    times = jnp.arange(1, config.T + 1, dtype=m.dtype) * config.dt
-
-    def one(m_now, m_prev, t, g_t):
-        step = fp.step_coefficients(config, t, g_t, m.shape[-2:], m.dtype)
-        r = fp.step_residual(m_now, m_prev, step, spacing, config.boundary, config.advection)
-        return jnp.linalg.norm(r) / jnp.linalg.norm(m_prev / config.dt)
-
-    return jax.vmap(one)(m[1:], m[:-1], times, g_values[1:])

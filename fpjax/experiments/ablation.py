@@ -93,9 +93,9 @@ def variant_config(variant: str, settings: AblationSettings, **changes) -> train
 
 def _fit(variant, images, settings, fp_config, unet, seed, **changes):
     trajectories, pre = variant_trajectories(variant, images, fp_config)
-    g_values = fp.diffusion_schedule(fp_config)[: trajectories.shape[1]]
     config = variant_config(variant, settings, **changes)
-    result = training.train(images, trajectories, g_values, unet_config=unet, config=config,
+    sde = None if variant.startswith("DDPM") else fp_config  # DDPM brings its own VP SDE
+    result = training.train(images, trajectories, sde, unet_config=unet, config=config,
                             key=jax.random.key(seed), precompute_seconds=pre, progress=False)  # fmt: skip
     return result.log, pre
 

@@ -81,16 +81,16 @@ def embedded(images, fp_config, transport=embed):
     return trajectories, time.perf_counter() - start
 
 
-def fit(images, fp_config, g_values, unet, config, name, seed):
-    """Train one method on ``images``; returns (log, pre-computation seconds)."""
-    pre = 0.0
+def fit(images, fp_config, unet, config, name, seed):
+    """Train one method on ``images`` (``"fpjax"``: on its embedded trajectories, with the SDE of ``fp_config``;
+    otherwise DDPM on the clean images); returns (log, pre-computation seconds)."""
+    pre, sde = 0.0, None
     if name == "fpjax":
-        trajectories, pre = embedded(images, fp_config)
+        (trajectories, pre), sde = embedded(images, fp_config), fp_config
     else:
         trajectories = jnp.asarray(images)[:, None]
-        g_values = g_values[:1]
     result = training.train(
-        images, trajectories, g_values, unet_config=unet, config=config, key=jax.random.key(seed),
+        images, trajectories, sde, unet_config=unet, config=config, key=jax.random.key(seed),
         precompute_seconds=pre, progress=False,
     )  # fmt: skip
     return result.log, pre

@@ -30,11 +30,13 @@ from fpjax.batch.precompute import precompute
 from fpjax.data import sample_images
 from fpjax.diffusion import likelihood, mixtures
 from fpjax.diffusion import score_fpe as sf
+from fpjax.diffusion.sde import VESDE
 from fpjax.learn import ddpm as dd
 from fpjax.learn import dsm
 from fpjax.learn import trainer as training
 from fpjax.learn.embedding import embed
 from fpjax.learn.models.unet import UNetConfig
+from fpjax.learn.objectives import EmbeddedDenoising, TrainData
 from fpjax.provenance import machine
 from fpjax.solver import log_density as fp
 
@@ -58,8 +60,8 @@ class FPESettings:
 QUICK_FPE = FPESettings(mixture_steps=400, mixture_gammas=(0.0, 0.05), digits_steps=200, digits_test=20,
                         nll_points=100, grid=16, image_budget=10.0, image_points=2)  # fmt: skip
 
-MIXTURE_SDE = sf.VESDE(0.01, 3.0)
-DIGITS_SDE = sf.VESDE(0.01, 5.0)
+MIXTURE_SDE = VESDE(0.01, 3.0)
+DIGITS_SDE = VESDE(0.01, 5.0)
 TIMES = tuple(np.round(np.linspace(0.02, 1.0, 12), 3))
 
 
@@ -184,17 +186,17 @@ def image_part(settings: FPESettings, out: pathlib.Path) -> dict:
     per_channel = jax.vmap(lambda mm: fp.step_residuals(mm, fp_config), in_axes=-1)
     step_residuals = np.asarray(jax.vmap(per_channel)(m))  # (N, C, T)
     trajectories = embed(images, m, fp_config)
-    g_values = fp.diffusion_schedule(fp_config)
     unet = UNetConfig(channels=8, num_images=len(images))
     key = jax.random.key(settings.seed + 2)
     curves = {}
-    for name, objective in (("fpjax (embedded, eq. 29)", training.EmbeddedDenoising()), ("DDPM (DSM)", dd.DDPM())):
+    for name, objective in (("fpjax (embedded, eq. 29)", EmbeddedDenoising()), ("DDPM (DSM)", dd.DDPM())):
         config = training.TrainConfig(objective=objective, target_ssim=2.0, max_steps=10**9, batch_size=8,
                                       max_total_seconds=settings.image_budget, checkpoint_every=10**9)  # fmt: skip
-        result = training.train(images, trajectories, g_values, unet_config=unet, config=config, key=key,
-                                mode="mixed", progress=False)  # fmt: skip
+        result = training.train(images, trajectories, fp_config if name.startswith("fpjax") else None,
+                                unet_config=unet, config=config, key=key, mode="mixed", progress=False)  # fmt: skip
+        objective, config = result.config.objective, result.config  # bound to the run's SDE
         net = training.network(result.graphdef, result.state.ema, result.uses_labels)
-        data = training.TrainData(trajectories, jnp.arange(len(images)), g_values)
+        data = TrainData(trajectories, jnp.arange(len(images)))
         score = lambda x, t, labels, net=net, objective=objective, config=config: objective.score(
             net, labels, config)(x, t)  # fmt: skip
         residual = jax.jit(lambda x, t, k, labels, score=score, objective=objective: sf.residual(

@@ -78,17 +78,16 @@ def exp1(out: pathlib.Path, settings: Settings, progress=True) -> dict:
     rows, curves = [], {}
     for size in settings.sizes:
         images, source = load_images(settings, size, settings.images)
-        g_values = fp.diffusion_schedule(fp_config)
         for name, objective in methods.items():  # warm-up: compile both methods' programs for this size
             config = train_config(settings, objective, target_ssim=2.0, max_steps=1, steps_per_call=1)
-            fit(images[:1], fp_config, g_values, unet, config, name, settings.seed)
+            fit(images[:1], fp_config, unet, config, name, settings.seed)
         for i, image in enumerate(images):
             for name, objective in methods.items():
                 config = train_config(
                     settings, objective, target_ssim=max(settings.targets), max_steps=10**9,
                     max_seconds=settings.max_seconds,
                 )  # fmt: skip
-                log, pre = fit(image[None], fp_config, g_values, unet, config, name, settings.seed + i)
+                log, pre = fit(image[None], fp_config, unet, config, name, settings.seed + i)
                 curves[f"{size}/{i}/{name}"] = [(r["wall_seconds"], r["ssim"]) for r in log]
                 for target in targets_for(settings, size):
                     hit = first_reach(log, target)
@@ -215,7 +214,6 @@ def exp3(out: pathlib.Path, settings: Settings, progress=True) -> dict:
     size = settings.sizes[0]
     images, source = load_images(settings, size, settings.exp3_images)
     fp_config = fp.FPConfig()
-    g_values = fp.diffusion_schedule(fp_config)
     key = jax.random.key(settings.seed)
     result = dict(experiment="exp3", source=source, size=size, machine=machine(), settings=dataclasses.asdict(settings))
 
@@ -224,16 +222,16 @@ def exp3(out: pathlib.Path, settings: Settings, progress=True) -> dict:
     unet = UNetConfig(channels=settings.channels, num_images=len(images))
     ours_config = train_config(settings, training.EmbeddedDenoising(), target_ssim=0.9, max_steps=10**9,
                                 max_total_seconds=settings.budget, replay=0.5)  # fmt: skip
-    ours = training.train(images, trajectories, g_values, unet_config=unet, config=ours_config, key=key,
+    ours = training.train(images, trajectories, fp_config, unet_config=unet, config=ours_config, key=key,
                           precompute_seconds=pre, progress=progress)  # fmt: skip
     labels = jnp.arange(settings.generate) % len(images)
     generated_ours = sampling.generate(ours.score(labels), jax.random.fold_in(key, 1),
-                                       (settings.generate,) + images.shape[1:], sampling.g_function(fp_config),
+                                       (settings.generate,) + images.shape[1:], ours.sde,
                                        ours_config.sampler)  # fmt: skip
     # DDPM: mixed training on all images for the same budget.
     ddpm_config = train_config(settings, dd.DDPM(), target_ssim=2.0, max_steps=10**9, max_seconds=settings.budget)
     ddpm_unet = UNetConfig(channels=settings.channels)
-    base = training.train(images, jnp.asarray(images)[:, None], g_values[:1], unet_config=ddpm_unet,
+    base = training.train(images, jnp.asarray(images)[:, None], None, unet_config=ddpm_unet,
                           config=ddpm_config, key=key, mode="mixed", progress=progress)  # fmt: skip
     generated_ddpm = dd.generate(ddpm_config.objective, dd.eps_function(base), jax.random.fold_in(key, 2),
                                  (settings.generate,) + images.shape[1:])  # fmt: skip

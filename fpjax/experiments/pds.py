@@ -40,17 +40,15 @@ def exp_pds(out: pathlib.Path, settings: Settings, progress=True, step_counts=(5
     for alpha, m in preconditioners.items():
         m.save(out / f"pds_preconditioner_alpha{alpha:g}.npz")
     fp_config = fp.FPConfig()
-    g_values = fp.diffusion_schedule(fp_config)
-    g = sampling.g_function(fp_config)
     key = jax.random.key(settings.seed)
     trajectories, _ = embedded(images, fp_config)
     ours_config = train_config(settings, training.EmbeddedDenoising(), target_ssim=0.9, max_steps=10**9,
                                 max_total_seconds=settings.budget, replay=0.5)  # fmt: skip
     unet = UNetConfig(channels=settings.channels, num_images=len(images))
-    ours = training.train(images, trajectories, g_values, unet_config=unet, config=ours_config, key=key,
+    ours = training.train(images, trajectories, fp_config, unet_config=unet, config=ours_config, key=key,
                           progress=progress)  # fmt: skip
     ddpm_config = train_config(settings, dd.DDPM(), target_ssim=2.0, max_steps=10**9, max_seconds=settings.budget)
-    base = training.train(images, jnp.asarray(images)[:, None], g_values[:1],
+    base = training.train(images, jnp.asarray(images)[:, None], None,
                           unet_config=UNetConfig(channels=settings.channels), config=ddpm_config, key=key,
                           mode="mixed", progress=progress)  # fmt: skip
 
@@ -62,7 +60,7 @@ def exp_pds(out: pathlib.Path, settings: Settings, progress=True, step_counts=(5
     eps = dd.eps_function(base)
     rows = []
     for steps in tqdm.tqdm(step_counts, desc="pds sweep", disable=not progress):
-        samplers = _pds_samplers(ours, labels, gen_labels, eps, ddpm_config.objective, g, shape, steps)
+        samplers = _pds_samplers(ours, labels, gen_labels, eps, ddpm_config.objective, ours.sde, shape, steps)
         k1, k2 = jax.random.split(jax.random.fold_in(key, steps))
         for alpha in (None, *alphas):
             m_ = None if alpha is None else preconditioners[alpha]
@@ -77,7 +75,7 @@ def exp_pds(out: pathlib.Path, settings: Settings, progress=True, step_counts=(5
                 ))  # fmt: skip
     # Overhead per sampling step: the fpjax SDE sampler, 50 steps, batch `generate`, with and without PDS.
     cfg = sampling.SamplerConfig(steps=50, method="sde")
-    fn = jax.jit(lambda k, m: sampling.generate(ours.score(gen_labels), k, shape, g, cfg, preconditioner=m))
+    fn = jax.jit(lambda k, m: sampling.generate(ours.score(gen_labels), k, shape, ours.sde, cfg, preconditioner=m))
     timing = {name: median_seconds(lambda m_=m_: fn(key, m_)) / cfg.steps
               for name, m_ in (("plain", None), ("pds", preconditioners[alphas[0]]))}  # fmt: skip
     result = dict(experiment="pds", source=source, size=size, alphas=list(alphas), machine=machine(),

@@ -14,8 +14,9 @@ al., ``eta = 0`` deterministic), both one ``lax.scan``. Denoising an image
 level ``i*`` whose noise-to-signal ratio ``sqrt((1 - alpha_bar)/alpha_bar)``
 matches ``2 s`` and at ``x_(i*) = sqrt(alpha_bar[i*]) (2 y - 1)``.
 
-:class:`DDPM` is an objective for :func:`fpjax.learn.trainer.train`, so both methods
-share the optimizer, the evaluation and the loop: a fair comparison.
+:class:`DDPM` is an objective (:mod:`fpjax.learn.objectives`) for :func:`fpjax.learn.trainer.train`, so
+both methods share the optimizer, the evaluation and the loop: a fair comparison. Its forward SDE is its own
+VP SDE (:attr:`DDPM.sde`), whatever the FP configuration of the trajectories.
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fpjax.diffusion.score_fpe import VPSDE, perturb
+from fpjax.diffusion import pds
+from fpjax.diffusion.sde import VPSDE, perturb
 from fpjax.learn import trainer as training
+from fpjax.learn.objectives import TrainData, image_indices
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,9 +73,9 @@ class DDPM:
         """``(steps,)`` ``alpha_bar[i]`` (NumPy float64: a static table)."""
         return np.cumprod(1.0 - self.betas())
 
-    def _clean_batch(self, key, data: training.TrainData, config: training.TrainConfig):
+    def _clean_batch(self, key, data: TrainData, config: training.TrainConfig):
         """A batch of clean images in ``[-1, 1]`` (DDPM trains on the clean images) and their labels."""
-        index = training.image_indices(key, data, config.batch_size, config.replay)
+        index = image_indices(key, data, config.batch_size, config.replay)
         return 2.0 * data.trajectories[index, 0] - 1.0, data.labels[index]
 
     def train_levels(self, key, batch: int):
@@ -88,9 +91,14 @@ class DDPM:
         ab = self.alphas_bar()
         return int(np.argmin(np.abs(np.sqrt((1 - ab) / ab) - std)))
 
-    # -- the objective interface of fpjax.learn.trainer.train --------------------------------------
+    # -- the objective interface (fpjax.learn.objectives) --------------------------------------------
 
-    def loss(self, net, key, data: training.TrainData, config: training.TrainConfig):
+    def with_sde(self, sde) -> DDPM:
+        """DDPM's SDE is its own VP SDE: the trajectories' (fpjax's ``dx = g dW``) does not change it."""
+        del sde
+        return self
+
+    def loss(self, net, key, data: TrainData, config: training.TrainConfig):
         k_image, k_level, k_noise = jax.random.split(key, 3)
         x0, labels = self._clean_batch(k_image, data, config)
         level = self.train_levels(k_level, config.batch_size)
@@ -99,11 +107,10 @@ class DDPM:
         predicted = net(xt, level.astype(x0.dtype) / self.steps, labels)
         return jnp.mean((predicted - eps) ** 2)
 
-    # What the score-FPE regulariser (fpjax.diffusion.score_fpe.FPRegularised) needs: DDPM's chain is the VP SDE with
-    # beta(t) = steps * beta; the network at time t = i / steps has seen level i, i + 1 steps of the chain, so its
-    # score is -eps / sqrt(1 - alpha_bar(t + 1 / steps)) (in [-1, 1] units).
+    # DDPM's chain is the VP SDE with beta(t) = steps * beta; the network at time t = i / steps has seen level i,
+    # i + 1 steps of the chain, so its score is -eps / sqrt(1 - alpha_bar(t + 1 / steps)) (in [-1, 1] units).
     @property
-    def sde(self):
+    def sde(self) -> VPSDE:
         return VPSDE(self.steps * self.beta_start, self.steps * self.beta_end)
 
     def score(self, net, labels, config: training.TrainConfig):
@@ -113,7 +120,7 @@ class DDPM:
 
         return score
 
-    def fpe_points(self, key, data: training.TrainData, config: training.TrainConfig, t=None):
+    def fpe_points(self, key, data: TrainData, config: training.TrainConfig, t=None):
         """``(x, t, labels)``: clean images diffused to random times, or to the given ``(batch,)`` times ``t``."""
         k_image, k_time, k_noise = jax.random.split(key, 3)
         x0, labels = self._clean_batch(k_image, data, config)
@@ -122,8 +129,7 @@ class DDPM:
         x, _ = perturb(k_noise, x0, t + 1.0 / self.steps, self.sde)
         return x, t, labels
 
-    def denoise(self, net, noisy, labels, key, g_values, config: training.TrainConfig):
-        del g_values  # DDPM has its own schedule
+    def denoise(self, net, noisy, labels, key, config: training.TrainConfig):
         return denoise(self, lambda x, level: net(x, level / self.steps, labels), noisy, config.noise_level, key)
 
 
@@ -133,19 +139,13 @@ def q_sample(ddpm: DDPM, x0, level, eps):
     return jnp.sqrt(ab) * x0 + jnp.sqrt(1.0 - ab) * eps
 
 
-def _pds(preconditioner):
-    if preconditioner is None:
-        return (lambda v: v), (lambda v: v)
-    return preconditioner.gram, preconditioner.apply
-
-
 def ancestral_sample(ddpm: DDPM, eps_fn: Callable, x, key, start: int | None = None, preconditioner=None):
     """Ho et al.'s reverse chain from level ``start`` (default the last) down to ``x_0``.
 
     ``eps_fn(x, level)`` takes ``(B, ...)`` states and ``(B,)`` float levels. A PDS ``preconditioner``
     ``M`` turns the noise-prediction (score) term into ``M M^T eps`` and the added noise into ``M z``.
     """
-    gram, shape_noise = _pds(preconditioner)
+    m = pds.as_preconditioner(preconditioner)
     start = ddpm.steps - 1 if start is None else start
     betas = jnp.asarray(ddpm.betas(), x.dtype)
     ab = jnp.asarray(ddpm.alphas_bar(), x.dtype)
@@ -153,9 +153,9 @@ def ancestral_sample(ddpm: DDPM, eps_fn: Callable, x, key, start: int | None = N
 
     def step(x, inputs):
         i, k = inputs
-        eps = gram(eps_fn(x, jnp.full((x.shape[0],), i, x.dtype)))
+        eps = m.gram(eps_fn(x, jnp.full((x.shape[0],), i, x.dtype)))
         mean = (x - betas[i] / jnp.sqrt(1.0 - ab[i]) * eps) / jnp.sqrt(1.0 - betas[i])
-        noise = jnp.where(i > 0, jnp.sqrt(betas[i]), 0.0) * shape_noise(jax.random.normal(k, x.shape, x.dtype))
+        noise = jnp.where(i > 0, jnp.sqrt(betas[i]), 0.0) * m.apply(jax.random.normal(k, x.shape, x.dtype))
         return mean + noise, None
 
     x, _ = jax.lax.scan(step, x, (levels, jax.random.split(key, levels.shape[0])))
@@ -176,7 +176,7 @@ def ddim_sample(
 
     A PDS ``preconditioner`` replaces ``eps`` by ``M M^T eps`` and the noise by ``M z``.
     """
-    gram, shape_noise = _pds(preconditioner)
+    m = pds.as_preconditioner(preconditioner)
     start = ddpm.steps - 1 if start is None else start
     levels = ddim_levels(ddpm, start, count or ddpm.sampler_steps)
     ab = jnp.asarray(ddpm.alphas_bar(), x.dtype)
@@ -187,11 +187,11 @@ def ddim_sample(
         i, j, k = inputs
         ab_i = ab[i]
         ab_j = jnp.where(j >= 0, ab[jnp.maximum(j, 0)], 1.0)
-        eps = gram(eps_fn(x, jnp.full((x.shape[0],), i, x.dtype)))
+        eps = m.gram(eps_fn(x, jnp.full((x.shape[0],), i, x.dtype)))
         x0 = (x - jnp.sqrt(1.0 - ab_i) * eps) / jnp.sqrt(ab_i)
         sigma = ddpm.eta * jnp.sqrt((1.0 - ab_j) / (1.0 - ab_i) * (1.0 - ab_i / ab_j))
         direction = jnp.sqrt(jnp.maximum(1.0 - ab_j - sigma**2, 0.0)) * eps
-        noise = sigma * shape_noise(jax.random.normal(k, x.shape, x.dtype))
+        noise = sigma * m.apply(jax.random.normal(k, x.shape, x.dtype))
         return jnp.sqrt(ab_j) * x0 + direction + noise, None
 
     x, _ = jax.lax.scan(step, x, (current, previous, jax.random.split(key, len(levels))))
@@ -218,9 +218,7 @@ def denoise(ddpm: DDPM, eps_fn: Callable, noisy, noise_std: float, key, precondi
 def generate(ddpm: DDPM, eps_fn: Callable, key, shape, dtype=jnp.float32, preconditioner=None):
     """``shape = (B, H, W, C)`` images in ``[0, 1]`` from ``N(0, I)`` (``N(0, M M^T)`` with PDS) at the last level."""
     prior_key, key = jax.random.split(key)
-    x = jax.random.normal(prior_key, shape, dtype)
-    if preconditioner is not None:
-        x = preconditioner.apply(x)
+    x = pds.as_preconditioner(preconditioner).apply(jax.random.normal(prior_key, shape, dtype))
     return jnp.clip((reverse(ddpm, eps_fn, x, key, None, preconditioner) + 1.0) / 2.0, 0.0, 1.0)
 
 

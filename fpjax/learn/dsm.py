@@ -4,7 +4,12 @@
 ``x_t = a(t) x_0 + sigma(t) z`` (likelihood weighting ``lambda(t) = sigma(t)^2`` absorbed); the network outputs
 ``sigma(t) s`` (Song et al.'s output scaling). ``J_FP = J_DSM + R_FP`` (:func:`fpjax.diffusion.score_fpe.regulariser`,
 eq. 19) when a :class:`~fpjax.diffusion.score_fpe.Regulariser` is given. Training runs ``chunk`` Adam steps per jitted
-``lax.scan``.
+``lax.scan``, with the optimizer and the gradient step of :mod:`fpjax.learn.optim` that the image trainer uses too.
+
+The loop itself is not :func:`fpjax.learn.trainer.train_steps`: that one draws image trajectories
+(:class:`~fpjax.learn.objectives.TrainData`) for a U-Net ``net(x, t, labels)`` with dropout keys, EMA and
+SSIM-driven evaluations, none of which a 2-D or 64-D point cloud and an MLP ``net(x, t)`` have; wrapping the
+points as one-level "trajectories" and the loss as an objective would only hide what is trained.
 """
 
 from __future__ import annotations
@@ -13,11 +18,12 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-import optax
 import tqdm
 from flax import nnx
 
-from fpjax.diffusion.score_fpe import Regulariser, perturb, regulariser
+from fpjax.diffusion.score_fpe import Regulariser, regulariser
+from fpjax.diffusion.sde import SDE, perturb
+from fpjax.learn import optim
 from fpjax.learn.models.mlp import ScoreMLP
 
 
@@ -37,7 +43,7 @@ class DSMConfig:
     chunk: int = 500
 
 
-def score_function(graphdef, params, sde):
+def score_function(graphdef, params, sde: SDE):
     """``s(x, t) = net(x, t) / sigma(t)`` from a split :class:`~fpjax.learn.models.mlp.ScoreMLP`."""
     net = nnx.merge(graphdef, params)
     return lambda x, t: net(x, t) / jnp.sqrt(sde.variance(t))[:, None]
@@ -61,14 +67,14 @@ def _loss(graphdef, params, x0, key, sde, config: DSMConfig):
     return loss
 
 
-def train_score(data, sde, key, config: DSMConfig = DSMConfig(), progress: bool = False):
+def train_score(data, sde: SDE, key, config: DSMConfig = DSMConfig(), progress: bool = False):
     """Fit a :class:`ScoreMLP` to ``(N, D)`` data; returns ``(graphdef, params, losses)`` (mean loss per chunk)."""
     if data.ndim != 2:
         raise ValueError(f"data must be (N, D), got shape {data.shape}")
     init_key, key = jax.random.split(key)
     net = ScoreMLP(data.shape[1], config.hidden, config.depth, rngs=nnx.Rngs(init_key))
     graphdef, params = nnx.split(net)
-    optimizer = optax.adam(config.learning_rate)
+    optimizer = optim.adam(config.learning_rate)
     opt_state = optimizer.init(params)
 
     @jax.jit
@@ -77,9 +83,9 @@ def train_score(data, sde, key, config: DSMConfig = DSMConfig(), progress: bool 
             params, opt_state = carry
             k = jax.random.fold_in(key, i)
             batch = data[jax.random.randint(jax.random.fold_in(k, 1), (config.batch_size,), 0, data.shape[0])]
-            loss, grads = jax.value_and_grad(lambda p: _loss(graphdef, p, batch, k, sde, config))(params)
-            updates, opt_state = optimizer.update(grads, opt_state, params)
-            return (optax.apply_updates(params, updates), opt_state), loss
+            loss_fn = lambda p: _loss(graphdef, p, batch, k, sde, config)
+            params, opt_state, loss = optim.gradient_step(optimizer, loss_fn, params, opt_state)
+            return (params, opt_state), loss
 
         (params, opt_state), losses = jax.lax.scan(step, (params, opt_state), start + jnp.arange(config.chunk))
         return params, opt_state, jnp.mean(losses)

@@ -1,7 +1,22 @@
-"""Training losses on score-embedded trajectories.
+"""Training objectives on score-embedded trajectories, and the batches they draw.
 
-The score-embedded denoising loss (cross-matrix paper eq. 29, DESIGN.md
-section 6)::
+An *objective* is what :func:`fpjax.learn.trainer.train` needs to know about a method. It is a frozen dataclass
+(hashable: it is a :class:`~fpjax.learn.trainer.TrainConfig` field, a static argument of the compiled steps) with
+
+* ``sde``: the forward :class:`~fpjax.diffusion.sde.SDE` its score belongs to;
+* ``with_sde(sde)``: the objective bound to the SDE of the FP configuration the trajectories were made with
+  (:func:`~fpjax.learn.trainer.train` binds it; DDPM keeps its own VP SDE);
+* ``loss(net, key, data, config)``: the scalar loss of one batch drawn from :class:`TrainData`;
+* ``score(net, labels, config)``: ``s(x, t)`` of a network ``net(x, t, labels)``;
+* ``fpe_points(key, data, config, t=None)``: ``(x, t, labels)``, where the score-FPE regulariser evaluates it;
+* ``denoise(net, noisy, labels, key, config)``: the denoising check of the SSIM early stopping.
+
+``config`` is the :class:`~fpjax.learn.trainer.TrainConfig` (``lam``, ``parametrization``, ``batch_size``,
+``replay``, ``stratified``, ``sampler``). :class:`EmbeddedDenoising` is fpjax's (eq. 29),
+:class:`FPRegularised` adds the score-FPE regulariser to any objective, :class:`fpjax.learn.ddpm.DDPM` is the
+baseline.
+
+The score-embedded denoising loss (cross-matrix paper eq. 29, DESIGN.md section 6)::
 
     L = E_{n, z} || s_theta(x^n + lambda z, t_n) lambda + z ||^2 / (2 g(t_n)^2)
 
@@ -13,8 +28,16 @@ size) and over the batch.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
+
+from fpjax.diffusion import sampling
+from fpjax.diffusion import sde as sde_lib
+from fpjax.diffusion.score_fpe import Regulariser, regulariser
 
 
 def sample_time_indices(key, batch: int, T: int, stratified: bool = False):
@@ -41,3 +64,145 @@ def embedded_denoising_loss(score, x, t, g_t, z, lam: float = 0.1):
     s = score(x + lam * z, t)
     per_image = jnp.mean((s * lam + z) ** 2, axis=(1, 2, 3)) / (2 * g_t**2)
     return jnp.mean(per_image)
+
+
+# ----------------------------------------------------------------------------------------------
+# what the steps draw from
+
+
+class TrainData(NamedTuple):
+    """What the steps draw from (a pytree: traced, so new data needs no new compilation).
+
+    trajectories: ``(K, T+1, H, W, C)`` score-embedded trajectories.
+    labels: ``(K,)`` per-image embedding labels.
+    current: ``()`` int: the image being trained (image by image), or -1 to draw from all ``K`` uniformly.
+
+    The diffusion ``g`` is not here: it is the objective's SDE (:func:`fpjax.learn.trainer.train` binds it).
+    """
+
+    trajectories: jax.Array
+    labels: jax.Array
+    current: jax.Array = -1
+
+
+def image_indices(key, data: TrainData, batch_size: int, replay: float):
+    """``(batch_size,)`` indices into ``data.trajectories``: the current image, replayed earlier ones, or all."""
+    count = data.trajectories.shape[0]
+    k_image, k_replay = jax.random.split(key)
+    current = jnp.asarray(data.current)
+    everywhere = jax.random.randint(k_image, (batch_size,), 0, count)
+    # Replay: with probability ``replay`` a sample comes from an image trained before the current one.
+    earlier = jax.random.randint(k_image, (batch_size,), 0, jnp.maximum(current, 1))
+    replayed = (jax.random.uniform(k_replay, (batch_size,)) < replay) & (current > 0)
+    return jnp.where(current < 0, everywhere, jnp.where(replayed, earlier, current))
+
+
+def trajectory_batch(key, data: TrainData, config, n=None):
+    """``(x, t, z, labels)``: ``config.batch_size`` trajectory points ``x^n`` at random step indices ``n`` (or at
+    the given ``(batch,)`` indices), their times ``t_n = n / T``, standard normal noise of their shape and the
+    images' labels."""
+    k_image, k_time, k_noise = jax.random.split(key, 3)
+    T = data.trajectories.shape[1] - 1
+    index = image_indices(k_image, data, config.batch_size, config.replay)
+    if n is None:
+        n = sample_time_indices(k_time, config.batch_size, T, config.stratified)
+    x = data.trajectories[index, n]
+    z = jax.random.normal(k_noise, x.shape, x.dtype)
+    return x, n.astype(x.dtype) / T, z, data.labels[index]
+
+
+# ----------------------------------------------------------------------------------------------
+# objectives
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbeddedDenoising:
+    """fpjax's objective: eq. 29 on the score-embedded trajectories; the check denoises with the reverse SDE.
+
+    ``sde``: the SDE the trajectories were made with (:func:`fpjax.diffusion.sde.from_fp_config` of their FP
+    configuration): the loss weights by its ``g(t_n)``, the check samples with it, the score-FPE regulariser
+    and diagnostics use it. ``None`` until :func:`fpjax.learn.trainer.train` binds it (:meth:`with_sde`); one
+    given here must agree with the trajectories'.
+    """
+
+    sde: sde_lib.SDE | None = None
+
+    def with_sde(self, sde: sde_lib.SDE) -> EmbeddedDenoising:
+        if self.sde is None:
+            return dataclasses.replace(self, sde=sde)
+        if not sde_lib.equivalent(self.sde, sde):
+            raise ValueError(
+                f"the objective's SDE {self.sde} is not the one the trajectories were made with ({sde}); "
+                "leave EmbeddedDenoising(sde=None) to take the FP configuration's"
+            )
+        return self
+
+    def _bound_sde(self) -> sde_lib.SDE:
+        if self.sde is None:
+            raise ValueError(
+                "EmbeddedDenoising has no SDE yet: train() binds the one of the FP configuration; outside train() "
+                "use the trained TrainResult.config.objective, or EmbeddedDenoising(sde=sde.from_fp_config(config))"
+            )
+        return self.sde
+
+    def score(self, net, labels, config) -> Callable:
+        def score(x, t):
+            out = net(x, t, labels)
+            return -out / config.lam if config.parametrization == "noise" else out
+
+        return score
+
+    def loss(self, net, key, data: TrainData, config):
+        x, t, z, labels = trajectory_batch(key, data, config)
+        g_t = self._bound_sde().g(t)
+        return embedded_denoising_loss(self.score(net, labels, config), x, t, g_t, z, config.lam)
+
+    def fpe_points(self, key, data: TrainData, config, t=None):
+        """``(x, t, labels)``: eq. 29's noisy inputs at random steps, or at the steps nearest ``(batch,)`` times
+        ``t``."""
+        T = data.trajectories.shape[1] - 1
+        n = None if t is None else jnp.clip(jnp.round(t * T).astype(jnp.int32), 0, T)
+        x, t, z, labels = trajectory_batch(key, data, config, n)
+        # t = 0 has no backward finite difference: those draws move one step later.
+        return x + config.lam * z, jnp.maximum(t, 1.0 / T), labels
+
+    def denoise(self, net, noisy, labels, key, config):
+        return sampling.denoise(self.score(net, labels, config), noisy, key, self._bound_sde(), config.sampler)
+
+
+@dataclasses.dataclass(frozen=True)
+class FPRegularised:
+    """A training objective plus ``R_FP`` (:func:`fpjax.diffusion.score_fpe.regulariser`, FP-Diffusion eq. 19) at the
+    objective's own noisy inputs: ``loss + regulariser``, under the objective's SDE.
+
+    ``objective``: :class:`EmbeddedDenoising` or :class:`fpjax.learn.ddpm.DDPM` (any objective with
+    ``fpe_points``); the score, the check (``denoise``) and the SDE are the objective's.
+    """
+
+    objective: object
+    reg: Regulariser = Regulariser()
+
+    @property
+    def sde(self):
+        return self.objective.sde
+
+    def with_sde(self, sde: sde_lib.SDE) -> FPRegularised:
+        return dataclasses.replace(self, objective=self.objective.with_sde(sde))
+
+    def score(self, net, labels, config):
+        return self.objective.score(net, labels, config)
+
+    def fpe_points(self, key, data: TrainData, config, t=None):
+        return self.objective.fpe_points(key, data, config, t)
+
+    def loss(self, net, key, data: TrainData, config):
+        k_loss, k_points, k_reg = jax.random.split(key, 3)
+        x, t, labels = self.objective.fpe_points(k_points, data, config)
+        score = lambda x, t, labels: self.score(net, labels, config)(x, t)
+        if self.objective.sde is None:
+            raise ValueError(f"{self.objective} has no SDE yet: train() binds it (see EmbeddedDenoising)")
+        penalty = regulariser(score, x, t, self.objective.sde, k_reg, self.reg, labels)
+        return self.objective.loss(net, k_loss, data, config) + penalty
+
+    def denoise(self, net, noisy, labels, key, config):
+        return self.objective.denoise(net, noisy, labels, key, config)

@@ -4,15 +4,20 @@ The cross-matrix paper's section 4.2: for each image, train on its
 score-embedded trajectory ``x^0..x^T`` with the loss of eq. 29 (Optax Adam,
 learning rate 1e-3) until the *denoising SSIM* reaches a target, then go on to
 the next image with the same network. The denoising SSIM: the clean image plus
-a fixed noise draw (``noise_level``) is denoised with the reverse sampler of
-:mod:`fpjax.diffusion.sampling` (a fixed sampler key too) and compared with the clean
-image (:func:`fpjax.eval.metrics.ssim`). Training steps are fused ``steps_per_call``
-at a time into one jitted ``lax.scan``; an evaluation follows every call.
+a fixed noise draw (``noise_level``) is denoised with the objective's sampler
+(:mod:`fpjax.diffusion.sampling` for fpjax's; a fixed sampler key too) and compared
+with the clean image (:func:`fpjax.eval.metrics.ssim`). Training steps are fused
+``steps_per_call`` at a time into one jitted ``lax.scan``; an evaluation follows every call.
+
+What is trained is the configuration's *objective* (:mod:`fpjax.learn.objectives`), bound
+to the forward SDE of the trajectories (:mod:`fpjax.diffusion.sde`): the loss weighting,
+the check's sampler, the score-FPE regulariser and :meth:`TrainResult.score` all take
+theirs from it.
 
 Everything a run needs to continue is a pytree (:class:`TrainState`: weights,
 optimizer state, EMA, step counter, base key); each step's randomness is
-``fold_in(key, step)``, so a run resumed from an orbax checkpoint continues
-exactly as an uninterrupted run would.
+``fold_in(key, step)``, so a run resumed from an orbax checkpoint
+(:mod:`fpjax.learn.checkpoints`) continues exactly as an uninterrupted run would.
 """
 
 from __future__ import annotations
@@ -30,12 +35,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from tqdm.auto import tqdm
 
 from fpjax.diffusion import sampling
-from fpjax.diffusion.score_fpe import ConstantVE
+from fpjax.diffusion import sde as sde_lib
 from fpjax.eval import metrics
-from fpjax.learn import objectives as losses
+from fpjax.learn import optim
+from fpjax.learn.checkpoints import Checkpoints, fingerprint
 from fpjax.learn.models.unet import UNet, UNetConfig
+from fpjax.learn.objectives import EmbeddedDenoising, TrainData
+from fpjax.solver.problem import FPConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +75,9 @@ class TrainConfig:
       noise_level: standard deviation of the denoising check's noise.
       sampler: the denoising check's sampler.
       checkpoint_every: evaluations between checkpoints (also at every image's end and the run's end).
-      objective: what is trained: :class:`EmbeddedDenoising` (default) or :class:`fpjax.learn.ddpm.DDPM`.
+      objective: what is trained (:mod:`fpjax.learn.objectives`): :class:`EmbeddedDenoising` (default),
+        :class:`~fpjax.learn.objectives.FPRegularised` or :class:`fpjax.learn.ddpm.DDPM`. :func:`train` binds it
+        to the SDE of the trajectories (:func:`bind_sde`); the :class:`TrainResult`'s config holds the bound one.
       fuse_steps: run the ``steps_per_call`` steps as one ``lax.scan`` (``None``: yes except on CPUs,
         see :func:`fuses_steps`).
     """
@@ -114,28 +125,9 @@ class TrainState(NamedTuple):
     key: jax.Array  # the run's base PRNG key (raw uint32 key data)
 
 
-class TrainData(NamedTuple):
-    """What the steps draw from.
-
-    trajectories: ``(K, T+1, H, W, C)`` score-embedded trajectories.
-    labels: ``(K,)`` per-image embedding labels.
-    g: ``(T+1,)`` the diffusion ``g(t_n)``.
-    current: ``()`` int: the image being trained (image by image), or -1 to draw from all ``K`` uniformly.
-    """
-
-    trajectories: jax.Array
-    labels: jax.Array
-    g: jax.Array
-    current: jax.Array = -1
-
-
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
-    if config.warmup_steps:
-        lr = optax.linear_schedule(0.0, config.learning_rate, config.warmup_steps)
-    else:
-        lr = config.learning_rate
-    adam = optax.adam(lr)
-    return optax.chain(optax.clip_by_global_norm(config.grad_clip), adam) if config.grad_clip else adam
+    """The configuration's Adam (:func:`fpjax.learn.optim.adam`)."""
+    return optim.adam(config.learning_rate, config.warmup_steps, config.grad_clip)
 
 
 def create_model(unet_config: UNetConfig, channels: int, size: int, key):
@@ -157,10 +149,20 @@ def _raw(key):
     return key if key.dtype == jnp.uint32 else jax.random.key_data(key)
 
 
+def bind_sde(config: TrainConfig, sde) -> TrainConfig:
+    """``config`` with its objective bound to ``sde``: an :class:`~fpjax.diffusion.sde.SDE`, an
+    :class:`fpjax.FPConfig` or its ``g`` (anything :func:`fpjax.diffusion.sde.as_sde` takes); ``None`` leaves
+    ``config`` as it is (an objective with its own SDE, such as DDPM's, or one bound already)."""
+    if sde is None:
+        return config
+    return dataclasses.replace(config, objective=config.objective.with_sde(sde_lib.as_sde(sde)))
+
+
 def score_function(graphdef, params, config: TrainConfig, labels=None, dropout_key=None) -> Callable:
-    """``s(x, t)`` of the network with weights ``params`` (``labels``: ``(B,)`` or ``None``)."""
+    """``s(x, t)`` of the network with weights ``params``, as ``config.objective`` defines it from the network
+    output (``labels``: ``(B,)`` or ``None``)."""
     net = network(graphdef, params, labels is not None, dropout_key)
-    return EmbeddedDenoising().score(net, labels, config)
+    return config.objective.score(net, labels, config)
 
 
 def network(graphdef, params, use_labels: bool, dropout_key=None) -> Callable:
@@ -169,69 +171,12 @@ def network(graphdef, params, use_labels: bool, dropout_key=None) -> Callable:
     return lambda x, t, labels: model(x, t, labels if use_labels else None, dropout_key=dropout_key)
 
 
-def image_indices(key, data: TrainData, batch_size: int, replay: float):
-    """``(batch_size,)`` indices into ``data.trajectories``: the current image, replayed earlier ones, or all."""
-    count = data.trajectories.shape[0]
-    k_image, k_replay = jax.random.split(key)
-    current = jnp.asarray(data.current)
-    everywhere = jax.random.randint(k_image, (batch_size,), 0, count)
-    # Replay: with probability ``replay`` a sample comes from an image trained before the current one.
-    earlier = jax.random.randint(k_image, (batch_size,), 0, jnp.maximum(current, 1))
-    replayed = (jax.random.uniform(k_replay, (batch_size,)) < replay) & (current > 0)
-    return jnp.where(current < 0, everywhere, jnp.where(replayed, earlier, current))
-
-
-@dataclasses.dataclass(frozen=True)
-class EmbeddedDenoising:
-    """fpjax's objective: eq. 29 on the score-embedded trajectories; the check denoises with the reverse SDE.
-
-    An objective is what :func:`train` needs to know about a method: ``loss(net, key, data, config)``
-    for one batch and ``denoise(net, noisy, labels, key, g_values, config)`` for the SSIM check
-    (:class:`fpjax.learn.ddpm.DDPM` is the other one).
-    """
-
-    def score(self, net, labels, config: TrainConfig) -> Callable:
-        def score(x, t):
-            out = net(x, t, labels)
-            return -out / config.lam if config.parametrization == "noise" else out
-
-        return score
-
-    def loss(self, net, key, data: TrainData, config: TrainConfig):
-        x, t, g_t, z, labels = _batch(key, data, config)
-        return losses.embedded_denoising_loss(self.score(net, labels, config), x, t, g_t, z, config.lam)
-
-    # What the score-FPE regulariser (fpjax.diffusion.score_fpe.FPRegularised) needs: the SDE fpjax samples with (the
-    # papers' g = 0.5) and the points where eq. 29 evaluates the score.
-    sde = ConstantVE(0.5)
-
-    def fpe_points(self, key, data: TrainData, config: TrainConfig, t=None):
-        """``(x, t, labels)``: eq. 29's noisy inputs at random steps, or at the steps nearest ``(batch,)`` times
-        ``t``."""
-        T = data.trajectories.shape[1] - 1
-        n = None if t is None else jnp.clip(jnp.round(t * T).astype(jnp.int32), 0, T)
-        x, t, _, z, labels = _batch(key, data, config, n)
-        # t = 0 has no backward finite difference: those draws move one step later.
-        return x + config.lam * z, jnp.maximum(t, 1.0 / T), labels
-
-    def denoise(self, net, noisy, labels, key, g_values, config: TrainConfig):
-        return sampling.denoise(self.score(net, labels, config), noisy, key, _g_of(g_values), config.sampler)
-
-
 DEFAULT_TRAIN = TrainConfig()
 DEFAULT_UNET = UNetConfig()
 
 
-def _batch(key, data: TrainData, config: TrainConfig, n=None):
-    """A batch of trajectory points at random step indices (or at the given ``(batch,)`` indices ``n``)."""
-    k_image, k_time, k_noise = jax.random.split(key, 3)
-    T = data.trajectories.shape[1] - 1
-    index = image_indices(k_image, data, config.batch_size, config.replay)
-    if n is None:
-        n = losses.sample_time_indices(k_time, config.batch_size, T, config.stratified)
-    x = data.trajectories[index, n]
-    z = jax.random.normal(k_noise, x.shape, x.dtype)
-    return x, n.astype(x.dtype) / T, data.g[n], z, data.labels[index]
+# ----------------------------------------------------------------------------------------------
+# compiled steps and the evaluation
 
 
 def _one_step(graphdef, config: TrainConfig, data: TrainData, use_labels: bool):
@@ -244,9 +189,7 @@ def _one_step(graphdef, config: TrainConfig, data: TrainData, use_labels: bool):
         def loss_fn(params):
             return config.objective.loss(network(graphdef, params, use_labels, dropout_key), batch_key, data, config)
 
-        loss, grads = jax.value_and_grad(loss_fn)(state.params)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        params, opt_state, loss = optim.gradient_step(optimizer, loss_fn, state.params, state.opt_state)
         ema = params if config.ema_decay is None else optax.incremental_update(params, state.ema, 1 - config.ema_decay)
         return TrainState(params, opt_state, ema, state.step + 1, state.key), loss
 
@@ -286,10 +229,11 @@ def _step_config(config: TrainConfig) -> TrainConfig:
 
 
 def train_steps(graphdef, state: TrainState, data: TrainData, config: TrainConfig, num_steps: int, use_labels: bool):
-    """``num_steps`` Adam steps on eq. 29 -> (new state, ``(num_steps,)`` losses).
+    """``num_steps`` Adam steps on ``config.objective``'s loss -> (new state, ``(num_steps,)`` losses).
 
-    Fused into one jitted ``lax.scan`` (accelerators) or one jitted call per
-    step (CPUs), as :func:`fuses_steps` decides (the same steps; XLA may round differently).
+    ``config.objective`` must be bound to its SDE (:func:`bind_sde`). Fused into one jitted ``lax.scan``
+    (accelerators) or one jitted call per step (CPUs), as :func:`fuses_steps` decides (the same steps; XLA may
+    round differently).
     """
     config = _step_config(config)
     if fuses_steps(config):
@@ -301,20 +245,20 @@ def train_steps(graphdef, state: TrainState, data: TrainData, config: TrainConfi
     return state, jnp.stack(step_losses)
 
 
-def _g_of(g_values):
-    grid = jnp.linspace(0.0, 1.0, g_values.shape[0], dtype=g_values.dtype)
-    return lambda t: jnp.interp(t, grid, g_values)
+def evaluate(graphdef, params, noisy, clean, labels, sde, key, config: TrainConfig, use_labels: bool):
+    """Denoise ``(B, H, W, C)`` ``noisy`` with the objective's sampler -> (denoised, ``{"ssim", "psnr", "mse"}``).
 
-
-def evaluate(graphdef, params, noisy, clean, labels, g_values, key, config: TrainConfig, use_labels: bool):
-    """Denoise ``(B, H, W, C)`` ``noisy`` with the objective's sampler -> (denoised, ``{"ssim", "psnr", "mse"}``)."""
-    return _evaluate(graphdef, params, noisy, clean, labels, g_values, key, _step_config(config), use_labels)
+    ``sde``: what the objective is bound to first (:func:`bind_sde`; e.g. the FP config, or its
+    :func:`fpjax.diffusion_schedule`), or ``None`` when ``config`` is already bound (a :class:`TrainResult`'s).
+    """
+    config = config if sde is None else bind_sde(config, sde)
+    return _evaluate(graphdef, params, noisy, clean, labels, key, _step_config(config), use_labels)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "config", "use_labels"))
-def _evaluate(graphdef, params, noisy, clean, labels, g_values, key, config: TrainConfig, use_labels: bool):
+def _evaluate(graphdef, params, noisy, clean, labels, key, config: TrainConfig, use_labels: bool):
     net = network(graphdef, params, use_labels)
-    denoised = config.objective.denoise(net, noisy, labels, key, g_values, config)
+    denoised = config.objective.denoise(net, noisy, labels, key, config)
     return denoised, metrics.quality(denoised, clean)
 
 
@@ -332,7 +276,7 @@ class TrainResult:
       evaluation included), ``precompute_seconds``, ``wall_seconds`` (their sum).
     images: one summary per image: ``image``, ``steps``, ``ssim``, ``psnr``, ``mse``, ``reached``,
       ``train_seconds``.
-    config: the :class:`TrainConfig`.
+    config: the :class:`TrainConfig`, its objective bound to the trajectories' SDE.
     """
 
     graphdef: Any
@@ -341,8 +285,13 @@ class TrainResult:
     images: list
     config: TrainConfig
 
+    @property
+    def sde(self) -> sde_lib.SDE:
+        """The forward SDE of the trained score (the objective's): sample and check it with this one."""
+        return self.config.objective.sde
+
     def score(self, labels=None, ema: bool = True) -> Callable:
-        """The trained score ``s(x, t)`` (EMA weights unless ``ema=False``)."""
+        """The trained score ``s(x, t)`` as the objective defines it (EMA weights unless ``ema=False``)."""
         params = self.state.ema if ema else self.state.params
         return score_function(self.graphdef, params, self.config, labels)
 
@@ -351,61 +300,60 @@ class TrainResult:
         return nnx.merge(self.graphdef, self.state.params).config.num_images > 0
 
 
-class _Checkpoints:
-    """Orbax checkpoints of (TrainState, JSON progress) in ``directory``, indexed by evaluation count."""
+class _Run(NamedTuple):
+    """What stays fixed during one call of :func:`train`."""
 
-    def __init__(self, directory, fingerprint: dict):
-        import orbax.checkpoint as ocp
+    graphdef: Any
+    config: TrainConfig
+    images: jax.Array
+    trajectories: jax.Array
+    labels: jax.Array  # (N,) the images' embedding labels
+    use_labels: bool
+    check_key: jax.Array
+    mode: str
+    checkpoints: Checkpoints | None
+    precompute_seconds: float
+    on_evaluation: Callable[[dict], None] | None
+    bar: Any
+    clock: float  # perf_counter() at the (resumed) run's start
 
-        self.ocp = ocp
-        self.fingerprint = fingerprint
-        self.manager = ocp.CheckpointManager(
-            pathlib.Path(directory).absolute(),
-            options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True, enable_async_checkpointing=False),
+
+def _new_progress() -> dict:
+    return {"image": 0, "image_step": 0, "image_started": 0.0, "evaluations": 0, "train_seconds": 0.0, "log": [],
+            "images": []}  # fmt: skip
+
+
+def _trajectory_sde(spec, levels: int) -> sde_lib.SDE | None:
+    """The SDE of ``levels = T+1`` trajectory levels from what :func:`train` was given (``None``: none given)."""
+    if spec is None:
+        return None
+    if isinstance(spec, FPConfig) and spec.T + 1 != levels:
+        raise ValueError(f"the FP config has T = {spec.T}, the trajectories {levels} levels (T+1)")
+    if not (isinstance(spec, sde_lib.SDE | FPConfig) or callable(spec)) and np.ndim(spec) == 1:
+        if np.shape(spec) != (levels,):
+            raise ValueError(f"g_values must have shape ({levels},), got {np.shape(spec)}")
+    return sde_lib.as_sde(spec, levels - 1)
+
+
+def _check_inputs(images, trajectories, sde, unet_config: UNetConfig, mode: str):
+    """``(images, trajectories, sde)`` as arrays and an SDE, or a ``ValueError`` naming what does not fit."""
+    images = jnp.asarray(images)
+    trajectories = jnp.asarray(trajectories, images.dtype)
+    if images.ndim != 4 or trajectories.ndim != 5 or trajectories.shape[:1] + trajectories.shape[2:] != images.shape:
+        raise ValueError(
+            f"need images (N, H, W, C) and trajectories (N, T+1, H, W, C); got {images.shape}, {trajectories.shape}"
         )
-
-    def save(self, evaluations: int, state: TrainState, progress: dict):
-        args = self.ocp.args.Composite(
-            state=self.ocp.args.StandardSave(state),
-            progress=self.ocp.args.JsonSave({**progress, "fingerprint": self.fingerprint}),
-        )
-        self.manager.save(evaluations, args=args, force=True)
-        self.manager.wait_until_finished()
-
-    def restore(self, template: TrainState):
-        step = self.manager.latest_step()
-        if step is None:
-            return None
-        progress = self.manager.restore(step, args=self.ocp.args.Composite(progress=self.ocp.args.JsonRestore()))[
-            "progress"
-        ]
-        if progress.get("fingerprint") != self.fingerprint:
-            raise ValueError(
-                f"the checkpoint in {self.manager.directory} belongs to another run "
-                f"({progress.get('fingerprint')} != {self.fingerprint}); use a new directory"
-            )
-        abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), template)
-        restored = self.manager.restore(
-            step, args=self.ocp.args.Composite(state=self.ocp.args.StandardRestore(abstract))
-        )
-        return restored["state"], progress
-
-
-def _fingerprint(images, trajectories, unet_config, config, mode) -> dict:
-    return {
-        "mode": mode,
-        "images": list(images.shape),
-        "trajectories": list(trajectories.shape),
-        "unet": repr(unet_config),
-        "train": repr(config),
-        "checksum": float(np.asarray(trajectories, np.float64).sum()),
-    }
+    if mode not in ("image_by_image", "mixed"):
+        raise ValueError(f"mode must be 'image_by_image' or 'mixed', got {mode!r}")
+    if 0 < unet_config.num_images < images.shape[0]:
+        raise ValueError(f"unet_config.num_images = {unet_config.num_images} < {images.shape[0]} images")
+    return images, trajectories, _trajectory_sde(sde, trajectories.shape[1])
 
 
 def train(
     images,
     trajectories,
-    g_values,
+    sde,
     *,
     unet_config: UNetConfig = DEFAULT_UNET,
     config: TrainConfig = DEFAULT_TRAIN,
@@ -421,7 +369,10 @@ def train(
     Args:
       images: ``(N, H, W, C)`` clean images in ``[0, 1]``.
       trajectories: ``(N, T+1, H, W, C)`` their score-embedded trajectories (:func:`fpjax.embed`).
-      g_values: ``(T+1,)`` ``g(t_n)`` (:func:`fpjax.diffusion_schedule` of the FP config).
+      sde: the forward SDE the trajectories were made with: the :class:`fpjax.FPConfig` of the embedding (best),
+        an :class:`~fpjax.diffusion.sde.SDE`, or its ``g`` as ``(T+1,)`` values (:func:`fpjax.diffusion_schedule`
+        of the FP config, taken piecewise linear), a scalar or a function of ``t``. The objective is bound to it
+        (:func:`bind_sde`); ``None`` for an objective with its own SDE (DDPM) or one given it already.
       unet_config: the network (``num_images = N`` gives each image its own embedding label).
       config: :class:`TrainConfig`.
       key: PRNG key (default ``jax.random.key(0)``): the weights, every step's batch and the checks' noise.
@@ -435,92 +386,70 @@ def train(
     Returns:
       :class:`TrainResult`.
     """
-    images = jnp.asarray(images)
-    trajectories = jnp.asarray(trajectories, images.dtype)
-    if images.ndim != 4 or trajectories.ndim != 5 or trajectories.shape[:1] + trajectories.shape[2:] != images.shape:
-        raise ValueError(
-            f"need images (N, H, W, C) and trajectories (N, T+1, H, W, C); got {images.shape}, {trajectories.shape}"
-        )
-    if mode not in ("image_by_image", "mixed"):
-        raise ValueError(f"mode must be 'image_by_image' or 'mixed', got {mode!r}")
-    g_values = jnp.asarray(g_values, images.dtype)
-    if g_values.shape != (trajectories.shape[1],):
-        raise ValueError(f"g_values must have shape ({trajectories.shape[1]},), got {g_values.shape}")
-    count, size, channels = images.shape[0], images.shape[1], images.shape[-1]
-    use_labels = unet_config.num_images > 0
-    if use_labels and unet_config.num_images < count:
-        raise ValueError(f"unet_config.num_images = {unet_config.num_images} < {count} images")
-    key = jax.random.key(0) if key is None else _typed(key)
-    model_key, run_key, check_key = jax.random.split(key, 3)
-    graphdef, params = create_model(unet_config, channels, size, model_key)
-    state = init_state(params, config, run_key)
-
-    progress_record = {
-        "image": 0,
-        "image_step": 0,
-        "image_started": 0.0,
-        "evaluations": 0,
-        "train_seconds": 0.0,
-        "log": [],
-        "images": [],
-    }
-    checkpoints = None
-    if checkpoint_dir is not None:
-        checkpoints = _Checkpoints(checkpoint_dir, _fingerprint(images, trajectories, unet_config, config, mode))
-        restored = checkpoints.restore(state)
-        if restored is not None:
-            state, progress_record = restored
-            progress_record.pop("fingerprint", None)
-
+    images, trajectories, sde = _check_inputs(images, trajectories, sde, unet_config, mode)
+    config = bind_sde(config, sde)
+    if config.objective.sde is None:
+        raise ValueError(f"{config.objective} needs the SDE of the trajectories: pass their FP config as sde")
+    count, use_labels = images.shape[0], unet_config.num_images > 0
+    model_key, run_key, check_key = jax.random.split(jax.random.key(0) if key is None else _typed(key), 3)
+    graphdef, params = create_model(unet_config, images.shape[-1], images.shape[1], model_key)
+    checkpoints, state, record = _resume(checkpoint_dir, init_state(params, config, run_key), images, trajectories,
+                                         unet_config, config, mode)  # fmt: skip
     groups = [[i] for i in range(count)] if mode == "image_by_image" else [list(range(count))]
-    all_labels = jnp.arange(count) if use_labels else jnp.zeros(count, jnp.int32)
-    bar = _progress_bar(len(groups), progress_record["image"], progress)
-    clock = time.perf_counter() - progress_record["train_seconds"]
+    labels = jnp.arange(count) if use_labels else jnp.zeros(count, jnp.int32)
+    bar = tqdm(total=len(groups), initial=record["image"], desc="training", unit="image", disable=not progress)
+    run = _Run(graphdef, config, images, trajectories, labels, use_labels, check_key, mode, checkpoints,
+               precompute_seconds, on_evaluation, bar, time.perf_counter() - record["train_seconds"])  # fmt: skip
     try:
-        for group_index in range(progress_record["image"], len(groups)):
-            members = jnp.asarray(groups[group_index])
-            labels = all_labels[members]
-            current = -1 if mode == "mixed" else group_index
-            data = TrainData(trajectories, all_labels, g_values, jnp.asarray(current, jnp.int32))
-            noise_key, sampler_key = jax.random.split(jax.random.fold_in(check_key, group_index))
-            clean = images[members]
-            noisy = sampling.noisy_copy(noise_key, clean, config.noise_level)
-            if progress_record["image_step"] == 0:
-                progress_record["image_started"] = progress_record["train_seconds"]
-            while True:
-                state, step_losses = train_steps(graphdef, state, data, config, config.steps_per_call, use_labels)
-                _, quality = evaluate(
-                    graphdef, state.ema, noisy, clean, labels, g_values, sampler_key, config, use_labels
-                )
-                quality = {k: float(jnp.mean(v)) for k, v in quality.items()}
-                loss = float(jnp.mean(step_losses))
-                if not np.isfinite(loss):
-                    raise FloatingPointError(
-                        f"training loss is {loss} at step {int(state.step)} (image {group_index}); "
-                        "lower the learning rate or enable gradient clipping"
-                    )
-                record, finished = _account(
-                    progress_record, group_index, state, loss, quality, clock, config, precompute_seconds
-                )
-                record["precompute_seconds"] = precompute_seconds
-                record["wall_seconds"] = precompute_seconds + record["train_seconds"]
-                if checkpoints is not None and (
-                    finished or progress_record["evaluations"] % config.checkpoint_every == 0
-                ):
-                    checkpoints.save(progress_record["evaluations"], state, progress_record)
-                bar.set_postfix(
-                    image=group_index, step=record["step"], ssim=f"{quality['ssim']:.3f}", loss=f"{loss:.3g}"
-                )
-                if on_evaluation is not None:
-                    on_evaluation(record)
-                if finished:
-                    bar.update(1)
-                    break
-            if progress_record.get("out_of_time"):
+        for group_index in range(record["image"], len(groups)):
+            state = _train_group(run, jnp.asarray(groups[group_index]), group_index, state, record)
+            if record.get("out_of_time"):
                 break
     finally:
         bar.close()
-    return TrainResult(graphdef, state, progress_record["log"], progress_record["images"], config)
+    return TrainResult(graphdef, state, record["log"], record["images"], config)
+
+
+def _resume(checkpoint_dir, state: TrainState, images, trajectories, unet_config, config, mode):
+    """``(checkpoints, state, progress record)``: no checkpoints and a fresh start without ``checkpoint_dir``, else
+    its checkpoints and the last one's state and record (a fresh start if it has none)."""
+    if checkpoint_dir is None:
+        return None, state, _new_progress()
+    checkpoints = Checkpoints(checkpoint_dir, fingerprint(images, trajectories, unet_config, config, mode))
+    restored = checkpoints.restore(state)
+    return (checkpoints, state, _new_progress()) if restored is None else (checkpoints, *restored)
+
+
+def _train_group(run: _Run, members, group_index: int, state: TrainState, record: dict) -> TrainState:
+    """Train on one image (image by image) or on all (mixed) until the target or a budget; log every evaluation."""
+    config = run.config
+    current = -1 if run.mode == "mixed" else group_index
+    data = TrainData(run.trajectories, run.labels, jnp.asarray(current, jnp.int32))
+    noise_key, sampler_key = jax.random.split(jax.random.fold_in(run.check_key, group_index))
+    clean = run.images[members]
+    noisy = sampling.noisy_copy(noise_key, clean, config.noise_level)
+    if record["image_step"] == 0:
+        record["image_started"] = record["train_seconds"]
+    while True:
+        state, step_losses = train_steps(run.graphdef, state, data, config, config.steps_per_call, run.use_labels)
+        _, quality = evaluate(run.graphdef, state.ema, noisy, clean, run.labels[members], None, sampler_key, config,
+                              run.use_labels)  # fmt: skip
+        quality = {k: float(jnp.mean(v)) for k, v in quality.items()}
+        loss = float(jnp.mean(step_losses))
+        if not np.isfinite(loss):
+            raise FloatingPointError(
+                f"training loss is {loss} at step {int(state.step)} (image {group_index}); "
+                "lower the learning rate or enable gradient clipping"
+            )
+        entry, finished = _account(record, group_index, state, loss, quality, run.clock, config, run.precompute_seconds)
+        if run.checkpoints is not None and (finished or record["evaluations"] % config.checkpoint_every == 0):
+            run.checkpoints.save(record["evaluations"], state, record)
+        run.bar.set_postfix(image=group_index, step=entry["step"], ssim=f"{quality['ssim']:.3f}", loss=f"{loss:.3g}")
+        if run.on_evaluation is not None:
+            run.on_evaluation(entry)
+        if finished:
+            run.bar.update(1)
+            return state
 
 
 def _account(
@@ -537,6 +466,8 @@ def _account(
         "loss": loss,
         **quality,
         "train_seconds": progress_record["train_seconds"],
+        "precompute_seconds": precompute_seconds,
+        "wall_seconds": precompute_seconds + progress_record["train_seconds"],
     }
     progress_record["log"].append(record)
     reached = quality["ssim"] >= config.target_ssim
@@ -555,12 +486,6 @@ def _account(
         progress_record["image"] = group_index + 1
         progress_record["image_step"] = 0
     return record, finished
-
-
-def _progress_bar(total: int, initial: int, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc="training", unit="image", disable=not enabled)
 
 
 def save_log(result: TrainResult, path) -> None:

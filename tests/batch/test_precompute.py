@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 import fpjax
-from fpjax.batch.precompute import precompute
-from fpjax.batch.store import StoreMismatchError
+from fpjax.batch.precompute import plan_batches, precompute
+from fpjax.batch.seeding import seed_groups
+from fpjax.batch.store import STATS, FPStore, MemoryStore, StoreMismatchError
 from fpjax.data import sample_images
 
 CONFIG = fpjax.FPConfig(T=6)
@@ -168,8 +169,6 @@ def test_two_processes_share_the_work_into_one_store(tmp_path):
 
 
 def test_cluster_seeds_group_similar_images():
-    from fpjax.batch.precompute import seed_groups
-
     rng = np.random.default_rng(0)
     dark = rng.uniform(0.0, 0.2, size=(5, 8, 8, 3))
     bright = rng.uniform(0.8, 1.0, size=(5, 8, 8, 3))
@@ -182,3 +181,37 @@ def test_cluster_seeds_group_similar_images():
     assert sorted(np.concatenate(groups).tolist()) == list(range(10))
     result = precompute(_images(6), CONFIG, projection="initial_guess", cycle=3, seeds="cluster", dim=4)
     assert result.stats["converged"].all() and len(set(result.seeds.tolist())) == 2
+
+
+def test_plan_gives_every_batch_and_seed_to_exactly_one_process():
+    m0s = jnp.asarray(np.random.default_rng(0).normal(size=(11, 1, 4, 4)))
+    groups = seed_groups(np.zeros((11, 4, 4, 1)), "initial_guess", cycle=5)
+    plans = [plan_batches(m0s, groups, projection="initial_guess", batch_size=2, process=(p, 2)) for p in (0, 1)]
+    batches = [b.tolist() for share in plans for plan in share for b in plan.batches]
+    seeds = [plan.seed for share in plans for plan in share if plan.writes_seed]
+    assert sorted(seeds) == [0, 5, 10] and sorted(i for b in batches for i in b) == [1, 2, 3, 4, 6, 7, 8, 9]
+    assert all(len(b) <= 2 for b in batches) and all(plans)  # both processes have work
+    (alone,) = [plan_batches(m0s, [np.arange(11)], projection="off", batch_size=4)]
+    assert alone[0].seed is None and [len(b) for b in alone[0].batches] == [4, 4, 3]
+
+
+def test_memory_and_zarr_sinks_share_one_interface(tmp_path):
+    meta = {"what": "test"}
+    sinks = [
+        MemoryStore(3, 2, (4, 5), 1),
+        FPStore.open(tmp_path / "s.zarr", metadata=meta, n=3, T=2, shape=(4, 5), channels=1),
+    ]
+    m = np.arange(3 * 4 * 5, dtype=np.float32).reshape(3, 4, 5, 1)
+    stats = {
+        "outer_iterations": [[1, 2]],
+        "linear_iterations": [[3, 4]],
+        "residual": [[0.1, 0.2]],
+        "converged": [[True, False]],
+    }
+    for sink in sinks:
+        assert not sink.done().any()
+        sink.write(1, m, stats)
+        np.testing.assert_array_equal(sink.done(), [False, True, False])
+        np.testing.assert_array_equal(np.asarray(sink.m[1]), m)
+        for name in STATS:
+            np.testing.assert_allclose(sink.stats(name)[1], np.asarray(stats[name]), rtol=1e-7)

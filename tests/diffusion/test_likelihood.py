@@ -7,11 +7,12 @@ import pytest
 
 from fpjax.diffusion import likelihood, mixtures
 from fpjax.diffusion import score_fpe as sf
+from fpjax.diffusion import sde as sde_lib
 
 GAUSSIAN = mixtures.GaussianMixture(((0.5, -1.0),), (0.7,), (1.0,))
 
 
-@pytest.mark.parametrize("sde", [sf.VESDE(0.01, 5.0), sf.VPSDE()], ids=["VE", "VP"])
+@pytest.mark.parametrize("sde", [sde_lib.VESDE(0.01, 5.0), sde_lib.VPSDE()], ids=["VE", "VP"])
 def test_pf_ode_log_likelihood_of_a_gaussian_is_exact(sde):
     x = GAUSSIAN.sample(jax.random.key(0), 6, jnp.float64)
     prior = lambda y: GAUSSIAN.log_prob(y, jnp.ones(y.shape[0], y.dtype), sde)
@@ -20,7 +21,7 @@ def test_pf_ode_log_likelihood_of_a_gaussian_is_exact(sde):
 
 
 def test_hutchinson_log_likelihood_is_unbiased_on_a_mixture():
-    sde = sf.VESDE(0.01, 5.0)
+    sde = sde_lib.VESDE(0.01, 5.0)
     mixture = mixtures.ring(modes=4, radius=1.0, std=0.3)
     x = mixture.sample(jax.random.key(1), 2, jnp.float64)
     prior = lambda y: mixture.log_prob(y, jnp.ones(y.shape[0], y.dtype), sde)
@@ -33,7 +34,7 @@ def test_hutchinson_log_likelihood_is_unbiased_on_a_mixture():
 
 
 def test_default_prior_is_the_wide_gaussian_and_float32_matches_float64():
-    sde = sf.VESDE(0.01, 20.0)
+    sde = sde_lib.VESDE(0.01, 20.0)
     x = GAUSSIAN.sample(jax.random.key(3), 4, jnp.float64)
     score = GAUSSIAN.score(sde)
     logp64 = likelihood.pf_ode_logp(score, x, sde, steps=50)

@@ -3,12 +3,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from fpjax.diffusion import mixtures
-from fpjax.diffusion import score_fpe as sf
+from fpjax.diffusion import sde as sde_lib
 
 
 def test_log_prob_integrates_to_one_and_samples_have_the_stated_moments():
     mixture = mixtures.ring(modes=8, radius=1.0, std=0.1)
-    sde = sf.VESDE(0.01, 5.0)
+    sde = sde_lib.VESDE(0.01, 5.0)
     grid = np.linspace(-3, 3, 301)
     xx, yy = np.meshgrid(grid, grid)
     points = jnp.asarray(np.stack([xx.ravel(), yy.ravel()], 1))
@@ -23,7 +23,7 @@ def test_log_prob_integrates_to_one_and_samples_have_the_stated_moments():
 
 def test_score_is_the_gradient_of_the_log_density_by_finite_differences():
     mixture = mixtures.two_modes()
-    sde = sf.VPSDE()
+    sde = sde_lib.VPSDE()
     x = jnp.array([[0.3, -0.2], [4.0, 5.5]])
     t = jnp.array([0.2, 0.7])
     h = 1e-6

@@ -3,7 +3,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fpjax.diffusion import sampling
+from fpjax import FPConfig
+from fpjax.diffusion import pds, sampling
+from fpjax.diffusion import sde as sde_lib
 
 MU, V0, G = 0.3, 0.04, 0.5
 
@@ -17,12 +19,12 @@ def gaussian_score(x, t):
 @pytest.mark.parametrize("schedule", ["uniform", "quadratic"])
 def test_reverse_process_recovers_a_gaussian(method, schedule):
     n = 20000
-    g = sampling.constant_g(G)
+    sde = sde_lib.ConstantVE(G)
     config = sampling.SamplerConfig(steps=400, method=method, schedule=schedule, clip=False, final_noise=True)
-    x1 = sampling.prior_sample(jax.random.key(0), (n, 1), g, mean=MU) * 1.0
+    x1 = sampling.prior_sample(jax.random.key(0), (n, 1), sde, mean=MU) * 1.0
     # The exact marginal at t = 1 is N(MU, V0 + G^2): rescale the prior (variance G^2) to it.
     x1 = MU + (x1 - MU) * np.sqrt((V0 + G**2) / G**2)
-    x0 = jax.jit(lambda x, k: sampling.reverse_sample(gaussian_score, x, k, g, config))(x1, jax.random.key(1))
+    x0 = jax.jit(lambda x, k: sampling.reverse_sample(gaussian_score, x, k, sde, config))(x1, jax.random.key(1))
     # Sampling error of mean/variance over n draws, plus Euler's O(dt) bias.
     np.testing.assert_allclose(float(jnp.mean(x0)), MU, atol=4 * np.sqrt(V0 / n) + 2e-3)
     np.testing.assert_allclose(float(jnp.var(x0)), V0, rtol=0.05)
@@ -33,34 +35,58 @@ def test_tweedie_step_denoises_a_point_mass_exactly():
     lam = 0.1
     score = lambda x, t: -(x - clean) / lam**2
     config = sampling.SamplerConfig(steps=3, method="ode", t_start=0.2, tweedie=lam**2, clip=False)
-    out = sampling.denoise(score, clean + 0.3, jax.random.key(0), sampling.constant_g(G), config)
+    out = sampling.denoise(score, clean + 0.3, jax.random.key(0), sde_lib.ConstantVE(G), config)
     np.testing.assert_allclose(out, clean, atol=1e-6)
 
 
-def test_schedules_and_g_function():
+def test_schedules():
     uniform = sampling.SamplerConfig(steps=4).times()
     np.testing.assert_allclose(uniform, [1.0, 0.75, 0.5, 0.25, 0.0])
     quad = sampling.SamplerConfig(steps=4, schedule="quadratic", t_end=0.0).times()
     np.testing.assert_allclose(quad, [1.0, 0.5625, 0.25, 0.0625, 0.0])
-    assert float(sampling.integrated_variance(sampling.constant_g(0.5), 1.0)) == pytest.approx(0.25, rel=1e-6)
-    from fpjax import FPConfig
-
-    g = sampling.g_function(FPConfig(T=4, g=(0.1, 0.2, 0.3, 0.4, 0.5)))
-    np.testing.assert_allclose(g(jnp.array([0.0, 0.125, 1.0])), [0.1, 0.15, 0.5], rtol=1e-6)
     with pytest.raises(ValueError, match="t_start"):
         sampling.SamplerConfig(t_start=0.0)
     with pytest.raises(ValueError, match="method"):
         sampling.SamplerConfig(method="euler")
 
 
+def test_g_function_is_the_fp_configs_g():
+    g = sampling.g_function(FPConfig(T=4, g=(0.1, 0.2, 0.3, 0.4, 0.5)))
+    np.testing.assert_allclose(g(jnp.array([0.0, 0.125, 1.0])), [0.1, 0.15, 0.5], rtol=1e-6)
+
+
+@pytest.mark.parametrize("g", [0.3, (0.1, 0.2, 0.3, 0.4, 0.5), lambda t: 0.2 + 0.3 * t], ids=["scalar", "steps", "fn"])
+def test_the_prior_spread_is_the_sdes_variance(g):
+    """The prior of generation is N(mean, int_0^t_start g^2): a bare g function and the SDE give the same one."""
+    sde = sde_lib.from_fp_config(FPConfig(T=4, g=g))
+    x = sampling.prior_sample(jax.random.key(0), (40000, 1), sde, t_start=0.8, mean=0.5, dtype=jnp.float64)
+    assert abs(float(jnp.mean(x)) - 0.5) < 4 * np.sqrt(float(sde.variance(0.8)) / 40000)
+    np.testing.assert_allclose(float(jnp.var(x)), float(sde.variance(0.8)), rtol=0.03)
+    legacy = sampling.prior_sample(jax.random.key(0), (8, 1), sampling.g_function(FPConfig(T=4, g=g)), t_start=0.8,
+                                   dtype=jnp.float64)  # fmt: skip
+    np.testing.assert_allclose(legacy, sampling.prior_sample(jax.random.key(0), (8, 1), sde, 0.8, dtype=jnp.float64),
+                               rtol=1e-5)  # fmt: skip
+
+
+def test_the_sampler_follows_the_sdes_drift():
+    """The probability-flow ODE of the VP SDE with the exact score of N(0, I), which it keeps, stays put."""
+    sde = sde_lib.VPSDE(0.1, 5.0)
+    config = sampling.SamplerConfig(steps=400, method="ode", clip=False)
+    x = jax.random.normal(jax.random.key(0), (4, 3), jnp.float64)
+    out = sampling.reverse_sample(lambda x, t: -x, x, jax.random.key(1), sde, config)
+    np.testing.assert_allclose(out, x, rtol=1e-10)
+    drifted = sampling.reverse_sample(lambda x, t: -x, x, jax.random.key(1), sde_lib.ConstantVE(1.0), config)
+    assert float(jnp.max(jnp.abs(drifted - x))) > 0.1
+
+
 def test_sde_noise_depends_on_the_key_and_ode_does_not():
     x = jnp.full((2, 16, 16, 1), 0.5)
     score = lambda x, t: -x
-    g = sampling.constant_g(G)
+    sde = sde_lib.ConstantVE(G)
     for method, differs in (("sde", True), ("ode", False)):
         config = sampling.SamplerConfig(steps=5, method=method)
-        a = sampling.reverse_sample(score, x, jax.random.key(0), g, config)
-        b = sampling.reverse_sample(score, x, jax.random.key(1), g, config)
+        a = sampling.reverse_sample(score, x, jax.random.key(0), sde, config)
+        b = sampling.reverse_sample(score, x, jax.random.key(1), sde, config)
         assert bool(jnp.any(a != b)) == differs
 
 
@@ -69,7 +95,7 @@ def test_generate_is_batched_and_in_range():
         lambda x, t: -(x - 0.5) / 0.01,
         jax.random.key(0),
         (3, 16, 16, 3),
-        sampling.constant_g(G),
+        sde_lib.ConstantVE(G),
         sampling.SamplerConfig(steps=10),
     )
     assert out.shape == (3, 16, 16, 3)
@@ -79,11 +105,11 @@ def test_generate_is_batched_and_in_range():
 def test_sampler_is_differentiable_in_its_start():
     """The ODE sampler of a linear score is linear: its gradient matches central differences (float64)."""
     config = sampling.SamplerConfig(steps=20, method="ode", clip=False)
-    g = sampling.constant_g(G)
+    sde = sde_lib.ConstantVE(G)
     x = jnp.linspace(0.0, 1.0, 6, dtype=jnp.float64).reshape(6, 1)
 
     def total(x):
-        return jnp.sum(sampling.reverse_sample(gaussian_score, x, jax.random.key(0), g, config) ** 2)
+        return jnp.sum(sampling.reverse_sample(gaussian_score, x, jax.random.key(0), sde, config) ** 2)
 
     grad = jax.grad(total)(x)
     eps = 1e-6
@@ -99,8 +125,6 @@ def test_preconditioned_corrector_keeps_a_gaussian_target():
     fluctuate and the state-dependent step biases the variance (27% at 16 pixels), so the check uses
     256 pixels, where they concentrate. (Fixed steps: ``tests/test_pds.py``.)
     """
-    from fpjax.diffusion import pds
-
     shape = (16, 16, 1)
     mean = jnp.linspace(0.2, 0.8, 256).reshape(shape)
     var = jnp.full(shape, 0.05)
@@ -109,7 +133,7 @@ def test_preconditioned_corrector_keeps_a_gaussian_target():
     m = pds.from_data(data, alpha=2.0)
 
     def chain(x, k):
-        return sampling._langevin_step(score(x, None), x, k, 0.1, m.gram, m.apply, m.transpose), None
+        return sampling.corrector_step(score(x, None), x, k, 0.1, m), None
 
     x0 = jnp.zeros((1000,) + shape)
     x, _ = jax.jit(lambda x: jax.lax.scan(chain, x, jax.random.split(jax.random.key(1), 1500)))(x0)
@@ -126,11 +150,11 @@ def test_preconditioner_enters_the_sampler():
         apply = transpose = staticmethod(lambda v: 2 * v)
         gram = staticmethod(lambda v: 4 * v)
 
-    g = sampling.constant_g(G)
+    sde = sde_lib.ConstantVE(G)
     config = sampling.SamplerConfig(steps=10, method="ode", clip=False)
     x = jnp.full((2, 4, 4, 1), 0.9)
-    pre = sampling.reverse_sample(gaussian_score_image, x, jax.random.key(0), g, config, preconditioner=Double())
-    plain = sampling.reverse_sample(lambda x, t: 4 * gaussian_score_image(x, t), x, jax.random.key(0), g, config)
+    pre = sampling.reverse_sample(gaussian_score_image, x, jax.random.key(0), sde, config, preconditioner=Double())
+    plain = sampling.reverse_sample(lambda x, t: 4 * gaussian_score_image(x, t), x, jax.random.key(0), sde, config)
     np.testing.assert_allclose(pre, plain, rtol=1e-6)
 
 

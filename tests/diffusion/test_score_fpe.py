@@ -3,17 +3,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import fpjax
 from fpjax.diffusion import mixtures
 from fpjax.diffusion import score_fpe as sf
+from fpjax.diffusion import sde as sde_lib
 
-SDES = [sf.VESDE(0.01, 5.0), sf.VPSDE(), sf.ConstantVE(0.5)]
+SDES = [sde_lib.VESDE(0.01, 5.0), sde_lib.VPSDE(), sde_lib.ConstantVE(0.5)]
 
 
 def _points(mixture, sde, n=12, seed=0):
     x0 = mixture.sample(jax.random.key(seed), n, jnp.float64)
     t = jnp.linspace(0.05, 0.95, n, dtype=jnp.float64)
-    return sf.perturb(jax.random.key(seed + 1), x0, t, sde)[0], t
+    return sde_lib.perturb(jax.random.key(seed + 1), x0, t, sde)[0], t
 
 
 def _wrong_score(x, t):
@@ -28,7 +28,7 @@ def test_residual_of_the_exact_mixture_score_is_zero(sde):
     x, t = _points(mixture, sde)
     score = mixture.score(sde)
     r = sf.residual(score, x, t, sde)
-    scale = jnp.max(jnp.abs(jax.vmap(lambda xi, ti: sf.time_derivative(sf._single(score), xi, ti))(x, t)))
+    scale = jnp.max(jnp.abs(jax.vmap(lambda xi, ti: sf.time_derivative(sf.single_sample(score), xi, ti))(x, t)))
     assert scale > 1.0  # the two sides are large; their difference vanishes
     np.testing.assert_allclose(r, 0.0, atol=1e-10 * scale)
     # The paper's finite difference in t leaves its O(h^2) discretisation error only.
@@ -39,12 +39,12 @@ def test_residual_of_the_exact_mixture_score_is_zero(sde):
 def test_residual_is_not_zero_for_a_wrong_score():
     x = jax.random.normal(jax.random.key(0), (6, 3), jnp.float64)
     t = jnp.full((6,), 0.4, jnp.float64)
-    assert jnp.min(jnp.linalg.norm(sf.residual(_wrong_score, x, t, sf.VESDE()), axis=1)) > 0.1
+    assert jnp.min(jnp.linalg.norm(sf.residual(_wrong_score, x, t, sde_lib.VESDE()), axis=1)) > 0.1
 
 
 @pytest.mark.parametrize("probe", ["rademacher", "gaussian"])
 def test_estimated_residual_matches_the_exact_one_in_expectation(probe):
-    sde = sf.VPSDE(0.1, 5.0)
+    sde = sde_lib.VPSDE(0.1, 5.0)
     x = jax.random.normal(jax.random.key(1), (4, 3), jnp.float64)
     t = jnp.array([0.2, 0.4, 0.6, 0.8])
     exact = sf.residual(_wrong_score, x, t, sde)
@@ -60,10 +60,10 @@ def test_estimated_residual_matches_the_exact_one_in_expectation(probe):
 
 
 def test_gradient_term_matches_finite_differences():
-    sde = sf.VPSDE(0.1, 5.0)
+    sde = sde_lib.VPSDE(0.1, 5.0)
     x = jax.random.normal(jax.random.key(4), (3,), jnp.float64)
     t = jnp.asarray(0.3, jnp.float64)
-    s1 = sf._single(_wrong_score)
+    s1 = sf.single_sample(_wrong_score)
     grad = jax.grad(lambda y: sf.scalar_term(s1, y, t, sde))(x)
     h = 1e-5
     fd = [(sf.scalar_term(s1, x + h * e, t, sde) - sf.scalar_term(s1, x - h * e, t, sde)) / (2 * h) for e in jnp.eye(3)]
@@ -86,7 +86,7 @@ def test_three_point_difference_is_second_order():
 
 def test_curves_vanish_for_the_exact_score_and_not_for_a_wrong_one():
     mixture = mixtures.two_modes()
-    sde = sf.VESDE(0.01, 10.0)
+    sde = sde_lib.VESDE(0.01, 10.0)
     data = mixture.sample(jax.random.key(5), 64, jnp.float64)
     times = jnp.array([0.1, 0.5, 0.9])
     score = mixture.score(sde)
@@ -101,7 +101,7 @@ def test_curves_vanish_for_the_exact_score_and_not_for_a_wrong_one():
 
 def test_regulariser_is_differentiable_jittable_and_zero_for_the_true_score():
     mixture = mixtures.ring()
-    sde = sf.VESDE(0.01, 5.0)
+    sde = sde_lib.VESDE(0.01, 5.0)
     x, t = _points(mixture, sde, n=8)
     score = mixture.score(sde)
     exact = sf.Regulariser(gamma=1.0, beta=0.0, config=sf.ResidualConfig())
@@ -123,73 +123,4 @@ def test_bad_configs_are_refused():
     with pytest.raises(ValueError, match="weight"):
         sf.Regulariser(weight="g")
     with pytest.raises(ValueError, match="PRNG key"):
-        sf.residual(_wrong_score, jnp.ones((1, 3)), jnp.ones(1), sf.VESDE(), None, sf.ESTIMATED)
-
-
-def test_fp_step_residuals_sit_at_the_solver_tolerance():
-    from fpjax.solver import log_density as fp
-
-    rng = np.random.default_rng(0)
-    image = rng.uniform(0.2, 1.0, (12, 12))
-    config = fp.FPConfig(T=10, outer_tol=1e-6)
-    solution = fpjax.solve(jnp.log(image / image.sum()), config)
-    r = np.asarray(sf.fp_step_residuals(solution.m, config))
-    assert r.shape == (10,) and np.all(r < 1e-4)
-    # A trajectory that is not the solution has a large residual: the check can fail.
-    wrong = solution.m.at[5].add(0.01)
-    assert np.asarray(sf.fp_step_residuals(wrong, config))[4] > 100 * r.max()
-
-
-def test_ddpm_chain_is_the_vp_sde_it_claims():
-    from fpjax.learn import ddpm as dd
-
-    ddpm = dd.DDPM()
-    levels = np.array([10, 100, 500, 900])
-    # Level i has taken i + 1 steps: log alpha_bar at t = (i + 1) / steps against the discrete chain's.
-    log_ab = 2 * ddpm.sde.log_mean_scale((levels + 1) / ddpm.steps)
-    np.testing.assert_allclose(log_ab, np.log(ddpm.alphas_bar()[levels]), rtol=0.02, atol=2e-4)
-
-
-@pytest.mark.parametrize("name", ["fpjax", "DDPM"])
-def test_regulariser_plugs_into_both_training_objectives(name):
-    from fpjax.learn import ddpm as dd
-    from fpjax.learn import trainer as training
-
-    base = training.EmbeddedDenoising() if name == "fpjax" else dd.DDPM()
-    objective = sf.FPRegularised(base, sf.Regulariser(gamma=0.15, beta=0.01, weight="g2", m=2))
-    config = training.TrainConfig(batch_size=2, objective=objective)
-    images = jax.random.uniform(jax.random.key(0), (2, 4, 4, 3))
-    data = training.TrainData(jnp.repeat(images[:, None], 5, axis=1), jnp.arange(2), jnp.full((5,), 0.5))
-
-    def network(params):
-        # A small nonlinear stand-in for the U-Net: the objectives only need net(x, t, labels).
-        def net(x, t, labels):
-            h = jnp.tanh(x * params["w"] + t[:, None, None, None] * params["v"])
-            return h * params["a"] + params["b"][labels][:, None, None, None]
-
-        return net
-
-    params = {"w": 1.3, "v": 0.7, "a": 0.4, "b": jnp.array([0.1, -0.2])}
-    key = jax.random.key(3)
-    total = float(jax.jit(lambda p: objective.loss(network(p), key, data, config))(params))
-    plain = float(base.loss(network(params), jax.random.split(key, 3)[0], data, config))
-    assert np.isfinite(total) and total > plain
-    grads = jax.jit(jax.grad(lambda p: objective.loss(network(p), key, data, config)))(params)
-    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
-    assert float(jnp.abs(grads["v"])) > 0  # the penalty reaches the time dependence (d_t s)
-
-
-def test_fpe_points_can_be_drawn_at_given_times():
-    from fpjax.learn import ddpm as dd
-    from fpjax.learn import trainer as training
-
-    images = jax.random.uniform(jax.random.key(0), (2, 4, 4, 3))
-    trajectories = images[:, None] + jnp.arange(5.0)[None, :, None, None, None]  # step n adds n
-    data = training.TrainData(trajectories, jnp.arange(2), jnp.full((5,), 0.5))
-    config = training.TrainConfig(batch_size=3, lam=1e-6)
-    t = jnp.full((3,), 0.5)
-    x, tb, _ = training.EmbeddedDenoising().fpe_points(jax.random.key(1), data, config, t)
-    np.testing.assert_allclose(tb, 0.5)
-    assert bool(jnp.all(jnp.abs(x - 2.0 - 0.5) <= 0.5 + 1e-4))  # step 2 of the trajectory: image + 2
-    _, tb, _ = dd.DDPM().fpe_points(jax.random.key(1), data, config, t)
-    np.testing.assert_allclose(tb, 0.5)
+        sf.residual(_wrong_score, jnp.ones((1, 3)), jnp.ones(1), sde_lib.VESDE(), None, sf.ESTIMATED)

@@ -8,6 +8,7 @@ import pytest
 from fpjax.learn import ddpm as dd
 from fpjax.learn import trainer as training
 from fpjax.learn.models import UNetConfig
+from fpjax.learn.objectives import TrainData
 
 MU, V0 = 0.3, 0.09
 
@@ -35,7 +36,7 @@ def test_closed_form_marginals_match_the_markov_chain():
 def test_loss_is_zero_for_the_true_noise():
     model = dd.DDPM()
     x0 = jax.random.uniform(jax.random.key(0), (1, 1, 8, 8, 3))  # one image, T+1 = 1 level
-    data = training.TrainData(x0, jnp.zeros(1, jnp.int32), jnp.full((1,), 0.5), jnp.asarray(0))
+    data = TrainData(x0, jnp.zeros(1, jnp.int32), jnp.asarray(0))
     config = training.TrainConfig(batch_size=4, objective=model)
     ab = jnp.asarray(model.alphas_bar(), jnp.float32)
 
@@ -83,9 +84,7 @@ def test_training_a_tiny_ddpm_runs_through_the_shared_loop():
         batch_size=4, steps_per_call=5, max_steps=10, target_ssim=1.01, objective=dd.DDPM(sampler_steps=20)
     )
     unet = UNetConfig(channels=8, channel_mult=(1, 2), attention_resolutions=(), groups=4)
-    result = training.train(
-        images, images[:, None], jnp.full((1,), 0.5), unet_config=unet, config=config, progress=False
-    )
+    result = training.train(images, images[:, None], None, unet_config=unet, config=config, progress=False)
     assert [r["step"] for r in result.log] == [5, 10]
     out = dd.generate(config.objective, dd.eps_function(result), jax.random.key(1), (2, 16, 16, 3))
     assert out.shape == (2, 16, 16, 3) and bool(jnp.all((out >= 0) & (out <= 1)))
@@ -108,3 +107,31 @@ def test_preconditioner_scales_the_noise_term(sampler):
                        preconditioner=type("NoNoise", (), {"apply": staticmethod(lambda v: 0 * v),
                                                            "gram": staticmethod(lambda v: v)})())  # fmt: skip
     np.testing.assert_allclose(pre, plain, rtol=1e-5, atol=1e-6)
+
+
+def test_ddpm_chain_is_the_vp_sde_it_claims():
+    ddpm = dd.DDPM()
+    levels = np.array([10, 100, 500, 900])
+    # Level i has taken i + 1 steps: log alpha_bar at t = (i + 1) / steps against the discrete chain's.
+    log_ab = 2 * ddpm.sde.log_mean_scale((levels + 1) / ddpm.steps)
+    np.testing.assert_allclose(log_ab, np.log(ddpm.alphas_bar()[levels]), rtol=0.02, atol=2e-4)
+
+
+def test_train_result_score_is_the_objectives_score():
+    """Issue 14: TrainResult.score of a DDPM model is DDPM's -eps / sqrt(1 - alpha_bar) on the same network, not
+    the embedded objective's -net / lambda."""
+    model = dd.DDPM()
+    config = training.bind_sde(training.TrainConfig(objective=model), 0.5)
+    unet = UNetConfig(channels=8, channel_mult=(1, 2), attention_resolutions=(), groups=4)
+    graphdef, params = training.create_model(unet, 3, 16, jax.random.key(0))
+    # A fresh U-Net outputs zeros (zero-initialised last layer): move every weight so the two scores differ.
+    params = jax.tree.map(lambda a: a + 0.05 * jax.random.normal(jax.random.key(3), a.shape, a.dtype), params)
+    result = training.TrainResult(graphdef, training.init_state(params, config, jax.random.key(1)), [], [], config)
+    x = jax.random.normal(jax.random.key(2), (2, 16, 16, 3))
+    t = jnp.array([0.1, 0.6])
+    expected = model.score(training.network(graphdef, params, False), None, config)(x, t)
+    np.testing.assert_allclose(result.score()(x, t), expected, rtol=1e-5, atol=1e-6)
+    assert result.sde == model.sde
+    # The two objectives' scores differ on the same network: a score taken from the wrong one would show.
+    embedded = training.score_function(graphdef, params, training.TrainConfig())(x, t)
+    assert float(jnp.max(jnp.abs(embedded - expected))) > 1.0

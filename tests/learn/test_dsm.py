@@ -5,9 +5,10 @@ import pytest
 
 from fpjax.diffusion import mixtures
 from fpjax.diffusion import score_fpe as sf
+from fpjax.diffusion import sde as sde_lib
 from fpjax.learn import dsm
 
-SDE = sf.VESDE(0.01, 5.0)
+SDE = sde_lib.VESDE(0.01, 5.0)
 GAUSSIAN = mixtures.GaussianMixture(((0.5, -1.0),), (0.5,), (1.0,))
 
 
@@ -21,7 +22,7 @@ def _fit(reg):
 def test_dsm_learns_the_score_of_a_gaussian_and_the_regulariser_lowers_the_residual():
     x0 = GAUSSIAN.sample(jax.random.key(2), 256)
     t = jnp.full((256,), 0.5)
-    x, _ = sf.perturb(jax.random.key(3), x0, t, SDE)
+    x, _ = sde_lib.perturb(jax.random.key(3), x0, t, SDE)
     exact = GAUSSIAN.score(SDE)(x, t)
     plain, losses = _fit(None)
     assert losses[-1] < losses[0]

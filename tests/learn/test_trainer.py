@@ -3,7 +3,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import fpjax
+from fpjax import FPConfig
 from fpjax.diffusion import sampling
+from fpjax.diffusion import score_fpe as sf
+from fpjax.diffusion import sde as sde_lib
 from fpjax.eval import metrics
 from fpjax.learn import objectives as losses
 from fpjax.learn import trainer as training
@@ -43,10 +47,10 @@ def _fixed_loss(graphdef, params, config, trajectories, g):
 
 def test_a_few_steps_lower_the_loss_and_raise_denoising_ssim():
     images, trajectories, g = _data(1)
-    config = _config()
+    config = training.bind_sde(_config(), g)
     graphdef, params = training.create_model(TINY, 3, SIZE, jax.random.key(0))
     state = training.init_state(params, config, jax.random.key(1))
-    data = training.TrainData(trajectories, jnp.zeros(1, jnp.int32), g)
+    data = training.TrainData(trajectories, jnp.zeros(1, jnp.int32))
     before = _fixed_loss(graphdef, state.params, config, trajectories, g)
     state, step_losses = training.train_steps(graphdef, state, data, config, 60, False)
     after = _fixed_loss(graphdef, state.params, config, trajectories, g)
@@ -62,10 +66,10 @@ def test_a_few_steps_lower_the_loss_and_raise_denoising_ssim():
 def test_fused_and_stepwise_training_agree():
     images, trajectories, g = _data(1)
     graphdef, params = training.create_model(TINY, 3, SIZE, jax.random.key(0))
-    data = training.TrainData(trajectories, jnp.zeros(1, jnp.int32), g)
+    data = training.TrainData(trajectories, jnp.zeros(1, jnp.int32))
     results = []
     for fuse in (True, False):
-        config = _config(fuse_steps=fuse)
+        config = training.bind_sde(_config(fuse_steps=fuse), g)
         state = training.init_state(params, config, jax.random.key(1))
         results.append(training.train_steps(graphdef, state, data, config, 3, False))
     np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-4)
@@ -161,15 +165,76 @@ def test_bad_inputs_are_named():
 def test_replay_draws_earlier_images_in_the_stated_fraction():
     trajectories = jnp.arange(4, dtype=jnp.float32)[:, None, None, None, None] * jnp.ones((4, T + 1, 2, 2, 1))
     labels = jnp.arange(4)
-    g = jnp.full((T + 1,), 0.5)
     config = _config(batch_size=4000, replay=0.3)
 
     def drawn(current):
-        data = training.TrainData(trajectories, labels, g, jnp.asarray(current))
-        x = training._batch(jax.random.key(0), data, config)[0]
+        data = training.TrainData(trajectories, labels, jnp.asarray(current))
+        x = losses.trajectory_batch(jax.random.key(0), data, config)[0]
         return np.asarray(x[:, 0, 0, 0]).astype(int)
 
     counts = np.bincount(drawn(2), minlength=4)
     assert counts[3] == 0 and abs(counts[2] / 4000 - 0.7) < 0.03 and abs(counts[0] - counts[1]) < 200
     assert set(drawn(0)) == {0}
     assert np.all(np.abs(np.bincount(drawn(-1), minlength=4) / 4000 - 0.25) < 0.03)
+
+
+def test_every_component_sees_the_fp_configs_g():
+    """Issue 14: a run made with FPConfig.g = 0.3 weights its loss, checks, regularises and samples with g = 0.3
+    (the objective's SDE was a fixed ConstantVE(0.5) before, whatever the FP config)."""
+    fp_config, g_03 = FPConfig(T=T, g=0.3), sde_lib.ConstantVE(0.3)
+    images, trajectories, _ = _data(1)
+    config = _config(batch_size=2, steps_per_call=2, max_steps=2)
+    result = training.train(images, trajectories, fp_config, unet_config=TINY, config=config, progress=False)
+    assert int(result.state.step) == 2 and np.isfinite(result.log[-1]["loss"])
+    times = jnp.linspace(0.0, 1.0, 5)
+    for sde in (result.sde, result.config.objective.sde):
+        np.testing.assert_allclose(sde.g(times), 0.3, rtol=1e-6)
+        np.testing.assert_allclose(sde.variance(times), 0.09 * times, rtol=1e-6, atol=1e-12)
+    # The (T+1,) g values callers pass today bind the same SDE.
+    assert sde_lib.equivalent(training.bind_sde(config, fpjax.diffusion_schedule(fp_config)).objective.sde, g_03)
+
+    net = training.network(result.graphdef, result.state.ema, False)
+    data = training.TrainData(trajectories, jnp.zeros(1, jnp.int32), jnp.asarray(0))
+    key = jax.random.key(5)
+    # Loss weighting: eq. 29 with 1 / (2 * 0.3^2).
+    x, t, z, labels = losses.trajectory_batch(key, data, result.config)
+    expected = losses.embedded_denoising_loss(result.score(), x, t, jnp.full(t.shape, 0.3), z, result.config.lam)
+    np.testing.assert_allclose(float(result.config.objective.loss(net, key, data, result.config)), float(expected),
+                               rtol=1e-5)  # fmt: skip
+    # The score-FPE regulariser of a regularised run: its residual and g^2 weight under g = 0.3 (a small stand-in
+    # network: the double derivative through the U-Net costs minutes on a CPU).
+    reg = sf.Regulariser(gamma=1.0, weight="g2", config=sf.EXACT)
+    regularised = training.bind_sde(_config(objective=losses.FPRegularised(losses.EmbeddedDenoising(), reg)),
+                                    fp_config).objective  # fmt: skip
+    assert regularised.sde == g_03
+    toy = lambda x, t, labels: jnp.tanh(x) * (0.3 + t[:, None, None, None])
+    small = losses.TrainData(trajectories[:, :, :4, :4], jnp.zeros(1, jnp.int32), jnp.asarray(0))
+    values = [
+        float(o.loss(toy, key, small, config))
+        for o in (regularised, losses.FPRegularised(losses.EmbeddedDenoising(g_03), reg),
+                  losses.FPRegularised(losses.EmbeddedDenoising(sde_lib.ConstantVE(0.5)), reg))
+    ]  # fmt: skip
+    assert values[0] == values[1] and abs(values[2] - values[0]) > 1e-3 * values[0]
+    # The denoising check and generation sample with g = 0.3, from a prior of spread 0.3.
+    noisy = sampling.noisy_copy(jax.random.key(6), images, 0.5)
+    checked, _ = training.evaluate(result.graphdef, result.state.ema, noisy, images, jnp.zeros(1, jnp.int32), None,
+                                   key, result.config, False)  # fmt: skip
+    np.testing.assert_allclose(checked, sampling.denoise(result.score(), noisy, key, g_03, config.sampler), rtol=1e-4,
+                               atol=1e-5)  # fmt: skip
+    prior = sampling.prior_sample(jax.random.key(7), (20000, 1), result.sde, mean=0.0)
+    np.testing.assert_allclose(float(jnp.std(prior)), 0.3, rtol=0.02)
+    shape = (1, SIZE, SIZE, 3)
+    generated = sampling.generate(result.score(), key, shape, result.sde, config.sampler)
+    np.testing.assert_allclose(generated, sampling.generate(result.score(), key, shape, g_03, config.sampler),
+                               rtol=1e-5, atol=1e-6)  # fmt: skip
+
+
+def test_trajectories_and_fp_config_must_agree():
+    images, trajectories, _ = _data(1)
+    with pytest.raises(ValueError, match="T = 4"):
+        training.train(images, trajectories, FPConfig(T=4), unet_config=TINY, progress=False)
+    with pytest.raises(ValueError, match="needs the SDE of the trajectories"):
+        training.train(images, trajectories, None, unet_config=TINY, progress=False)
+    with pytest.raises(ValueError, match="drift"):
+        training.train(images, trajectories, FPConfig(T=T, drift=lambda t: (1.0, 0.0)), unet_config=TINY,
+                       progress=False)  # fmt: skip
