@@ -1,32 +1,73 @@
 """fpjax: fast score pre-computation for score-based diffusion models, in JAX.
 
-Solve the log-density Fokker-Planck equation of each image on its pixel grid,
-turn the solution into scores, and (in later modules) embed, train and sample.
+The public surface, by the job it does (the README's "Architecture" maps the packages):
+
+* Solve the Fokker-Planck equation of an image on its pixel grid: :func:`solve`, :func:`solve_image`,
+  :func:`solve_images`, :class:`FPConfig` (``scheme="log_density" | "density" | "spectral"``),
+  :class:`FPSolution`, :func:`initial_log_density`, :func:`score`, :func:`pixel_score`.
+* Many images at once, into a resumable store: :func:`precompute`.
+* Score embedding and training: :func:`embed`, :func:`train`, :class:`TrainConfig`, :class:`DDPM`.
+* The forward SDE and sampling: :func:`sde_from_fp_config`, :func:`denoise`, :func:`generate`,
+  :class:`SamplerConfig`; PDS: :mod:`fpjax.diffusion.pds`; the score FPE: :mod:`fpjax.diffusion.score_fpe`.
+
+The solver names are imported eagerly; the learning and sampling ones on first use (they pull in Flax,
+Optax and Orbax, which ``import fpjax`` alone should not pay for).
 """
+
+import importlib
 
 from fpjax.batch.precompute import PrecomputeResult, precompute
 from fpjax.learn.embedding import embed
 from fpjax.solver.initial import initial_log_density, validate_image
-from fpjax.solver.problem import ConvergenceError, FPConfig, FPSolution, check_solution, diffusion_schedule
+from fpjax.solver.problem import SCHEMES, ConvergenceError, FPConfig, FPSolution, check_solution, diffusion_schedule
 from fpjax.solver.scores import pixel_score, score
 from fpjax.solver.solve import solve, solve_image, solve_images
 
 __version__ = "0.1.0"
 
+_LAZY = {
+    "train": ("fpjax.learn.trainer", "train"),
+    "TrainConfig": ("fpjax.learn.trainer", "TrainConfig"),
+    "DDPM": ("fpjax.learn.ddpm", "DDPM"),
+    "SamplerConfig": ("fpjax.diffusion.sampling", "SamplerConfig"),
+    "denoise": ("fpjax.diffusion.sampling", "denoise"),
+    "generate": ("fpjax.diffusion.sampling", "generate"),
+    "sde_from_fp_config": ("fpjax.diffusion.sde", "from_fp_config"),
+    "pds": ("fpjax.diffusion.pds", None),
+    "score_fpe": ("fpjax.diffusion.score_fpe", None),
+}
+
+
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'fpjax' has no attribute {name!r}")
+    module_name, attribute = _LAZY[name]
+    module = importlib.import_module(module_name)
+    value = module if attribute is None else getattr(module, attribute)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
+
 __all__ = [
     "ConvergenceError",
     "FPConfig",
     "FPSolution",
+    "PrecomputeResult",
+    "SCHEMES",
     "check_solution",
     "diffusion_schedule",
     "embed",
     "initial_log_density",
-    "precompute",
-    "PrecomputeResult",
     "pixel_score",
+    "precompute",
     "score",
     "solve",
     "solve_image",
     "solve_images",
     "validate_image",
+    *_LAZY,
 ]

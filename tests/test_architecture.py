@@ -135,3 +135,11 @@ def test_library_functions_are_short():
                 if length > 70:
                     long.append(f"{module}.{node.name} ({length} lines)")
     assert not long, "functions too long to read at once: " + ", ".join(long)
+
+
+def test_the_public_surface_resolves():
+    import fpjax
+
+    for name in fpjax.__all__:
+        assert getattr(fpjax, name) is not None, name
+    assert fpjax.sde_from_fp_config(fpjax.FPConfig(g=0.3)).g(0.7) == pytest.approx(0.3)
