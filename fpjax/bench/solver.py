@@ -62,7 +62,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per image for fpjax (median of all)")
     parser.add_argument("--batch", type=int, default=8, help="vmapped batch size for the batched line (0: skip)")
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), help="subset of: " + ", ".join(VARIANTS))
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a few minutes: sizes 32 and 64, 2 images, 2 repeats, spsolve on 1 image per size, batch of 4",
+    )
     parser.add_argument("--out", default="bench_solver.json")
+
+
+QUICK = dict(sizes=[32, 64], images=2, repeats=2, spsolve_images=[1, 1], batch=4)
 
 
 def _rel_error(m, reference):
@@ -162,6 +170,8 @@ def _size_rows(size, args, n_spsolve):
 
 
 def run(args) -> int:
+    if args.quick:
+        args = argparse.Namespace(**{**vars(args), **QUICK})
     jax.config.update("jax_enable_x64", True)  # for the float64 reference; fpjax runs follow their inputs' dtype
     n_spsolve = dict(DEFAULT_SPSOLVE_IMAGES)
     if args.spsolve_images:

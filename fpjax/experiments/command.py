@@ -84,12 +84,12 @@ def run(args) -> int:
         print(exp3_markdown(results["exp3"]))
     if "score-fpe" in which:
         fpe_settings = fpe_experiment.QUICK_FPE if args.quick else fpe_experiment.FPESettings()
-        results["score-fpe"] = fpe_experiment.run(out, fpe_settings)
+        results["score-fpe"] = fpe_experiment.run_experiment(out, fpe_settings)
         print(fpe_experiment.markdown(results["score-fpe"]))
     if "ablation" in which:
         base = ablation.QUICK_ABLATION if args.quick else ablation.AblationSettings()
         changes = {k: v for k, v in (("images", args.images), ("max_seconds", args.max_seconds)) if v is not None}
-        results["ablation"] = ablation.run(out, dataclasses.replace(base, **changes), settings.cifar)
+        results["ablation"] = ablation.run_experiment(out, dataclasses.replace(base, **changes), settings.cifar)
         print(ablation.markdown(results["ablation"]))
         return 0  # the ablation writes its own report.md
     if "pds" in which:

@@ -225,7 +225,7 @@ def image_part(settings: FPESettings, out: pathlib.Path) -> dict:
 # report
 
 
-def run(out: pathlib.Path, settings: FPESettings, parts=("mixture", "digits", "images")) -> dict:
+def run_experiment(out: pathlib.Path, settings: FPESettings, parts=("mixture", "digits", "images")) -> dict:
 
     result = dict(experiment="score-fpe", settings=dataclasses.asdict(settings), machine=machine())
     if "mixture" in parts:

@@ -93,7 +93,12 @@ def _operator_norm_bound(step: StepCoefficients, velocity, spacing):
 
 
 def _relative_change(new, old):
-    return jnp.linalg.norm(new - old) / jnp.linalg.norm(new)
+    return linsolve.relative_norm(new - old, new)
+
+
+def relative_step_residual(m, m_prev, step: StepCoefficients, spacing, boundary, advection="central"):
+    """``||F(m)|| / ||m_prev/dt||``, scaled against underflow (:func:`fpjax.solver.linsolve.relative_norm`)."""
+    return linsolve.relative_norm(step_residual(m, m_prev, step, spacing, boundary, advection), step.c0 * m_prev)
 
 
 # ----------------------------------------------------------------------------
@@ -218,9 +223,7 @@ def _solve_step(m_prev, m_guess, step: StepCoefficients, config: FPConfig, spaci
     if config.solver != "bicgstab_counted":
         iters = jnp.int32(-1)
     m_stopped = lax.stop_gradient(m)
-    residual = jnp.linalg.norm(
-        step_residual(m_stopped, m_prev, step, spacing, config.boundary, config.advection)
-    ) / jnp.linalg.norm(step.c0 * m_prev)
+    residual = relative_step_residual(m_stopped, m_prev, step, spacing, config.boundary, config.advection)
     eps = jnp.finfo(m.dtype).eps
     converged = (
         (change <= config.outer_tol)
@@ -256,9 +259,7 @@ def trajectory(m0, g, config: FPConfig, guides=None, guess_fn=None, approximate=
             guess = 2 * m_prev - m_before if config.predictor == "extrapolate" else m_prev
         if approximate:
             m = guess
-            residual = jnp.linalg.norm(
-                step_residual(m, m_prev, step, spacing, config.boundary, config.advection)
-            ) / jnp.linalg.norm(step.c0 * m_prev)
+            residual = relative_step_residual(m, m_prev, step, spacing, config.boundary, config.advection)
             stats = (jnp.int32(0), jnp.int32(0), residual, jnp.all(jnp.isfinite(m)))
         else:
             guarded = guess_fn is not None or config.predictor == "extrapolate"
@@ -281,7 +282,6 @@ def step_residuals(m, config: FPConfig, g=None):
 
     def one(m_now, m_prev, t, g_t):
         step = step_coefficients(config, t, g_t, m.shape[-2:], m.dtype)
-        r = step_residual(m_now, m_prev, step, spacing, config.boundary, config.advection)
-        return linsolve.relative_norm(r, step.c0 * m_prev)
+        return relative_step_residual(m_now, m_prev, step, spacing, config.boundary, config.advection)
 
     return jax.vmap(one)(m[1:], m[:-1], times, g_values[1:])
