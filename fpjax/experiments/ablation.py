@@ -100,7 +100,9 @@ def _fit(variant, images, settings, fp_config, unet, seed, **changes):
     return result.log, pre
 
 
-def run_experiment(out: pathlib.Path, settings: AblationSettings, cifar: str | None = None, progress: bool = True) -> dict:
+def run_experiment(
+    out: pathlib.Path, settings: AblationSettings, cifar: str | None = None, progress: bool = True
+) -> dict:
 
     load = Settings(cifar=cifar) if cifar else Settings()
     images, source = load_images(load, settings.size, settings.images)
