@@ -32,7 +32,7 @@ from fpjax.learn import trainer as training
 from fpjax.learn.embedding import embed
 from fpjax.learn.models.unet import UNetConfig
 from fpjax.provenance import machine
-from fpjax.solver import log_density as fp
+from fpjax.solver.problem import FPConfig
 
 VARIANTS = ("fpjax", "zero score", "scaled score", "DDPM tuned", "DDPM fixed sigma")
 
@@ -60,7 +60,7 @@ def zero_score_trajectories(images, T: int):
     return jnp.broadcast_to(images[:, None], (images.shape[0], T + 1) + images.shape[1:])
 
 
-def scaled_score_trajectories(images, m, config: fp.FPConfig):
+def scaled_score_trajectories(images, m, config: FPConfig):
     """The embedding with the authors' script's score: the x-component only, divided by the grid spacing
     ``h_x`` (pixel-unit differences become per-unit-length derivatives). Zero drift only."""
     if config.drift is not None:
@@ -71,7 +71,7 @@ def scaled_score_trajectories(images, m, config: fp.FPConfig):
     return images[:, None] + (x_only - images[:, None]) / h_x
 
 
-def variant_trajectories(variant: str, images, config: fp.FPConfig):
+def variant_trajectories(variant: str, images, config: FPConfig):
     """``(trajectories, seconds)`` the variant trains on and the wall time spent making them."""
     if variant == "zero score":
         return zero_score_trajectories(images, config.T), 0.0
@@ -106,7 +106,7 @@ def run_experiment(
 
     load = Settings(cifar=cifar) if cifar else Settings()
     images, source = load_images(load, settings.size, settings.images)
-    fp_config = fp.FPConfig()
+    fp_config = FPConfig()
     unet = UNetConfig(channels=settings.channels)
     for variant in VARIANTS:  # warm-up: compile every variant's programs, so no run's time includes it
         _fit(variant, images[:1], settings, fp_config, unet, 0, target_ssim=2.0, max_steps=1, steps_per_call=1)

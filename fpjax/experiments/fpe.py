@@ -39,6 +39,7 @@ from fpjax.learn.models.unet import UNetConfig
 from fpjax.learn.objectives import EmbeddedDenoising, TrainData
 from fpjax.provenance import machine
 from fpjax.solver import log_density as fp
+from fpjax.solver.problem import FPConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,7 +181,7 @@ def digits_part(settings: FPESettings) -> dict:
 def image_part(settings: FPESettings, out: pathlib.Path) -> dict:
 
     images = np.asarray(sample_images(32)[:2], np.float32)
-    fp_config = fp.FPConfig()
+    fp_config = FPConfig()
     solved = precompute(images, fp_config)
     m = jnp.asarray(solved.m)  # (N, T+1, H, W, C)
     per_channel = jax.vmap(lambda mm: fp.step_residuals(mm, fp_config), in_axes=-1)

@@ -47,7 +47,7 @@ from fpjax.learn import ddpm as dd
 from fpjax.learn import trainer as training
 from fpjax.learn.models.unet import UNetConfig
 from fpjax.provenance import jsonable, machine
-from fpjax.solver import log_density as fp
+from fpjax.solver.problem import FPConfig
 
 # The cross-matrix paper's Tables 1-3 (V100 GPU for training, M4 CPU for the pre-computation):
 # size -> target -> (ours s, DDPM s, ours MSE, DDPM MSE, ours PSNR, DDPM PSNR, speedup).
@@ -72,7 +72,7 @@ PAPER_EXP3 = {32: (35.45, 4119.72, 4155.17, 0.8991, 0.8517), 64: (128.56, 6260.0
 
 def exp1(out: pathlib.Path, settings: Settings, progress=True) -> dict:
     settings = resolved(settings)
-    fp_config = fp.FPConfig()
+    fp_config = FPConfig()
     unet = UNetConfig(channels=settings.channels)
     methods = {"fpjax": training.EmbeddedDenoising(), "DDPM": dd.DDPM()}
     rows, curves = [], {}
@@ -213,7 +213,7 @@ def exp3(out: pathlib.Path, settings: Settings, progress=True) -> dict:
     settings = resolved(settings)
     size = settings.sizes[0]
     images, source = load_images(settings, size, settings.exp3_images)
-    fp_config = fp.FPConfig()
+    fp_config = FPConfig()
     key = jax.random.key(settings.seed)
     result = dict(experiment="exp3", source=source, size=size, machine=machine(), settings=dataclasses.asdict(settings))
 

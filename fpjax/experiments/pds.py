@@ -19,7 +19,7 @@ from fpjax.learn import ddpm as dd
 from fpjax.learn import trainer as training
 from fpjax.learn.models.unet import UNetConfig
 from fpjax.provenance import machine
-from fpjax.solver import log_density as fp
+from fpjax.solver.problem import FPConfig
 
 PDS_ALPHAS = (1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
 
@@ -39,7 +39,7 @@ def exp_pds(out: pathlib.Path, settings: Settings, progress=True, step_counts=(5
     preconditioners = {alpha: pds.from_data(stats_images, alpha) for alpha in alphas}
     for alpha, m in preconditioners.items():
         m.save(out / f"pds_preconditioner_alpha{alpha:g}.npz")
-    fp_config = fp.FPConfig()
+    fp_config = FPConfig()
     key = jax.random.key(settings.seed)
     trajectories, _ = embedded(images, fp_config)
     ours_config = train_config(settings, training.EmbeddedDenoising(), target_ssim=0.9, max_steps=10**9,

@@ -16,20 +16,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fpjax.solver import log_density as fp
+from fpjax.solver.problem import FPConfig, diffusion_schedule, drift_fields
+from fpjax.solver.scores import pixel_score
 
 
-def _drift_component(config: fp.FPConfig, shape, dtype, component: str):
+def _drift_component(config: FPConfig, shape, dtype, component: str):
     """``(T, H, W)`` pixel component of the drift at ``t_0 .. t_(T-1)``."""
     if config.drift is None:
         return jnp.zeros((config.T,) + tuple(shape), dtype)
     times = jnp.arange(config.T, dtype=dtype) * config.dt
     spacing = config.grid_spacing(shape)
-    drift = jax.vmap(lambda t: fp.drift_fields(config, t, shape, dtype, spacing)[0])(times)  # (T, 2, H, W)
+    drift = jax.vmap(lambda t: drift_fields(config, t, shape, dtype, spacing)[0])(times)  # (T, 2, H, W)
     return {"sum": drift[:, 0] + drift[:, 1], "x": drift[:, 0], "y": drift[:, 1]}[component]
 
 
-def embed_field(channel, m, config: fp.FPConfig, component: str = "sum", g=None):
+def embed_field(channel, m, config: FPConfig, component: str = "sum", g=None):
     """Score-embedded trajectory of one channel.
 
     Args:
@@ -44,8 +45,8 @@ def embed_field(channel, m, config: fp.FPConfig, component: str = "sum", g=None)
     if m.shape[0] != config.T + 1:
         raise ValueError(f"m has {m.shape[0]} time levels; config.T = {config.T} needs T+1 = {config.T + 1}")
     dtype = m.dtype
-    g_values = fp.diffusion_schedule(config, g, dtype)[:-1]  # g^(n-1), n = 1..T
-    sigma = fp.pixel_score(m[:-1], component, config.boundary)  # sigma^(n-1)
+    g_values = diffusion_schedule(config, g, dtype)[:-1]  # g^(n-1), n = 1..T
+    sigma = pixel_score(m[:-1], component, config.boundary)  # sigma^(n-1)
     drift = _drift_component(config, m.shape[1:], dtype, component)
     increments = (drift - 0.5 * g_values[:, None, None] ** 2 * sigma) * config.dt
     steps = jnp.cumsum(increments, axis=0)
@@ -53,7 +54,7 @@ def embed_field(channel, m, config: fp.FPConfig, component: str = "sum", g=None)
     return jnp.concatenate([channel[None], channel[None] + steps])
 
 
-def embed(images, m, config: fp.FPConfig, component: str = "sum", g=None):
+def embed(images, m, config: FPConfig, component: str = "sum", g=None):
     """Score-embedded trajectories of NHWC images.
 
     Args:

@@ -31,22 +31,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from fpjax.solver import linsolve, stencil
-from fpjax.solver.problem import (  # noqa: F401 - re-exported until every consumer imports from problem
-    ADVECTIONS,
-    LINEARIZATIONS,
-    PREDICTORS,
-    SCHEMES,
-    ConvergenceError,
-    FPConfig,
-    FPSolution,
-    StepCoefficients,
-    check_solution,
-    diffusion_integral,
-    diffusion_schedule,
-    drift_fields,
-    step_coefficients,
-)
-from fpjax.solver.scores import pixel_score, score  # noqa: F401 - re-exported until every consumer moves
+from fpjax.solver.problem import FPConfig, FPSolution, StepCoefficients, diffusion_schedule, step_coefficients
 
 _LINE_SEARCH_HALVINGS = 8
 

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from fpjax.solver import log_density as fp
+from fpjax.solver.problem import FPConfig, FPSolution, diffusion_schedule, step_coefficients
 from fpjax.solver.solve import solve_field
 
 MODES = ("off", "initial_guess", "approximate", "galerkin")
@@ -99,7 +100,7 @@ def galerkin_project(basis, matvec, b):
 
 
 @functools.partial(jax.jit, static_argnames=("config", "dim"))
-def seed_bases(m_seed, config: fp.FPConfig, dim: int = 20, g_values=None):
+def seed_bases(m_seed, config: FPConfig, dim: int = 20, g_values=None):
     """Per-step Krylov bases of a seed's converged step matrices.
 
     Args:
@@ -112,20 +113,20 @@ def seed_bases(m_seed, config: fp.FPConfig, dim: int = 20, g_values=None):
     """
     m_seed = lax.stop_gradient(m_seed)
     shape, dtype = m_seed.shape[1:], m_seed.dtype
-    g_values = fp.diffusion_schedule(config, None, dtype) if g_values is None else g_values
+    g_values = diffusion_schedule(config, None, dtype) if g_values is None else g_values
     spacing = config.grid_spacing(shape)
     times = jnp.arange(1, config.T + 1, dtype=dtype) * config.dt
 
     def one_step(args):
         m_prev, m, t, g = args
-        step = fp.step_coefficients(config, t, g, shape, dtype)
+        step = step_coefficients(config, t, g, shape, dtype)
         matvec = fp.picard_operator(m, step, spacing, config.boundary, config.advection)
         return arnoldi(matvec, fp.step_rhs(m_prev, step), dim)
 
     return lax.map(one_step, (m_seed[:-1], m_seed[1:], times, g_values[1:].astype(dtype)))
 
 
-def make_guess_fn(mode: str, config: fp.FPConfig):
+def make_guess_fn(mode: str, config: FPConfig):
     """The per-step initial guess of a projection mode, for :func:`solve_projected`."""
     spacing_of = config.grid_spacing
 
@@ -141,11 +142,11 @@ def make_guess_fn(mode: str, config: fp.FPConfig):
 
 
 @functools.lru_cache(maxsize=32)
-def _guess_fn(mode: str, config: fp.FPConfig):
+def _guess_fn(mode: str, config: FPConfig):
     return make_guess_fn(mode, config)  # cached, so jit sees the same static function each call
 
 
-def solve_projected(m0, bases, config: fp.FPConfig, mode: str = "initial_guess") -> fp.FPSolution:
+def solve_projected(m0, bases, config: FPConfig, mode: str = "initial_guess") -> FPSolution:
     """Solve a target from the seed's per-step bases (jittable, vmappable over ``m0``).
 
     Args:

@@ -5,7 +5,7 @@ import pytest
 import fpjax
 from fpjax.experiments import ablation
 from fpjax.learn.embedding import embed
-from fpjax.solver import log_density as fp
+from fpjax.solver.problem import FPConfig
 
 
 def _images(vary_y=True):
@@ -27,7 +27,7 @@ def test_scaled_score_differs_from_the_default_by_the_stated_factor():
     # An image constant along y (columns vary only with x) with zero-flux boundaries has no y-score: the
     # default (s_x + s_y) and the x-only score agree, and the scaled variant moves each pixel 1/h_x as far.
     images = _images(vary_y=False)
-    config = fp.FPConfig(T=10, boundary="reflect")
+    config = FPConfig(T=10, boundary="reflect")
     profile = np.log(images[0, 0, :, 0] + 0.1)
     m0 = jnp.asarray(np.broadcast_to(profile - np.log(12 * np.exp(profile).sum()), (12, 12)))
     m = fpjax.solve(m0, config).m[None, ..., None]  # (1, T+1, H, W, 1), constant along y at every step
@@ -41,7 +41,7 @@ def test_scaled_score_differs_from_the_default_by_the_stated_factor():
 
 
 def test_scaled_score_refuses_a_drift():
-    config = fp.FPConfig(T=2, drift=lambda t: (1.0, 0.0))
+    config = FPConfig(T=2, drift=lambda t: (1.0, 0.0))
     with pytest.raises(ValueError, match="zero drift"):
         ablation.scaled_score_trajectories(_images(), jnp.zeros((1, 3, 12, 12, 1)), config)
 

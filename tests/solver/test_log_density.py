@@ -9,6 +9,7 @@ from reference import assemble_step_matrix, picard_spsolve
 import fpjax
 from fpjax.data import sample_images
 from fpjax.solver import log_density as fp
+from fpjax.solver.problem import StepCoefficients
 
 
 def _drift(shape, seed=0, scale=1.0):
@@ -19,7 +20,7 @@ def _drift(shape, seed=0, scale=1.0):
 
 def _step(fx, fy, g, T, spacing, boundary):
     drift = jnp.stack([jnp.asarray(fx), jnp.asarray(fy)])
-    return fp.StepCoefficients(
+    return StepCoefficients(
         jnp.asarray(float(T)), jnp.asarray(0.5 * g**2), drift, fpjax.solver.stencil.divergence(drift, spacing, boundary)
     )
 

@@ -5,8 +5,8 @@ import pytest
 
 import fpjax
 from fpjax.data import sample_images
-from fpjax.solver import log_density as fp
 from fpjax.solver import projection as krylov
+from fpjax.solver.problem import FPConfig
 
 
 def _dense_system(n=6, seed=0):
@@ -107,4 +107,4 @@ def test_vmap_over_targets_and_no_gradient_through_bases():
 
 def test_unknown_mode_is_named():
     with pytest.raises(ValueError, match="projection mode"):
-        krylov.solve_projected(jnp.zeros((4, 4)), None, fp.FPConfig(T=2), "magic")
+        krylov.solve_projected(jnp.zeros((4, 4)), None, FPConfig(T=2), "magic")
