@@ -14,10 +14,11 @@ by Picard iteration (freeze ``grad m`` in the advection velocity: one linear
 system ``A(m~) m = b`` per outer iteration, eqs. 10-18) or by damped Newton.
 Both stop on the relative change ``||m_k - m_(k-1)|| / ||m_k|| <= outer_tol``.
 
-Each step solve carries a custom VJP, so reverse-mode derivatives of the
-solution (with respect to the initial field and ``g``) come from the implicit
-function theorem, one transposed linear solve per step, never from
-differentiating the iteration. Forward mode (``jvp``) is not defined.
+Each step solve carries an implicit custom JVP (one lineax linear solve per
+step, never differentiating the iteration), so the solution is differentiable
+in every mode with respect to the initial field and ``g``: ``jvp``, ``grad``,
+``jacfwd``, ``hessian`` and ``vmap`` of each (reverse over reverse excepted:
+:func:`_implicit_step` says why).
 
 :func:`fpjax.solve` (:mod:`fpjax.solver.solve`) runs this scheme or a linear one.
 """
@@ -28,6 +29,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from fpjax.solver import linsolve, stencil
@@ -160,43 +162,52 @@ def _iterate_step(m_prev, m_guess, step: StepCoefficients, config: FPConfig, spa
     return m, k, iters, err, change
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4, 5))
 def _implicit_step(m_prev, m_guess, step: StepCoefficients, config: FPConfig, spacing, guarded: bool):
-    """``m^n`` from ``m^(n-1)`` with implicit-function-theorem gradients.
+    """``m^n`` from ``m^(n-1)`` with implicit-function-theorem derivatives in every mode.
 
-    The forward pass iterates to ``F(m) = 0``; the backward pass solves one
-    transposed system ``J^T lam = cotangent`` with ``J = dF/dm`` at the
-    solution and never differentiates the iteration.
+    The forward pass iterates to ``F(m) = 0`` and is never differentiated. Its
+    JVP is the tangent of the solution: ``J dm = -(dF/dm_prev dm_prev + dF/dstep
+    dstep)`` with ``J = dF/dm`` at the solution, one linear solve through
+    ``lineax.linear_solve`` (:func:`fpjax.solver.linsolve.implicit_tangent`,
+    DST-preconditioned). Reverse mode is JAX's transpose of that rule (lineax
+    transposes the solve); second derivatives differentiate the rule, which
+    calls this function again for its primal, so the iteration is never traced
+    by autodiff: ``jvp``, ``grad``, ``jacfwd``, ``jacrev``, ``hessian`` (forward
+    over reverse) and ``vmap`` of each work. Reverse over reverse
+    (``grad(grad)``) does not: transposing the scan of time steps a second time
+    makes JAX place this step's primal ``while_loop`` in the part it transposes,
+    and it raises "Reverse-mode differentiation does not work for
+    lax.while_loop"; use ``jax.hessian`` or ``jax.jacfwd(jax.grad(f))``, which
+    give the same numbers (tested). The statistics outputs have zero tangents.
     """
     return _iterate_step(m_prev, m_guess, step, config, spacing, guarded)
 
 
-def _implicit_step_fwd(m_prev, m_guess, step, config, spacing, guarded):
-    out = _iterate_step(m_prev, m_guess, step, config, spacing, guarded)
-    return out, (out[0], m_prev, step)
-
-
-def _implicit_step_bwd(config, spacing, guarded, saved, cotangents):
-    m, m_prev, step = saved
+@_implicit_step.defjvp
+def _implicit_step_jvp(config, spacing, guarded, primals, tangents):
+    m_prev, m_guess, step = primals
+    dm_prev, _, dstep = tangents  # the solution does not depend on where the iteration starts
+    out = _implicit_step(m_prev, m_guess, step, config, spacing, guarded)
+    m = out[0]
     residual = lambda m_, m_prev_, step_: step_residual(  # noqa: E731
         m_, m_prev_, step_, spacing, config.boundary, config.advection
     )
-    _, transposed_jacobian = jax.vjp(lambda m_: residual(m_, m_prev, step), m)
-    precond = _preconditioner(m.shape, step, config, spacing)
-    lam, _, _ = linsolve.linear_solve(
-        lambda v: transposed_jacobian(v)[0],
-        cotangents[0],
-        solver="gmres" if config.solver == "gmres" else "bicgstab",
-        tol=config.tol,
-        maxiter=config.maxiter,
-        precond=precond,
-    )
-    _, param_vjp = jax.vjp(lambda m_prev_, step_: residual(m, m_prev_, step_), m_prev, step)
-    ct_prev, ct_step = param_vjp(-lam)
-    return ct_prev, jnp.zeros_like(m), ct_step  # the solution does not depend on where the iteration starts
+    _, forcing = jax.jvp(lambda m_prev_, step_: residual(m, m_prev_, step_), (m_prev, step), (dm_prev, dstep))
+    jacobian_vp = lambda v: jax.jvp(lambda m_: residual(m_, m_prev, step), (m,), (v,))[1]  # noqa: E731
+    dm = linsolve.implicit_tangent(
+        jacobian_vp, -forcing, solver=config.solver, tol=config.tol, maxiter=config.maxiter,
+        # the preconditioner never changes the solution: it carries no derivative (lineax refuses one)
+        precond=_preconditioner(m.shape, lax.stop_gradient(step), config, spacing),
+    )  # fmt: skip
+    return out, (dm,) + tuple(_zero_tangent(x) for x in out[1:])
 
 
-_implicit_step.defvjp(_implicit_step_fwd, _implicit_step_bwd)
+def _zero_tangent(x):
+    x = jnp.asarray(x)
+    if jnp.issubdtype(x.dtype, jnp.integer):
+        return np.zeros(x.shape, jax.dtypes.float0)
+    return jnp.zeros_like(x)
 
 
 def _solve_step(m_prev, m_guess, step: StepCoefficients, config: FPConfig, spacing, guarded: bool = True):
