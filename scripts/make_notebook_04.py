@@ -15,10 +15,10 @@ cells = [
     nbf.v4.new_code_cell(
         "import dataclasses, pathlib, tempfile\n"
         "import matplotlib.pyplot as plt\n"
-        "from fpjax.experiments import papers as experiments\n"
+        "from fpjax.experiments import common, papers as experiments\n"
         "out = pathlib.Path(tempfile.mkdtemp())\n"
         "# The settings of `fpjax experiment all --quick`, small for CI; raise the targets and budgets for real numbers.\n"
-        "settings = dataclasses.replace(experiments.QUICK, cifar='../../shared/data/cifar10_subset.npz')\n"
+        "settings = dataclasses.replace(common.QUICK, cifar='../../shared/data/cifar10_subset.npz')\n"
         "settings"
     ),
     nbf.v4.new_markdown_cell(
