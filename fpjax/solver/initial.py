@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fpjax.solver.linsolve import matmul
+
 METHODS = ("position_kde", "intensity_kde", "intensity")
 DENSITY_FLOOR = 1e-10
 MIN_GRID = 3
@@ -90,7 +92,7 @@ def position_kde(weights):
     cols = jnp.broadcast_to(jnp.arange(width, dtype=dtype)[None, :], weights.shape)
     sigma_y = factor * _weighted_std(rows, weights)
     sigma_x = factor * _weighted_std(cols, weights)
-    return _gaussian_matrix(height, sigma_y, dtype) @ w @ _gaussian_matrix(width, sigma_x, dtype).T
+    return matmul(matmul(_gaussian_matrix(height, sigma_y, dtype), w), _gaussian_matrix(width, sigma_x, dtype).T)
 
 
 def _scott_bandwidth(values, bandwidth):
@@ -125,7 +127,7 @@ def intensity_kde(channel, bandwidth="scott", levels: int = 256):
     grid = jnp.arange(levels, dtype=dtype) / (levels - 1)
     u = jnp.abs(grid[:, None] - grid[None, :]) / h
     kernel = jnp.maximum(1.0 - u, 0.0) / h
-    density_at_level = kernel @ counts / channel.size
+    density_at_level = matmul(kernel, counts) / channel.size
     return density_at_level[idx]
 
 

@@ -317,9 +317,7 @@ def _backward_euler(x0, source, g_values, config: FPConfig, tol, maxiter):
     """
     shape, dtype = x0.shape, x0.dtype
     spacing = config.grid_spacing(shape)
-    # "auto" is "dst" at every size here: for zero drift it is the step's exact inverse (one Krylov iteration),
-    # and `fpjax bench solver` measured it 2.1x faster than no preconditioner at 32x32 and 64x64 on the CPU
-    precond_kind = "dst" if config.preconditioner == "auto" else config.preconditioner
+    precond_kind = linsolve.resolve_preconditioner(config.preconditioner, shape, config.scheme)
     helmholtz = (
         linsolve.make_helmholtz_inverse(shape, spacing, config.boundary, config.transform)
         if precond_kind == "dst"

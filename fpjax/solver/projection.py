@@ -23,6 +23,8 @@ from fpjax.solver import log_density as fp
 from fpjax.solver.problem import FPConfig, FPSolution, diffusion_schedule, step_coefficients
 from fpjax.solver.solve import solve_field
 
+HIGHEST = lax.Precision.HIGHEST  # full float32 products on GPU/TPU too (their default is bf16/TF32)
+
 MODES = ("off", "initial_guess", "approximate", "galerkin")
 _REORTHOGONALIZE = 0.7  # DGKS criterion: repeat the Gram-Schmidt pass when it removed more than ~30% of w
 
@@ -32,7 +34,7 @@ def _mgs_pass(basis, w, active):
 
     def body(i, state):
         w, h = state
-        coefficient = jnp.where(active[i], jnp.vdot(basis[i], w), 0.0)
+        coefficient = jnp.where(active[i], jnp.vdot(basis[i], w, precision=HIGHEST), 0.0)
         return w - coefficient * basis[i], h.at[i].set(coefficient)
 
     return lax.fori_loop(0, basis.shape[0], body, (w, jnp.zeros(basis.shape[0], w.dtype)))
@@ -78,11 +80,11 @@ def arnoldi(matvec, r0, dim: int):
 
 
 def _coefficients(basis, field):
-    return jnp.tensordot(basis, field, axes=2)
+    return jnp.tensordot(basis, field, axes=2, precision=HIGHEST)
 
 
 def _expand(basis, alpha):
-    return jnp.tensordot(alpha, basis, axes=1)
+    return jnp.tensordot(alpha, basis, axes=1, precision=HIGHEST)
 
 
 def project(basis, hessenberg, b):
@@ -94,7 +96,7 @@ def project(basis, hessenberg, b):
 def galerkin_project(basis, matvec, b):
     """``x0 = V (V^T A V)^-1 V^T b`` with the target's own operator ``A`` (``a`` matvecs)."""
     a_basis = jax.vmap(matvec)(basis)
-    reduced = jnp.tensordot(basis, a_basis, axes=[[1, 2], [1, 2]])
+    reduced = jnp.tensordot(basis, a_basis, axes=[[1, 2], [1, 2]], precision=HIGHEST)
     alpha = jnp.linalg.solve(reduced, _coefficients(basis, b))
     return jnp.where(jnp.all(jnp.isfinite(alpha)), _expand(basis, alpha), jnp.zeros_like(b))
 
