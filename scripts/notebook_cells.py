@@ -8,14 +8,19 @@ NOTEBOOKS = pathlib.Path(__file__).resolve().parents[1] / "notebooks"
 
 
 def install_cell():
-    """Installs fpjax where it is missing (Colab). Until fpjax is on PyPI, set FPJAX_SPEC to
-    this repository's pip spec, e.g. 'git+https://<host>/<owner>/fpjax'."""
+    """Installs fpjax from an explicit source named in one variable, never from the bare package name (on
+    PyPI that name is not ours: a stranger registering it would be installed silently)."""
     return nbf.v4.new_code_cell(
-        "# Install fpjax where it is missing (Colab). Until fpjax is on PyPI, set FPJAX_SPEC to\n"
-        "# this repository's pip spec, e.g. 'git+https://<host>/<owner>/fpjax'.\n"
+        "# fpjax is not on PyPI (a package of that name there is not ours). On Colab, set FPJAX_SOURCE to this\n"
+        "# repository's pip source: a git URL ('git+https://<host>/<owner>/fpjax') or the path of a wheel.\n"
+        "FPJAX_SOURCE = ''\n"
         "import importlib.util, os, subprocess, sys\n"
         "if importlib.util.find_spec('fpjax') is None:\n"
-        "    subprocess.check_call([sys.executable, '-m', 'pip', 'install', '-q', os.environ.get('FPJAX_SPEC', 'fpjax')])"
+        "    source = FPJAX_SOURCE or os.environ.get('FPJAX_SOURCE', '')\n"
+        "    if not source:\n"
+        "        raise RuntimeError('fpjax is not installed: set FPJAX_SOURCE above (a git URL or a wheel path) '\n"
+        "                           'or the FPJAX_SOURCE environment variable, then run this cell again')\n"
+        "    subprocess.check_call([sys.executable, '-m', 'pip', 'install', '-q', source])"
     )
 
 
