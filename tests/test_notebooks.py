@@ -15,4 +15,5 @@ def test_install_cell_names_its_source_and_has_no_fallback(path):
     assert len(installs) == 1, f"{path.name}: expected one install cell"
     cell = installs[0]
     assert "FPJAX_SOURCE = " in cell and "find_spec('fpjax') is None" in cell
-    assert "'fpjax')" not in cell and "'install', '-q', 'fpjax'" not in cell, "falls back to the bare name"
+    assert "'-q', 'fpjax'" not in cell and "'FPJAX_SOURCE', 'fpjax'" not in cell, "falls back to the bare name"
+    assert "raise RuntimeError" in cell  # with neither an install nor a source: say what to set
