@@ -63,6 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=8, help="vmapped batch size for the batched line (0: skip)")
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), help="subset of: " + ", ".join(VARIANTS))
     parser.add_argument(
+        "--no-autodiff", dest="autodiff", action="store_false", help="skip the forward / grad / jvp timings"
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
         help="a few minutes: sizes 32 and 64, 2 images, 2 repeats, spsolve on 1 image per size, batch of 4",
@@ -152,6 +155,27 @@ def _batched_row(size, name, config, m0_64, batch, baseline_seconds):
     return _row(size, f"fpjax {name}, vmap batch of {batch}", batch, seconds, baseline_seconds)
 
 
+AUTODIFF = ("default (jax bicgstab, auto, extrapolate)", "density (jax bicgstab, auto)", "spectral")
+
+
+def _autodiff_rows(size, name, config, m0, repeats):
+    """Seconds per image of the forward solve, ``grad`` and ``jvp`` of ``sum(m)`` with respect to ``g``."""
+    m0 = jnp.asarray(m0, jnp.float32)
+    loss = lambda g: jnp.sum(fpjax.solve(m0, config, g=g).m)  # noqa: E731
+    modes = {
+        "forward": jax.jit(lambda g: fpjax.solve(m0, config, g=g).m),
+        "grad": jax.jit(jax.grad(loss)),
+        "jvp": jax.jit(lambda g: jax.jvp(loss, (g,), (jnp.ones_like(g),))[1]),
+    }
+    rows = []
+    g = jnp.float32(0.5)
+    for mode, fn in modes.items():
+        jax.block_until_ready(fn(g))
+        seconds = float(np.median([_timed(_run, fn, g)[1] for _ in range(max(repeats, 3))]))
+        rows.append(_row(size, f"fpjax {name}: {mode} (g traced)", 1, seconds))
+    return rows
+
+
 def _size_rows(size, args, n_spsolve):
     """Every row of one image size."""
     images = benchmark_images(size, max(args.images, args.batch, n_spsolve), source="samples")[0]
@@ -164,6 +188,8 @@ def _size_rows(size, args, n_spsolve):
         rows.append(_variant_row(size, name, config, m0_64[: args.images], references, args.repeats, baseline_seconds))
         if name in BATCHED and args.batch:
             rows.append(_batched_row(size, name, config, m0_64, args.batch, baseline_seconds))
+        if name in AUTODIFF and args.autodiff:
+            rows.extend(_autodiff_rows(size, name, config, m0_64[0], args.repeats))
     if args.batch:
         rows.extend(_memory_floor(size, args.T, args.batch))
     return rows
