@@ -250,7 +250,10 @@ def trajectory(m0, g, config: FPConfig, guides=None, guess_fn=None, approximate=
         t, g, guide = inputs
         step = step_coefficients(config, t, g, shape, dtype)
         if guess_fn is not None:
-            guess = lax.stop_gradient(guess_fn(guide, m_prev, step))
+            guess = guess_fn(guide, m_prev, step)
+            # a start carries no derivative (the step's solution does not depend on it); an approximate
+            # solution is the projection itself, whose derivative is that of the projection map
+            guess = guess if approximate else lax.stop_gradient(guess)
         else:
             guess = 2 * m_prev - m_before if config.predictor == "extrapolate" else m_prev
         if approximate:

@@ -88,3 +88,22 @@ def test_zero_score_embedding_is_the_identity():
     images = jax.random.uniform(jax.random.key(0), (2, 8, 8, 3))
     trajectory = fpjax.embed(images, jnp.zeros((2, 6, 8, 8, 1)), config)
     np.testing.assert_array_equal(trajectory, jnp.broadcast_to(images[:, None], trajectory.shape))
+
+
+@pytest.mark.parametrize("scheme", ["log_density", "spectral"])
+def test_embedding_of_a_solution_is_differentiable_with_respect_to_the_image(scheme):
+    """image -> m0 -> FP solve -> score embedding: jvp and grad agree with each other and with central
+    differences (float64)."""
+    image = jnp.asarray(np.clip(sample_images(32)[2, :10, :9].astype(np.float64), 0.05, 0.95))
+    config = fpjax.FPConfig(T=4, scheme=scheme, tol=1e-12, outer_tol=1e-12)
+    weights = jnp.asarray(np.random.default_rng(0).normal(size=(1, 5, 10, 9, 3)))
+
+    def loss(x):
+        m = fpjax.solve(fpjax.initial_log_density(x), config).m  # (T+1, H, W)
+        return jnp.sum(weights * embed(x[None], m[None, ..., None], config))
+
+    v = jnp.asarray(np.random.default_rng(1).normal(size=image.shape))
+    central = (loss(image + 1e-6 * v) - loss(image - 1e-6 * v)) / 2e-6
+    forward = jax.jvp(loss, (image,), (v,))[1]
+    np.testing.assert_allclose(forward, central, rtol=1e-6)
+    np.testing.assert_allclose(jnp.vdot(jax.grad(loss)(image), v), forward, rtol=1e-9)
