@@ -24,7 +24,7 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, PartitionSpec
 
 from fpjax.batch.seeding import SEED_RULES, seed_groups
 from fpjax.batch.store import STATS, FPStore, MemoryStore
@@ -93,13 +93,29 @@ def _initial_fields(images, density, per_channel):
     return jax.vmap(lambda x: initial_log_density(x, density, per_channel=per_channel))(images)
 
 
-def _shard(batch):
-    """Place a batch over all devices along its first axis (it must divide evenly)."""
+@functools.lru_cache(maxsize=16)
+def _sharded_solver(config, mode, n_devices: int):
+    """``_solve_batch`` run by every local device on its own share of the batch (``shard_map``).
+
+    Under a plain jitted ``vmap`` with a sharded batch, XLA puts a cross-device
+    all-reduce in the condition of every ``while_loop``, so every device iterates
+    until the slowest image of the whole batch converges; here each device's
+    loops see only its own images. The seed bases are replicated on every device.
+    """
+    mesh = Mesh(np.array(jax.local_devices()[:n_devices]), ("batch",))
+    local = lambda m0s, bases: _solve_batch(m0s, bases, config, mode)  # noqa: E731
+    spec = PartitionSpec("batch")
+    # check_vma off: the solver's loops start from replicated constants (zeros, counters) that JAX would
+    # otherwise ask to be cast to "varying" by hand; every value really is per-device here
+    return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(spec, PartitionSpec()), out_specs=spec, check_vma=False))
+
+
+def _solve_on_devices(m0s, bases, config, mode):
+    """Dispatch one batch (its length a multiple of the local device count); returns device arrays at once."""
     devices = jax.local_devices()  # each process shards its own batches (multi-host: its share of the images)
     if len(devices) == 1:
-        return batch
-    mesh = Mesh(np.array(devices), ("batch",))
-    return jax.device_put(batch, NamedSharding(mesh, PartitionSpec("batch")))
+        return _solve_batch(m0s, bases, config, mode)
+    return _sharded_solver(config, mode if bases is not None else "off", len(devices))(m0s, bases)
 
 
 def _difficulty(m0s):
@@ -283,14 +299,21 @@ def _solve_plan(plan, *, m0s, sink, done, config, projection, dim, batch_size, p
     """Solve one group's planned batches (and its seed), writing each to ``sink``; returns the batches' seconds."""
     pending = [batch for batch in plan.batches if not done[batch].all()]
     bases = _seed_bases(plan, pending, m0s, sink, done, config, dim, on_batch)
-    seconds = []
-    for batch in pending:
+
+    def dispatch(batch):  # returns at once: the devices work while the previous batch is written
         padded = np.concatenate([batch, np.repeat(batch[-1:], batch_size - len(batch))])
         tick = time.perf_counter()
-        sol = jax.tree_util.tree_map(np.asarray, _solve_batch(_shard(m0s[padded]), bases, config, projection))
-        seconds.append(_write(sink, done, batch, sol, on_batch, tick))
-        if progress is not None:
-            progress(int(done.sum()), len(done))
+        return batch, _solve_on_devices(jnp.asarray(m0s[padded]), bases, config, projection), tick
+
+    seconds, in_flight = [], None
+    for batch in pending + [None]:
+        dispatched = dispatch(batch) if batch is not None else None
+        if in_flight is not None:  # a batch's seconds run from its dispatch to its write (batches overlap)
+            previous, solution, tick = in_flight
+            seconds.append(_write(sink, done, previous, jax.tree_util.tree_map(np.asarray, solution), on_batch, tick))
+            if progress is not None:
+                progress(int(done.sum()), len(done))
+        in_flight = dispatched
     return seconds
 
 

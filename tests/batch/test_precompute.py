@@ -108,8 +108,10 @@ def test_sharded_run_equals_single_device(tmp_path):
         from fpjax.data import sample_images
         from fpjax.batch.precompute import precompute
         assert len(jax.devices()) == 4, jax.devices()
-        result = precompute(sample_images(32)[:6, :16, :16], fpjax.FPConfig(T=6), batch_size=3)
-        np.save(sys.argv[1], np.asarray(result.m))
+        images = sample_images(32)[:6, :16, :16]
+        plain = precompute(images, fpjax.FPConfig(T=6), batch_size=3)
+        projected = precompute(images, fpjax.FPConfig(T=6), batch_size=4, projection="initial_guess", cycle=6, dim=4)
+        np.save(sys.argv[1], np.stack([np.asarray(plain.m), np.asarray(projected.m)]))
         """
         )
     )
@@ -117,7 +119,10 @@ def test_sharded_run_equals_single_device(tmp_path):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
     subprocess.run([sys.executable, str(script), str(out)], check=True, env=env, capture_output=True)
     single = precompute(_images(6), CONFIG, batch_size=3)
-    np.testing.assert_allclose(np.load(out), single.m, rtol=2e-6, atol=1e-6)
+    projected = precompute(_images(6), CONFIG, batch_size=4, projection="initial_guess", cycle=6, dim=4)
+    sharded = np.load(out)  # each of 4 simulated devices runs its own share's loops (shard_map)
+    np.testing.assert_allclose(sharded[0], single.m, rtol=2e-6, atol=1e-6)
+    np.testing.assert_allclose(sharded[1], projected.m, rtol=2e-6, atol=1e-6)
 
 
 def test_bad_images_are_named_with_their_index():
