@@ -11,15 +11,24 @@ and from precompute's keyword arguments: names, types, defaults and help
 come from the fields and their docstrings, so they cannot drift from the
 library. `fpjax run` departs from TrainConfig's defaults only where
 fpjax.pipeline.TRAIN_OVERRIDES says, and its --help shows why.
+
+Errors: a mistake you can fix (an option's value, a missing or unreadable
+input, a store written with other settings, a read-only or full disk) prints
+one line naming it, and the fix, with no traceback; exit status 2 for options,
+1 for inputs, stores and disks. --debug (`fpjax --debug COMMAND ...` or
+`fpjax COMMAND ... --debug`) shows the traceback instead. Anything else is a
+bug in fpjax: it prints its traceback; please report it.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import functools
 import inspect
 import json
+import os
 import pathlib
 import re
 import sys
@@ -42,9 +51,56 @@ from fpjax.experiments import command as experiment_command
 from fpjax.learn.models.unet import UNetConfig
 from fpjax.learn.trainer import TrainConfig
 from fpjax.solver.initial import METHODS
-from fpjax.solver.problem import FPConfig
+from fpjax.solver.problem import ConvergenceError, FPConfig
 from fpjax.solver.projection import MODES
 from fpjax.solver.scores import SCORE_COMPONENTS, score
+
+# ----------------------------------------------------------------------------------------------
+# Option values checked where they are parsed: the message names the option
+
+
+def positive_int(text: str) -> int:
+    """An ``argparse`` type: an integer > 0 (``--n``, ``--T``, ``--batch-size``, ...)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """An ``argparse`` type: a finite number (``nan`` and ``inf`` refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not np.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An ``argparse`` type: a finite number > 0 (``--g``, ``--tol``, ``--learning-rate``, ...)."""
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
+POSITIVE_OPTIONS = frozenset(
+    {
+        # FPConfig and fpjax.precompute
+        "T", "g", "outer_tol", "max_outer", "tol", "maxiter", "dim", "cycle", "batch_size",
+        # TrainConfig, its sampler, UNetConfig
+        "learning_rate", "grad_clip", "steps_per_call", "max_steps", "max_seconds", "max_total_seconds",
+        "checkpoint_every", "noise_level", "sampler_steps", "channels", "channel_mult", "num_res_blocks",
+        "attention_resolutions", "num_heads", "groups",
+    }
+)  # fmt: skip
+"""Generated options (by ``dest``) whose values must be > 0; every generated float must be finite."""
+
 
 # ----------------------------------------------------------------------------------------------
 # Options generated from dataclasses and signatures
@@ -135,10 +191,20 @@ def add_options(parser: argparse.ArgumentParser, options, title: str | None = No
         if o.kind is bool:  # --flag / --no-flag
             group.add_argument(o.flag, dest=o.dest, default=o.default, action=argparse.BooleanOptionalAction, help=text)
             continue
-        kind = _none_or(o.kind) if o.optional else o.kind
+        kind = _none_or(_value_type(o)) if o.optional else _value_type(o)
         nargs = "*" if o.sequence else None
         group.add_argument(o.flag, dest=o.dest, type=kind, nargs=nargs, default=o.default, choices=o.choices, help=text)
     return options
+
+
+def _value_type(option: Option):
+    """The ``argparse`` type of ``option``: positive where :data:`POSITIVE_OPTIONS` says, floats finite."""
+    positive = option.dest in POSITIVE_OPTIONS
+    if option.kind is float:
+        return positive_float if positive else finite_float
+    if option.kind is int and positive:
+        return positive_int
+    return option.kind
 
 
 def add_dataclass_options(parser, cls, *, defaults=None, overrides=None, prefix: str = "") -> list[Option]:
@@ -258,7 +324,7 @@ def _none_or(kind: type):
     def parse(text: str):
         return None if text.lower() == "none" else kind(text)
 
-    parse.__name__ = kind.__name__  # argparse's "invalid float value"
+    parse.__name__ = getattr(kind, "__name__", "value")  # argparse's "invalid float value"
     return parse
 
 
@@ -273,6 +339,21 @@ PRECOMPUTE_OPTIONS = function_options(
 """The options of :func:`fpjax.precompute`'s keyword arguments (``fpjax precompute``)."""
 
 
+def output_folder(path) -> pathlib.Path:
+    """``path`` as a folder to write into, created if missing.
+
+    Raises:
+      FileExistsError: ``path`` is a file; PermissionError: it cannot be written (read-only, no permission).
+    """
+    path = pathlib.Path(path)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(errno.EEXIST, "the output folder is a file", str(path))
+    path.mkdir(parents=True, exist_ok=True)
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, "the output folder is not writable", str(path))
+    return path
+
+
 def _load_images(args):
     if args.images is not None:
         images, names = load_image_folder(args.images, args.size)
@@ -285,6 +366,10 @@ def precompute_command(args) -> int:
     if args.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
     config = dataclass_from_args(FPConfig, args)
+    if args.store is None:
+        output_folder(args.out)  # before any work: a read-only or misnamed --out fails now, not after the solves
+    elif pathlib.Path(args.store).is_file():
+        raise FileExistsError(errno.EEXIST, "--store is a file, not a zarr store folder", args.store)
     images, names = _load_images(args)
     images = images.astype(args.dtype)
     target = args.store or pathlib.Path(args.out) / "fp_solutions.npz"
@@ -376,8 +461,9 @@ RUN_OUTPUTS = ("denoising.png", "ssim_vs_time.png", "metrics.json", "training_lo
 
 def run_command(args) -> int:
     """The main job (:func:`fpjax.pipeline.run`): pre-compute, embed, train to the target SSIM, denoise, generate."""
+    configs = {cls: dataclass_from_args(cls, args) for cls in (FPConfig, UNetConfig, TrainConfig, pipeline.RunConfig)}
+    out = output_folder(args.out)
     images, names = _load_images(args)
-    out = pathlib.Path(args.out)
     print(
         f"fpjax run: {len(images)} images {images.shape[1]}x{images.shape[2]}, target SSIM {args.target_ssim}, "
         f"outputs in {out}/ (run again to resume)",
@@ -387,10 +473,10 @@ def run_command(args) -> int:
         images,
         out,
         names=names,
-        fp_config=dataclass_from_args(FPConfig, args),
-        unet_config=dataclass_from_args(UNetConfig, args),
-        train_config=dataclass_from_args(TrainConfig, args),
-        run_config=dataclass_from_args(pipeline.RunConfig, args),
+        fp_config=configs[FPConfig],
+        unet_config=configs[UNetConfig],
+        train_config=configs[TrainConfig],
+        run_config=configs[pipeline.RunConfig],
     )
     print("| image | steps | reached | train s | SSIM at stop | SSIM, final model | PSNR, final model |")
     print("|---|---|---|---|---|---|---|")
@@ -422,9 +508,9 @@ def _add_input_options(parser, size_help: str, size_default=None) -> None:
         "--data", default="samples", help="samples | cifar10:PATH[:CLASS] | folder:PATH (CelebA layout)"
     )
     parser.add_argument("--images", help="folder of PNG/JPEG images of one shape (alternative to --data)")
-    parser.add_argument("--size", type=int, default=size_default, help=size_help)
-    parser.add_argument("--n", type=int, help="use only the first N images")
-    parser.add_argument("--out", default="fpjax_out")
+    parser.add_argument("--size", type=positive_int, default=size_default, help=size_help)
+    parser.add_argument("--n", type=positive_int, help="use only the first N images (N > 0)")
+    parser.add_argument("--out", default="fpjax_out", help="output folder (created if missing)")
 
 
 def _add_run_parser(sub) -> None:
@@ -463,8 +549,25 @@ def _add_bench_parsers(sub) -> None:
         parser.set_defaults(func=module.run)
 
 
+class CommandParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are two lines (the error, where to read the options) and which
+    takes ``--debug`` at every level: ``fpjax --debug precompute ...`` or ``fpjax precompute ... --debug``."""
+
+    def __init__(self, *args, top: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.add_argument(
+            "--debug",
+            action="store_true",
+            default=False if top else argparse.SUPPRESS,  # a subcommand's leaves the top level's value
+            help="on an error, show the traceback instead of one line",
+        )
+
+    def error(self, message: str):
+        self.exit(USAGE_ERROR, f"{self.prog}: error: {message}\n  `{self.prog} --help` lists the options\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fpjax", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = CommandParser(prog="fpjax", description=__doc__, formatter_class=argparse.RawTextHelpFormatter, top=True)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run_parser(sub)
     _add_precompute_parser(sub)
@@ -475,13 +578,86 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# ----------------------------------------------------------------------------------------------
+# Errors a user can cause: one line naming the thing and the fix, no traceback (--debug shows it)
+
+USAGE_ERROR = 2
+"""Exit status of an option the command refuses (argparse's, and a configuration's :class:`ConfigError`)."""
+INPUT_ERROR = 1
+"""Exit status of an input, store or disk that stops the command (a missing file, a full disk, ...)."""
+
+_FIXES = {
+    errno.ENOSPC: "free some disk space or write elsewhere (--out, --store), then run the same command again",
+    errno.EDQUOT: "free some of your disk quota or write elsewhere (--out, --store), then run the command again",
+    errno.EROFS: "that file system is read-only: write elsewhere (--out, --store)",
+    errno.EACCES: "check its permissions, or write elsewhere (--out, --store)",
+    errno.EPERM: "check its permissions, or write elsewhere (--out, --store)",
+    errno.ENOENT: "check the path",
+    errno.ENOTDIR: "check the path: a part of it is a file, not a folder",
+    errno.EISDIR: "it is a folder: give a file",
+    errno.EEXIST: "give the path of a folder, or a new path",
+}
+_PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, FileExistsError)
+_PACKAGE = pathlib.Path(__file__).resolve().parent
+
+
+def explain(error: BaseException, command: str) -> tuple[int, str, str | None] | None:
+    """``(exit status, message, hint or None)`` for an error a user can cause and fix; ``None`` for a bug.
+
+    A user's: :class:`ConfigError` (status 2); ``ValueError`` (a store's mismatch or integrity errors, a
+    loader's, a configuration's), :class:`fpjax.ConvergenceError`, ``TimeoutError``, and the ``OSError``s of
+    paths, permissions and full or read-only disks (status 1). A ``ValueError`` raised outside fpjax (NumPy,
+    JAX) is still one line, with a hint to rerun with ``--debug``: it may be a check fpjax lacks.
+    """
+    if isinstance(error, ConfigError):
+        return USAGE_ERROR, _one_line(error), f"`fpjax {command} --help` lists the options"
+    if isinstance(error, OSError) and error.errno in _FIXES:
+        path = " -> ".join(str(p) for p in (error.filename, error.filename2) if p is not None)
+        return INPUT_ERROR, f"{error.strerror}" + (f": {path}" if path else ""), _FIXES[error.errno]
+    if isinstance(error, _PATH_ERRORS + (TimeoutError, ConvergenceError)) and error.args:
+        return INPUT_ERROR, _one_line(error), None
+    if isinstance(error, ValueError):
+        where = _raised_in(error)
+        hint = None if where == "fpjax" else f"raised inside {where}: rerun with --debug for the traceback"
+        return INPUT_ERROR, _one_line(error), hint
+    return None
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _raised_in(error: BaseException) -> str:
+    """``"fpjax"``, or the top-level package of the innermost frame where ``error`` was raised."""
+    frame = error.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    if frame is None:
+        return "fpjax"
+    path = pathlib.Path(frame.tb_frame.f_code.co_filename).resolve()
+    if path.is_relative_to(_PACKAGE):
+        return "fpjax"
+    module = frame.tb_frame.f_globals.get("__name__", "") or path.name
+    return module.split(".")[0]
+
+
 def main(argv=None) -> int:
+    """The console script: parse ``argv``, run the command; an error a user can fix exits with one line.
+
+    Raises:
+      SystemExit: status 2 for a refused option, 1 for an input, store or disk (:func:`explain`).
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args) or 0
-    except ConfigError as error:
-        parser.error(str(error))
+    except Exception as error:
+        report = None if args.debug else explain(error, args.command)
+        if report is None:
+            raise  # a bug (or --debug): the traceback
+        status, message, hint = report
+        print(f"fpjax {args.command}: error: {message}" + (f"\n  {hint}" if hint else ""), file=sys.stderr)
+        raise SystemExit(status) from None
 
 
 if __name__ == "__main__":

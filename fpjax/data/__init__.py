@@ -10,6 +10,7 @@ import functools
 import os
 import pathlib
 import pickle
+import zipfile
 
 import matplotlib.image as mpimg
 import numpy as np
@@ -44,24 +45,67 @@ def sample_images(size: int = 64) -> np.ndarray:
     return images.reshape(n, size, block, size, block, c).mean(axis=(2, 4)).astype(np.float32)
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def image_paths(folder) -> list[pathlib.Path]:
+    """The PNG/JPEG files of ``folder``, sorted by name.
+
+    Raises:
+      FileNotFoundError: ``folder`` does not exist; NotADirectoryError: it is a file;
+      ValueError: it holds no PNG/JPEG file.
+    """
+    folder = pathlib.Path(folder)
+    if not folder.exists():
+        raise FileNotFoundError(f"image folder {folder} does not exist")
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{folder} is a file, not a folder of .png/.jpg images")
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not paths:
+        raise ValueError(f"no .png/.jpg images in {folder}")
+    return paths
+
+
+def read_image(path) -> np.ndarray:
+    """One PNG/JPEG file as RGB float32 ``(H, W, 3)`` in ``[0, 1]`` (grey is repeated, alpha dropped).
+
+    Raises:
+      ValueError: naming the file, where it is not a readable image (truncated, not a PNG/JPEG, ...).
+    """
+    try:
+        image = np.asarray(mpimg.imread(path))
+    except (OSError, SyntaxError, ValueError) as error:  # PIL: OSError (truncated), SyntaxError (bad PNG header)
+        fix = "replace the file or remove it from the folder"
+        raise ValueError(f"cannot read image {path} ({error}): {fix}") from error
+    if image.dtype == np.uint8:
+        image = image.astype(np.float32) / 255.0
+    elif image.dtype == np.uint16:
+        image = image.astype(np.float32) / 65535.0
+    if image.ndim == 3 and image.shape[-1] in (1, 2):  # grey, grey + alpha
+        image = image[..., 0]
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=-1)
+    if image.ndim != 3 or image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"cannot read image {path}: it decodes to an array of shape {image.shape}")
+    return image[..., :3].astype(np.float32)
+
+
 def load_image_folder(folder, size: int | None = None) -> tuple[np.ndarray, list[str]]:
     """Read every PNG/JPEG in ``folder`` as RGB float32 in ``[0, 1]``, NHWC.
 
     Images must share one shape unless ``size`` is given (then each is
     resized to ``size x size`` with matplotlib's reader and block averaging
     is not attempted: a bilinear resize via ``numpy`` interpolation).
+
+    Raises:
+      FileNotFoundError, NotADirectoryError, ValueError: naming the folder or the file at fault
+      (:func:`image_paths`, :func:`read_image`), or the differing shapes.
     """
-    paths = sorted(p for p in pathlib.Path(folder).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
-    if not paths:
-        raise ValueError(f"no .png/.jpg images in {folder}")
+    _check_size(size)
+    paths = image_paths(folder)
     images = []
     for path in paths:
-        image = np.asarray(mpimg.imread(path))
-        if image.dtype == np.uint8:
-            image = image.astype(np.float32) / 255.0
-        if image.ndim == 2:
-            image = np.repeat(image[..., None], 3, axis=-1)
-        image = image[..., :3].astype(np.float32)
+        image = read_image(path)
         if size is not None:
             image = resize(image, size)
         images.append(image)
@@ -72,14 +116,68 @@ def load_image_folder(folder, size: int | None = None) -> tuple[np.ndarray, list
 
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+_CIFAR_FORMS = (
+    "the extracted cifar-10-batches-py folder of the python release, or an .npz with arrays "
+    "'images' (uint8, N x 32 x 32 x 3) and 'labels' (N integers)"
+)
 
 
 def _class_index(selection) -> int:
-    if isinstance(selection, str) and not selection.isdigit():
-        if selection not in CIFAR10_CLASSES:
-            raise ValueError(f"unknown CIFAR-10 class {selection!r}; one of {CIFAR10_CLASSES}")
-        return CIFAR10_CLASSES.index(selection)
-    return int(selection)
+    text = str(selection).strip()
+    if text.isdigit():
+        index = int(text)
+        if not 0 <= index < len(CIFAR10_CLASSES):
+            raise ValueError(f"CIFAR-10 class {index} out of range: 0-9 or one of {CIFAR10_CLASSES}")
+        return index
+    if text not in CIFAR10_CLASSES:
+        raise ValueError(f"unknown CIFAR-10 class {selection!r}; one of {CIFAR10_CLASSES} or 0-9")
+    return CIFAR10_CLASSES.index(text)
+
+
+def _read_cifar_npz(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
+    """``images`` and ``labels`` of a CIFAR-10 ``.npz``, checked; a ValueError naming the file otherwise."""
+    try:
+        data = np.load(path)  # allow_pickle=False: a pickle or a text file raises ValueError
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise ValueError(f"{path} is not a CIFAR-10 npz (not an .npz archive): expected {_CIFAR_FORMS}") from error
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path} is not a CIFAR-10 npz (a single .npy array): expected {_CIFAR_FORMS}")
+    with data:
+        if not {"images", "labels"} <= set(data.files):
+            raise ValueError(f"{path} is not a CIFAR-10 npz: it holds arrays {data.files}; expected {_CIFAR_FORMS}")
+        try:
+            images, labels = data["images"], np.asarray(data["labels"])
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+            raise ValueError(f"{path} is damaged ({error}): expected {_CIFAR_FORMS}") from error
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(
+            f"{path}: 'images' is {images.dtype} of shape {images.shape}; expected uint8 (N, H, W, 3), "
+            "channels last (transpose channel-first data with images.transpose(0, 2, 3, 1))"
+        )
+    if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{path}: 'labels' is {labels.dtype} {labels.shape}; expected {len(images)} integers")
+    return images, labels
+
+
+def _read_cifar_batches(folder: pathlib.Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """The pickled batches of the python release's ``cifar-10-batches-py`` folder, checked."""
+    if split not in ("test", "train"):
+        raise ValueError(f"split must be 'test' or 'train', got {split!r}")
+    names = ["test_batch"] if split == "test" else [f"data_batch_{i}" for i in range(1, 6)]
+    images, labels = [], []
+    for name in names:
+        path = folder / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist: expected {_CIFAR_FORMS}")
+        try:
+            with open(path, "rb") as f:
+                batch = pickle.load(f, encoding="bytes")
+            raw, batch_labels = np.asarray(batch[b"data"], np.uint8), np.asarray(batch[b"labels"])
+            images.append(raw.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError) as error:
+            raise ValueError(f"{path} is not a CIFAR-10 batch ({type(error).__name__}: {error})") from error
+        labels.append(batch_labels)
+    return np.concatenate(images), np.concatenate(labels)
 
 
 def load_cifar10(path, class_name=None, split: str = "test") -> tuple[np.ndarray, np.ndarray]:
@@ -89,23 +187,24 @@ def load_cifar10(path, class_name=None, split: str = "test") -> tuple[np.ndarray
     pickle release (``split`` = ``"test"`` reads ``test_batch``, ``"train"``
     the five ``data_batch_*``) or an ``.npz`` with ``images`` (uint8 NHWC)
     and ``labels`` (such as ``../shared/data/cifar10_subset.npz``).
+    ``class_name``: a name of ``CIFAR10_CLASSES`` or its index 0-9.
+
+    Raises:
+      FileNotFoundError: ``path`` (or a batch file in it) does not exist.
+      ValueError: naming the file, where it is not in one of the two forms; or no image of the class.
     """
     path = pathlib.Path(path)
-    if path.suffix == ".npz":
-        with np.load(path) as data:
-            images, labels = data["images"], data["labels"]
+    if path.is_dir():
+        images, labels = _read_cifar_batches(path, split)
+    elif path.is_file():
+        images, labels = _read_cifar_npz(path)
     else:
-        names = ["test_batch"] if split == "test" else [f"data_batch_{i}" for i in range(1, 6)]
-        batches = []
-        for name in names:
-            with open(path / name, "rb") as f:
-                batches.append(pickle.load(f, encoding="bytes"))
-        raw = np.concatenate([b[b"data"] for b in batches])
-        images = raw.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-        labels = np.concatenate([np.asarray(b[b"labels"]) for b in batches])
-    labels = np.asarray(labels)
+        raise FileNotFoundError(f"CIFAR-10 data {path} does not exist: expected {_CIFAR_FORMS}")
     if class_name is not None:
-        keep = labels == _class_index(class_name)
+        index = _class_index(class_name)
+        keep = labels == index
+        if not keep.any():
+            raise ValueError(f"{path} holds no image of class {CIFAR10_CLASSES[index]} ({index}): choose another")
         images, labels = images[keep], labels[keep]
     return images.astype(np.float32) / 255.0, labels
 
@@ -114,16 +213,17 @@ def load_celeba_folder(folder, size: int = 64, n: int | None = None) -> tuple[np
     """Images of a folder in CelebA's ``img_align_celeba`` layout: centre-cropped to a square, resized.
 
     Returns NHWC float32 in ``[0, 1]`` of shape ``(N, size, size, 3)`` and file names.
+
+    Raises:
+      FileNotFoundError, NotADirectoryError, ValueError: as :func:`load_image_folder`.
     """
-    paths = sorted(p for p in pathlib.Path(folder).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
-    if not paths:
-        raise ValueError(f"no .png/.jpg images in {folder}")
+    _check_size(size)
+    _check_count(n)
+    paths = image_paths(folder)
     paths = paths[:n] if n is not None else paths
     images = []
     for path in paths:
-        image = np.asarray(mpimg.imread(path))
-        image = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32)
-        image = np.repeat(image[..., None], 3, -1) if image.ndim == 2 else image[..., :3]
+        image = read_image(path)
         h, w, _ = image.shape
         side = min(h, w)
         top, left = (h - side) // 2, (w - side) // 2
@@ -132,21 +232,42 @@ def load_celeba_folder(folder, size: int = 64, n: int | None = None) -> tuple[np
 
 
 def load_dataset(spec: str, size: int | None = None, n: int | None = None) -> tuple[np.ndarray, list[str]]:
-    """``"samples"``, ``"cifar10:PATH[:CLASS]"`` or ``"folder:PATH"`` -> (NHWC float32 images, ids)."""
+    """``"samples"``, ``"cifar10:PATH[:CLASS]"`` or ``"folder:PATH"`` -> (NHWC float32 images, ids).
+
+    ``n``: only the first ``n`` images (a positive count; ``None``: all).
+
+    Raises:
+      ValueError: an unknown ``spec``, ``n`` or ``size`` not positive, or no image selected;
+      FileNotFoundError: the path does not exist (and the loaders' errors, which name the file).
+    """
+    _check_size(size)
+    _check_count(n)
     kind, _, rest = spec.partition(":")
     if kind == "samples":
         images, ids = sample_images(size or 32), list(sample_names())
-    elif kind == "cifar10":
+    elif kind == "cifar10" and rest:
         path, _, class_name = rest.partition(":")
         images, labels = load_cifar10(path, class_name or None)
         ids = [f"cifar10_{i}" for i in range(len(images))]
-        if size not in (None, 32):
+        if size not in (None, images.shape[1]) and len(images):
             images = np.stack([resize(im, size) for im in images])
-    elif kind == "folder":
+    elif kind == "folder" and rest:
         images, ids = load_celeba_folder(rest, size or 64, n)
     else:
         raise ValueError(f"data must be samples, cifar10:PATH[:CLASS] or folder:PATH, got {spec!r}")
+    if len(images) == 0:
+        raise ValueError(f"{spec} selects no image")
     return images[:n], list(ids)[:n]
+
+
+def _check_size(size) -> None:
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int | np.integer) or size <= 0):
+        raise ValueError(f"size must be a positive number of pixels, got {size!r}")
+
+
+def _check_count(n) -> None:
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int | np.integer) or n <= 0):
+        raise ValueError(f"n must be a positive number of images (None: all), got {n!r}")
 
 
 def resize(image: np.ndarray, size: int) -> np.ndarray:
