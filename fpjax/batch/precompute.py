@@ -49,7 +49,9 @@ class PrecomputeResult:
         ``converged``, each ``(N, K, T)`` (``K = 1`` for a shared density).
       seeds: ``(N,)`` index of each image's seed (``-1`` without projection).
       batch_seconds: wall time of each batch; ``seconds`` the whole run's.
-      skipped: images found finished in the store.
+      skipped: images found finished (and intact) in the store.
+      repaired: finished images of the store that failed verification (a damaged, missing or altered
+        chunk) and were recomputed (by this process, or by the one whose share they are in).
     """
 
     m: object
@@ -59,9 +61,10 @@ class PrecomputeResult:
     seconds: float
     skipped: int
     store: FPStore | None = None
+    repaired: int = 0
 
 
-def _metadata(config, *, density, per_channel, projection, dim, cycle, ids, shape, dtype):
+def _metadata(config, *, density, per_channel, projection, dim, cycle, batch_size, ids, shape, dtype):
     """The settings a store's results depend on; reopening it with others raises StoreMismatchError."""
     settings = jsonable(config)
     drift = settings.pop("drift")  # beside the config, as stores written before provenance.jsonable have it
@@ -73,6 +76,7 @@ def _metadata(config, *, density, per_channel, projection, dim, cycle, ids, shap
         projection=projection,
         dim=dim if projection != "off" else None,
         cycle=cycle if projection != "off" else None,
+        batch_size=batch_size,  # results differ in their last bits between batch sizes: a resume keeps it
         ids=list(ids),
         shape=list(shape),
         dtype=str(dtype),
@@ -173,25 +177,30 @@ def precompute(
     m0s = _initial_fields(jnp.asarray(images), density, per_channel)
     m0s = m0s[:, None] if m0s.ndim == 3 else m0s  # (N, K, H, W)
     settings = dict(density=density, per_channel=per_channel, projection=projection, dim=dim, cycle=cycle)
-    sink = _open_sink(store, config, m0s, ids, settings, create=process[0] == 0)
-    done = sink.done()
-    skipped = int(done.sum())
-    groups = seed_groups(images, projection, cycle, seeds)
-    batch_size = -(-batch_size // len(jax.local_devices())) * len(jax.local_devices())
-    plans = plan_batches(m0s, groups, projection=projection, batch_size=batch_size, process=process)
-    solve = functools.partial(_solve_plan, m0s=m0s, sink=sink, done=done, config=config, projection=projection,
-                              dim=dim, batch_size=batch_size, progress=progress, on_batch=on_batch)  # fmt: skip
-    batch_seconds = [seconds for plan in plans for seconds in solve(plan)]
+    with _open_sink(store, config, m0s, ids, dict(settings, batch_size=batch_size), process) as sink:
+        done, damaged = _verified_done(sink, ids)
+        skipped = int(done.sum())
+        groups = seed_groups(images, projection, cycle, seeds)
+        batch_size = -(-batch_size // len(jax.local_devices())) * len(jax.local_devices())
+        plans = plan_batches(m0s, groups, projection=projection, batch_size=batch_size, process=process)
+        sink.forget(sorted(set(damaged) & _owned(plans)))  # cleared first: a repair cut short is redone next time
+        solve = functools.partial(_solve_plan, m0s=m0s, sink=sink, done=done, config=config, projection=projection,
+                                  dim=dim, batch_size=batch_size, progress=progress, on_batch=on_batch)  # fmt: skip
+        batch_seconds = [seconds for plan in plans for seconds in solve(plan)]
     m = _all_channels(sink.m, images.shape[-1]) if store is None else sink.m
-    stats = {name: sink.stats(name) for name in STAT_NAMES}
-    result = PrecomputeResult(m, stats, _seed_of(groups, len(images), projection), batch_seconds,
-                              time.perf_counter() - start, skipped, None if store is None else sink)  # fmt: skip
+    seconds, seed_of = time.perf_counter() - start, _seed_of(groups, len(images), projection)
+    result = PrecomputeResult(m, sink.all_stats(done), seed_of, batch_seconds, seconds, skipped,
+                              None if store is None else sink, len(damaged))  # fmt: skip
     _report_failures(result, ids, on_failure, projection)
     return result
 
 
-def _open_sink(store, config: FPConfig, m0s, ids, settings: dict, create: bool):
-    """A :class:`MemoryStore` (``store=None``) or the :class:`FPStore` at ``store``, for ``(N, K, H, W)`` ``m0s``."""
+def _open_sink(store, config: FPConfig, m0s, ids, settings: dict, process):
+    """A :class:`MemoryStore` (``store=None``) or the :class:`FPStore` at ``store``, for ``(N, K, H, W)`` ``m0s``.
+
+    Process 0 creates the store; the processes of a multi-process run share its writer lock, a lone
+    process holds it alone.
+    """
     n, channels, height, width = m0s.shape
     if store is None:
         return MemoryStore(n, config.T, (height, width), channels, m0s.dtype)
@@ -204,8 +213,31 @@ def _open_sink(store, config: FPConfig, m0s, ids, settings: dict, create: bool):
         shape=(height, width),
         channels=channels,
         dtype=str(m0s.dtype),
-        create=create,
+        create=process[0] == 0,
+        lock="shared" if process[1] > 1 else "exclusive",
     )
+
+
+def _verified_done(sink, ids):
+    """``(done, damaged)``: the images finished and intact, and ``{index: why}`` of those that fail verification."""
+    done = sink.done()
+    damaged = sink.verify(done)
+    if damaged:
+        done[list(damaged)] = False
+        names = [ids[i] for i in sorted(damaged)]
+        warnings.warn(
+            f"{len(damaged)} finished image(s) of the store at {sink.path} failed verification and are recomputed: "
+            f"{names[:10]}{' ...' if len(names) > 10 else ''} (image {names[0]!r}: {damaged[min(damaged)]})",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return done, damaged
+
+
+def _owned(plans) -> set:
+    """The images a process writes: its batches' members and the seeds it owns."""
+    owned = {int(i) for plan in plans for batch in plan.batches for i in batch}
+    return owned | {int(plan.seed) for plan in plans if plan.writes_seed}
 
 
 def _all_channels(m, channels: int):
