@@ -370,9 +370,14 @@ def _seed_bases(plan, pending, m0s, sink, done, config, dim, on_batch):
 
 
 def _write(sink, done, batch, sol, on_batch, tick: float) -> float:
-    """Write the first ``len(batch)`` rows of a NumPy ``sol`` (leading ``(B, K)``); returns the batch's seconds."""
+    """Write the first ``len(batch)`` rows of a NumPy ``sol`` (leading ``(B, K)``); returns the batch's seconds.
+
+    Images of the batch already finished (a batch recomputed for a damaged member) are not rewritten.
+    """
     seconds = time.perf_counter() - tick
     for row, index in enumerate(batch):
+        if done[index]:
+            continue
         sink.write(index, np.moveaxis(sol.m[row], 0, -1), {name: getattr(sol, name)[row] for name in STAT_NAMES})
     done[batch] = True
     if on_batch is not None:
