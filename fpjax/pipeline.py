@@ -158,9 +158,27 @@ def _precompute_stage(images, names, fp_config: FPConfig, out: pathlib.Path, pro
     seconds = previous + (result.seconds if result.skipped < len(images) else 0.0)
     timing_path.write_text(json.dumps({"seconds": seconds, "images": len(images)}))
     start = time.perf_counter()
-    trajectories = jax.jit(lambda x, m: embed(x, m, fp_config))(jnp.asarray(images), jnp.asarray(result.m[...]))
+    m = finite_solutions(result.m[...], names, out / "fp_store.zarr")  # read back checked: checksums, digests
+    trajectories = jax.jit(lambda x, m: embed(x, m, fp_config))(jnp.asarray(images), jnp.asarray(m))
     trajectories.block_until_ready()
     return trajectories, seconds + time.perf_counter() - start, result.stats
+
+
+def finite_solutions(m, names, store) -> np.ndarray:
+    """``m`` ``(N, T+1, H, W, K)`` if every value is finite; otherwise ValueError naming the images.
+
+    The store's reads already refuse damaged chunks (:class:`fpjax.batch.store.StoreCorruptError`);
+    this catches what a solve itself left non-finite, so that no NaN reaches training.
+    """
+    m = np.asarray(m)
+    bad = np.flatnonzero(~np.isfinite(m.reshape(len(m), -1)).all(axis=1))
+    if len(bad):
+        shown = f"{[names[i] for i in bad[:10]]}{' ...' if len(bad) > 10 else ''}"
+        raise ValueError(
+            f"the FP solutions of {len(bad)} image(s) in {store} are not finite: {shown}; "
+            "the solve diverged (see their residuals): lower g or raise T, with a new output folder"
+        )
+    return m
 
 
 def _denoise_stage(result: training.TrainResult, clean, key):
