@@ -430,6 +430,22 @@ def _save_solutions(out: pathlib.Path, images, names, result, config: FPConfig, 
     fields = np.moveaxis(m, -1, 2)  # (N, T+1, K, H, W): what fpjax.score and the figures take
     scores = np.moveaxis(np.asarray(score(fields, config.boundary)), (2, 3), (-2, -1))  # (x, y) last
     path = out / "fp_solutions.npz"
+    try:
+        _write_solutions(path, m, scores, names, result, config, args.density)
+    except OSError as error:  # a full disk fails on close, without a file name: name it
+        error.filename = path if error.filename is None else error.filename
+        raise
+    shown = min(len(images), 4)
+    title = f"log-density m and pixel score ({args.density})"
+    fig = plot_solutions(images[:shown], fields[:shown, :, 0], names[:shown], boundary=config.boundary,
+                         component=args.component, title=title)  # fmt: skip
+    fig.savefig(out / "precompute.png", dpi=110)
+    fig = plot_convergence(result.stats["outer_iterations"][:, 0], result.stats["residual"][:, 0], names)
+    fig.savefig(out / "convergence.png", dpi=110)
+    print(f"wrote {path} (m {m.shape}, score {scores.shape}), {out / 'precompute.png'}, {out / 'convergence.png'}")
+
+
+def _write_solutions(path: pathlib.Path, m, scores, names, result, config: FPConfig, density: str) -> None:
     np.savez_compressed(
         path,
         m=m,
@@ -440,17 +456,9 @@ def _save_solutions(out: pathlib.Path, images, names, result, config: FPConfig, 
         batch_seconds=np.array(result.batch_seconds),
         seconds=result.seconds,
         config=json.dumps(provenance.jsonable(config)),
-        density=args.density,
-        channels_shared=k == 1,
+        density=density,
+        channels_shared=m.shape[-1] == 1,
     )
-    shown = min(len(images), 4)
-    title = f"log-density m and pixel score ({args.density})"
-    fig = plot_solutions(images[:shown], fields[:shown, :, 0], names[:shown], boundary=config.boundary,
-                         component=args.component, title=title)  # fmt: skip
-    fig.savefig(out / "precompute.png", dpi=110)
-    fig = plot_convergence(result.stats["outer_iterations"][:, 0], result.stats["residual"][:, 0], names)
-    fig.savefig(out / "convergence.png", dpi=110)
-    print(f"wrote {path} (m {m.shape}, score {scores.shape}), {out / 'precompute.png'}, {out / 'convergence.png'}")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -170,8 +170,11 @@ def test_precompute_spectral_scheme_to_a_store_refuses_another_scheme(tmp_path, 
     m0 = np.asarray(fpjax.initial_log_density(sample_images(32)[1].astype(np.float64)))
     expected = heat_log_density(m0, 0.5 * 0.5**2 * np.arange(5) / 4, (1 / 32, 1 / 32), "zero")
     assert np.linalg.norm(stored - expected) / np.linalg.norm(expected) < 1e-6
-    with pytest.raises(StoreMismatchError, match="scheme"):
+    with pytest.raises(SystemExit) as exit_:  # one line naming the differing setting, no traceback
         main(args + ["--scheme", "density"])
+    assert exit_.value.code == 1 and "scheme" in capsys.readouterr().err
+    with pytest.raises(StoreMismatchError, match="scheme"):  # --debug: the exception itself
+        main(args + ["--scheme", "density", "--debug"])
 
 
 # ----------------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ def sample_images(size: int = 64) -> np.ndarray:
     stored 128x128 crops.
     """
     if size not in SIZES:
-        raise ValueError(f"size must be one of {SIZES}, got {size}")
+        raise ValueError(f"size must be one of {SIZES} for the sample images, got {size!r} (other sizes: resize())")
     images = _stored()[0].astype(np.float32) / 255.0
     block = _STORED // size
     n, _, _, c = images.shape
@@ -148,7 +148,7 @@ def _read_cifar_npz(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
         try:
             images, labels = data["images"], np.asarray(data["labels"])
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-            raise ValueError(f"{path} is damaged ({error}): expected {_CIFAR_FORMS}") from error
+            raise ValueError(f"{path}: cannot read its arrays ({error}); expected {_CIFAR_FORMS}") from error
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(
             f"{path}: 'images' is {images.dtype} of shape {images.shape}; expected uint8 (N, H, W, 3), "

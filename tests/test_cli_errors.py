@@ -1,0 +1,221 @@
+"""Every error a user can cause is one or two lines on stderr naming the thing and the fix, with no traceback.
+
+Most cases run through the console script (a subprocess each: it imports JAX, a few seconds); the option checks,
+simulated read-only and full disks, and the line between a user's error and a bug are also checked in-process.
+"""
+
+import errno
+import os
+import pathlib
+import pickle
+import shlex
+import subprocess
+import sys
+
+import matplotlib.image as mpimg
+import numpy as np
+import pytest
+
+from fpjax import cli
+from fpjax.cli import main
+from fpjax.data import sample_images
+
+_SCRIPT = pathlib.Path(sys.executable).with_name("fpjax")
+COMMAND = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "fpjax.cli"]
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONWARNINGS": "ignore"}
+
+
+def fpjax(argv, cwd):
+    """Run the console script; a generous timeout only so that a hang fails instead of blocking the suite."""
+    return subprocess.run(COMMAND + list(argv), capture_output=True, text=True, cwd=cwd, env=ENV, timeout=900)
+
+
+def assert_one_line_error(stderr: str, *words: str) -> None:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert "Traceback" not in stderr, stderr
+    assert 1 <= len(lines) <= 2, stderr
+    assert lines[0].startswith("fpjax ") and ": error: " in lines[0], stderr
+    for word in words:
+        assert word in stderr, (word, stderr)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """Broken inputs of every kind, in one folder."""
+    root = tmp_path_factory.mktemp("inputs")
+    jpegs = root / "jpegs"
+    jpegs.mkdir()
+    mpimg.imsave(jpegs / "good.png", sample_images(32)[0])
+    mpimg.imsave(jpegs / "bad.jpg", sample_images(32)[1])
+    (jpegs / "bad.jpg").write_bytes((jpegs / "bad.jpg").read_bytes()[:300])  # truncated
+    (root / "notes.npz").write_text("not an archive\n")
+    np.savez(root / "other.npz", x=np.zeros(3))
+    trucks = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    np.savez(root / "trucks.npz", images=trucks, labels=np.full(4, 9))
+    batches = root / "cifar-10-batches-py"
+    batches.mkdir()
+    with open(batches / "test_batch", "wb") as f:
+        pickle.dump({b"something": 1}, f)
+    (root / "afile").write_text("a file, not a folder\n")
+    return root
+
+
+# (arguments, exit status, words the message must contain); {d} is the inputs folder
+CASES = {
+    "n-zero": ("precompute --n 0", 2, ["--n", "positive integer, got 0"]),
+    "n-negative": ("precompute --n -1", 2, ["--n", "got -1"]),
+    "batch-size-zero": ("precompute --n 2 --batch-size 0", 2, ["--batch-size", "positive"]),
+    "g-nan": ("precompute --g nan", 2, ["--g", "finite"]),
+    "config-refuses": ("run --n 1 --replay 1.5", 2, ["TrainConfig", "replay", "fpjax run --help"]),
+    "missing-folder": ("precompute --images {d}/nowhere", 1, ["nowhere", "does not exist"]),
+    "corrupt-jpeg": ("precompute --images {d}/jpegs --T 3", 1, ["bad.jpg", "cannot read image"]),
+    "text-as-npz": ("precompute --data cifar10:{d}/notes.npz", 1, ["notes.npz", "not a CIFAR-10 npz"]),
+    "npz-other-arrays": ("precompute --data cifar10:{d}/other.npz", 1, ["other.npz", "'images'", "'labels'"]),
+    "bad-cifar-batch": ("precompute --data cifar10:{d}/cifar-10-batches-py", 1, ["test_batch", "CIFAR-10 batch"]),
+    "empty-class": ("precompute --data cifar10:{d}/trucks.npz:cat", 1, ["trucks.npz", "no image of class cat"]),
+    "missing-cifar": ("precompute --data cifar10:{d}/nothing.npz", 1, ["nothing.npz", "does not exist"]),
+    "out-is-a-file": ("precompute --out {d}/afile", 1, ["afile", "folder"]),
+    "store-is-a-file": ("precompute --store {d}/afile", 1, ["afile", "--store"]),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_console_script_reports_a_user_error_in_one_line(case, inputs, tmp_path):
+    argv, status, words = CASES[case]
+    result = fpjax(shlex.split(argv.format(d=inputs)), cwd=tmp_path)
+    assert result.returncode == status, result.stderr
+    assert_one_line_error(result.stderr, *words)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_console_script_reports_a_full_disk(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "fp_solutions.npz").symlink_to("/dev/full")  # every write: ENOSPC
+    result = fpjax(["precompute", "--n", "1", "--T", "3", "--out", str(out)], cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert_one_line_error(result.stderr, "No space left on device", "fp_solutions.npz", "free some disk space")
+
+
+def test_console_script_names_the_settings_that_differ_from_a_store(tmp_path, capsys):
+    store = tmp_path / "fp.zarr"
+    argv = ["precompute", "--n", "1", "--T", "3", "--store", str(store)]
+    assert main(argv) == 0
+    capsys.readouterr()
+    result = fpjax(argv + ["--scheme", "density"], cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert_one_line_error(result.stderr, "scheme", str(store))
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only folders")
+def test_console_script_reports_a_read_only_output_folder(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        result = fpjax(["precompute", "--n", "1", "--T", "3", "--out", str(locked / "out")], cwd=tmp_path)
+    finally:
+        locked.chmod(0o755)
+    assert result.returncode == 1, result.stderr
+    assert_one_line_error(result.stderr, str(locked / "out"), "write elsewhere")
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    result = fpjax(["--debug", "precompute", "--images", str(tmp_path / "nowhere")], cwd=tmp_path)
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr and "FileNotFoundError: image folder" in result.stderr
+    with pytest.raises(FileNotFoundError, match="nowhere"):  # after the subcommand, too
+        main(["precompute", "--images", str(tmp_path / "nowhere"), "--debug"])
+
+
+# ----------------------------------------------------------------------------------------------
+# In-process: the same main(), without a subprocess per case
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["precompute", "--T", "0"], ["--T", "positive"]),
+        (["precompute", "--T", "2.5"], ["--T", "expected a positive integer"]),
+        (["precompute", "--size", "-4"], ["--size"]),
+        (["precompute", "--g", "inf"], ["--g", "finite"]),
+        (["precompute", "--g", "-0.5"], ["--g", "positive"]),
+        (["precompute", "--tol", "0"], ["--tol"]),
+        (["precompute", "--maxiter", "0"], ["--maxiter"]),
+        (["precompute", "--dim", "0"], ["--dim"]),
+        (["precompute", "--solver", "magic"], ["--solver", "invalid choice"]),
+        (["run", "--learning-rate", "-1"], ["--learning-rate", "positive"]),
+        (["run", "--max-steps", "0"], ["--max-steps"]),
+        (["run", "--sampler-steps", "0"], ["--sampler-steps"]),
+        (["run", "--dropout", "nan"], ["--dropout", "finite"]),
+        (["run", "--n", "0"], ["--n"]),
+    ],
+)
+def test_option_values_are_checked_where_they_are_parsed(argv, words, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    assert_one_line_error(capsys.readouterr().err, *words)
+
+
+def test_none_and_valid_values_still_parse():
+    args = cli.build_parser().parse_args(["precompute", "--maxiter", "none", "--g", "1e-3", "--T", "7", "--n", "2"])
+    assert args.maxiter is None and args.g == 1e-3 and args.T == 7 and args.n == 2 and args.debug is False
+    args = cli.build_parser().parse_args(["run", "--grad-clip", "none", "--sampler-t-end", "0", "--debug"])
+    assert args.grad_clip is None and args.sampler_t_end == 0.0 and args.debug is True
+
+
+def test_a_read_only_file_system_is_one_line(tmp_path, monkeypatch, capsys):
+    def read_only(self, *args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+
+    monkeypatch.setattr(pathlib.Path, "mkdir", read_only)
+    with pytest.raises(SystemExit) as exit_:
+        main(["precompute", "--n", "1", "--out", str(tmp_path / "out")])
+    assert exit_.value.code == 1
+    assert_one_line_error(capsys.readouterr().err, "Read-only file system", str(tmp_path / "out"), "write elsewhere")
+
+
+def test_a_bug_still_shows_its_traceback(monkeypatch, tmp_path):
+    def broken(*args, **kwargs):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(cli, "load_dataset", broken)
+    with pytest.raises(KeyError):
+        main(["precompute", "--n", "1", "--out", str(tmp_path)])
+
+
+def _raise(error):
+    raise error
+
+
+def _numpy_value_error():
+    np.zeros(0).min()
+
+
+@pytest.mark.parametrize(
+    "make, status, words",
+    [
+        (lambda: _raise(cli.ConfigError("FPConfig: T must be positive")), 2, ["FPConfig: T", "--help"]),
+        (lambda: _raise(ValueError("the store at s.zarr\nwas written with other settings")), 1, ["s.zarr was"]),
+        (_numpy_value_error, 1, ["zero-size array", "raised inside numpy", "--debug"]),
+        (lambda: _raise(OSError(errno.ENOSPC, "No space left on device", "fp.zarr/m/c/0")), 1, ["fp.zarr/m/c/0"]),
+        (lambda: _raise(PermissionError(errno.EACCES, "Permission denied", "x.png")), 1, ["x.png", "permissions"]),
+        (lambda: _raise(FileNotFoundError("image folder x does not exist")), 1, ["image folder x"]),
+        (lambda: _raise(TimeoutError("no process created the store")), 1, ["no process"]),
+        (lambda: _raise(KeyError("images")), None, []),
+        (lambda: _raise(OSError(errno.EIO, "Input/output error")), None, []),
+    ],
+)
+def test_explain_tells_a_users_error_from_a_bug(make, status, words):
+    try:
+        make()
+    except Exception as error:  # the point: explain() sorts them
+        report = cli.explain(error, "precompute")
+    if status is None:
+        assert report is None
+        return
+    code, message, hint = report
+    assert code == status and "\n" not in message
+    for word in words:
+        assert word in message + " " + (hint or "")
