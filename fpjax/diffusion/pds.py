@@ -13,7 +13,19 @@ is even in the frequency for real images, so ``M_f`` is a real symmetric
 operator, and ``M^T = M_p o M_f``. Masks have the image layout ``(H, W, C)``.
 The preconditioned Langevin dynamics ``dx = 1/2 eps^2 (M M^T + omega S) grad log p dt
 + eps M dW`` keep ``p`` stationary for any skew-symmetric ``S`` (the paper's
-theorems 2-3), which is what the tests check.
+theorem 2), which is what the tests check. The preconditioned *reverse SDE*
+the paper builds from them (its eq. 27, theorem 3: ``M M^T`` on the score,
+``M z`` on the noise) does not keep the marginals: it reverses ``dx = g M dW``,
+not the forward SDE whose score it uses; ``SamplerConfig.pds_form`` in
+:mod:`fpjax.diffusion.sampling` has it and the marginal-preserving form
+(``(I + M M^T)/2`` on the score), and :mod:`fpjax.diffusion.exact` its bias in
+closed form.
+
+Two normalisations of a mask ``R``: the paper's text divides by its maximum
+(:func:`normalise`, values in ``(0, 1]``, so ``M`` only enlarges modes); the
+released code does not (:func:`normalise_released`, ``(R + alpha - 1)/alpha``,
+so modes with ``R > 1`` are shrunk: with ``R_f`` up to ~12.6 on CIFAR-10, the
+low frequencies then keep much of the prior's noise).
 """
 
 from __future__ import annotations
@@ -30,6 +42,14 @@ def normalise(mask, alpha: float):
     if alpha < 1.0:
         raise ValueError(f"alpha must be >= 1, got {alpha}")
     return (mask / jnp.max(mask) + alpha - 1.0) / alpha
+
+
+def normalise_released(mask, alpha: float):
+    """``(R + alpha - 1) / alpha``: the released code's normalisation (``sampling.py`` of fudan-zvg/PDS), not divided
+    by ``max R``; values above 1 where ``R > 1``."""
+    if alpha < 1.0:
+        raise ValueError(f"alpha must be >= 1, got {alpha}")
+    return (mask + alpha - 1.0) / alpha
 
 
 @jax.jit
@@ -112,11 +132,17 @@ def as_preconditioner(preconditioner: Preconditioner | None) -> Preconditioner:
     return Preconditioner() if preconditioner is None else preconditioner
 
 
-def from_data(images, alpha: float, pixel: bool = True) -> Preconditioner:
-    """The paper's preconditioner estimated from ``(N, H, W, C)`` images in one jitted pass (it uses 200)."""
+def from_data(images, alpha: float, pixel: bool = True, mask: str = "paper") -> Preconditioner:
+    """The paper's preconditioner estimated from ``(N, H, W, C)`` images in one jitted pass (it uses 200).
+
+    ``mask="paper"``: normalised as in the paper's text (:func:`normalise`); ``"released"``: as in its released
+    code (:func:`normalise_released`, not divided by the maximum)."""
+    if mask not in ("paper", "released"):
+        raise ValueError(f"mask must be 'paper' or 'released', got {mask!r}")
+    norm = normalise if mask == "paper" else normalise_released
     images = jnp.asarray(images)
-    r_f = normalise(frequency_statistics(images), alpha)
-    r_p = normalise(pixel_statistics(images), alpha) if pixel else None
+    r_f = norm(frequency_statistics(images), alpha)
+    r_p = norm(pixel_statistics(images), alpha) if pixel else None
     return Preconditioner(r_f, r_p)
 
 

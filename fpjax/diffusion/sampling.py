@@ -44,6 +44,15 @@ class SamplerConfig:
     clip: clip the result to ``[0, 1]``.
     corrector_steps: Langevin corrector steps before each predictor step (predictor-corrector; 0: none).
     snr: the corrector's signal-to-noise ratio (Song et al.'s step rule).
+    pds_form: how a preconditioner ``M`` enters the reverse SDE (``method="sde"``; no effect without one):
+      ``"paper"``: ``g^2 M M^T s dt + g sqrt(dt) M z`` (the PDS paper's eq. 27, its released code); **biased**:
+      it is the reversal of the forward process ``dx = g M dW``, not of ``dx = g dW``, so it does not keep the
+      marginals ``p_t`` whose score it uses. For a Gaussian with per-mode variance ``S`` and a frequency
+      preconditioner multiplying mode ``k`` by ``m = 1/R_k`` (``m^2 > 1/2``), the output variance of that mode
+      tends to ``S m^2 / (2 m^2 - 1)`` as the steps grow (in ``[S/2, S)`` for ``m^2 > 1``), whatever the number of
+      steps. ``"marginal"``: ``g^2 (I + M M^T)/2 s dt + g sqrt(dt) M z``, the reverse SDE whose Fokker-Planck
+      equation is that of ``p_t`` for any ``M`` (the reverse drift ``b`` must satisfy
+      ``grad.(b p) = 1/2 g^2 grad.((I + M M^T) grad p)``): unbiased as the steps grow.
 
     Fewer ``steps`` over the same interval take proportionally longer steps, which keeps the accumulated
     update: PDS's ``T/c`` speed-up knob.
@@ -59,10 +68,13 @@ class SamplerConfig:
     clip: bool = True
     corrector_steps: int = 0
     snr: float = 0.16
+    pds_form: str = "paper"
 
     def __post_init__(self):
         if self.method not in ("sde", "ode"):
             raise ValueError(f"method must be 'sde' or 'ode', got {self.method!r}")
+        if self.pds_form not in ("paper", "marginal") or (self.pds_form == "marginal" and self.method != "sde"):
+            raise ValueError(f"pds_form must be 'paper', or 'marginal' with method 'sde'; got {self.pds_form!r}")
         if self.schedule not in ("uniform", "quadratic"):
             raise ValueError(f"schedule must be 'uniform' or 'quadratic', got {self.schedule!r}")
         if self.steps < 1:
@@ -72,10 +84,21 @@ class SamplerConfig:
 
     def times(self, dtype=jnp.float32):
         """``(steps + 1,)`` descending times ``tau_0 = t_start .. tau_K = t_end``."""
-        u = jnp.linspace(0.0, 1.0, self.steps + 1, dtype=dtype)
-        if self.schedule == "quadratic":
-            return self.t_end + (self.t_start - self.t_end) * (1.0 - u) ** 2
-        return self.t_start - (self.t_start - self.t_end) * u
+        return self.time_at(jnp.linspace(0.0, 1.0, self.steps + 1, dtype=dtype))
+
+    def time_at(self, u):
+        """The time at fraction ``u = k / K`` of the grid (``0``: ``t_start``, ``1``: ``t_end``), elementwise."""
+        return schedule_time(self.schedule, self.t_start, self.t_end, u)
+
+
+def schedule_time(schedule: str, t_start: float, t_end: float, u):
+    """``uniform``: ``t_end + (t_start - t_end) (1 - u)``; ``quadratic``: ``t_end + (t_start - t_end) (1 - u)^2``
+    (written about ``t_end`` and with ``u`` clipped to ``[0, 1]``, so ``u = 1`` gives ``t_end`` exactly, even when a
+    compiler turns ``k / K`` into ``k * (1 / K)``)."""
+    u = jnp.clip(u, 0.0, 1.0)
+    if schedule == "quadratic":
+        return t_end + (t_start - t_end) * (1.0 - u) ** 2
+    return t_end + (t_start - t_end) * (1.0 - u)
 
 
 def g_function(fp_config) -> Callable:
@@ -131,7 +154,8 @@ def reverse_sample(score: Callable, x, key, sde, config: SamplerConfig, drift: C
         for c in range(config.corrector_steps):
             x = corrector_step(score(x, tb), x, jax.random.fold_in(corrector_key, c), config.snr, m)
         g_t = sde.g(t)
-        update = weight * g_t**2 * m.gram(score(x, tb))
+        s = score(x, tb)
+        update = weight * g_t**2 * (m.gram(s) if config.pds_form == "paper" else 0.5 * (s + m.gram(s)))
         if drift is not None:
             update = update - drift(x, tb)
         x = x + update * dt
@@ -188,3 +212,206 @@ def generate(score: Callable, key, shape, sde, config: SamplerConfig, mean: floa
 def noisy_copy(key, images, noise_level: float):
     """``images + noise_level * z``: the corrupted input of the denoising check (not clipped)."""
     return images + noise_level * jax.random.normal(key, images.shape, images.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# the released PDS code's sampler: score_sde's reverse-diffusion predictor and Langevin corrector
+
+
+@dataclasses.dataclass(frozen=True)
+class ReverseDiffusionConfig:
+    """The sampler of the PDS paper's released code (score_sde's ``ReverseDiffusionPredictor`` with its
+    ``LangevinCorrector``, the masks applied as in that code).
+
+    Attributes:
+      steps: predictor steps ``K`` (score evaluations ``K (1 + corrector_steps)``).
+      corrector_steps: Langevin corrector steps before each predictor step (score_sde's ``n_steps_each``).
+      snr: the corrector's signal-to-noise ratio (score_sde's CIFAR-10 VE setting: 0.16).
+      schedule, t_start, t_end: the time grid, as in :class:`SamplerConfig`.
+      denoise: return the last predictor step's mean (score_sde's ``noise_removal``).
+      pds_form: ``"paper"`` (the released code: ``M M^T`` on the whole reverse drift, ``M z`` noise; biased like
+        :class:`SamplerConfig`'s ``"paper"``) or ``"marginal"`` (``(I + M M^T)/2`` on the score term, ``M z``).
+    """
+
+    steps: int = 100
+    corrector_steps: int = 1
+    snr: float = 0.16
+    schedule: str = "uniform"
+    t_start: float = 1.0
+    t_end: float = 0.0
+    denoise: bool = True
+    pds_form: str = "paper"
+
+    def __post_init__(self):
+        if self.steps < 1 or self.corrector_steps < 0:
+            raise ValueError(f"need steps >= 1 and corrector_steps >= 0, got {self.steps}, {self.corrector_steps}")
+        if self.pds_form not in ("paper", "marginal"):
+            raise ValueError(f"pds_form must be 'paper' or 'marginal', got {self.pds_form!r}")
+
+    def time_at(self, u):
+        return schedule_time(self.schedule, self.t_start, self.t_end, u)
+
+
+def transition(sde: sde_lib.SDE, t, s):
+    """The forward one-step kernel from time ``s`` to ``t > s``: ``x_t = rho x_s + G z``; returns ``(rho, G^2)``
+    with ``rho = a(t)/a(s)``, ``G^2 = v(t) - rho^2 v(s)`` (VE: ``rho = 1``, ``G^2 = sigma_t^2 - sigma_s^2``,
+    score_sde's ``VESDE.discretize``; VP: ``rho = sqrt(1 - beta)``, ``G^2 = beta``, its ``VPSDE.discretize``)."""
+    rho = sde.mean_scale(t) / sde.mean_scale(s)
+    return rho, sde.variance(t) - rho**2 * sde.variance(s)
+
+
+def released_corrector_step(s, x, key, snr: float, alpha=1.0, preconditioner=None):
+    """The released PDS code's Langevin corrector: ``x + eps M M^T s + sqrt(2 eps) M z`` with one step for the
+    whole batch, ``eps = 2 alpha (snr mean_b |M z_b| / mean_b |M M^T s_b|)^2`` (score_sde's rule, its norms averaged
+    over the batch; ``alpha``: 1 for VE, ``1 - beta`` for VP). ``(B, ...)`` states and scores."""
+    m = pds.as_preconditioner(preconditioner)
+    noise = m.apply(jax.random.normal(key, x.shape, x.dtype))
+    grad = m.gram(s)
+    axes = tuple(range(1, x.ndim))
+    grad_norm = jnp.mean(jnp.sqrt(jnp.sum(grad**2, axis=axes)))
+    noise_norm = jnp.mean(jnp.sqrt(jnp.sum(noise**2, axis=axes)))
+    eps = 2.0 * alpha * (snr * noise_norm / jnp.maximum(grad_norm, 1e-30)) ** 2
+    return x + eps * grad + jnp.sqrt(2.0 * eps) * noise
+
+
+def reverse_diffusion_sample(score: Callable, x, key, sde, config: ReverseDiffusionConfig, preconditioner=None):
+    """The released PDS code's sampler from ``(B, ...)`` states ``x`` at ``t_start`` down to ``t_end``: one
+    ``lax.scan`` over the grid ``tau_0 > ... > tau_K``; at each ``tau_k`` the corrector
+    (:func:`released_corrector_step`, ``alpha = rho^2``) and then the reverse-diffusion predictor
+
+        x <- x - M M^T [(rho - 1) x - G^2 s(x, tau_k)] + G M z,     (rho, G^2) = transition(tau_k, tau_(k+1))
+
+    (``"marginal"`` form: ``x - (rho - 1) x + G^2 (I + M M^T)/2 s + G M z``). With ``denoise`` the last step adds
+    no noise. ``M = I`` without a preconditioner: score_sde's PC sampler on the forward SDE ``sde``."""
+    sde = sde_lib.as_sde(sde)
+    m = pds.as_preconditioner(preconditioner)
+    times = config.time_at(jnp.linspace(0.0, 1.0, config.steps + 1, dtype=x.dtype))
+    batch, last = x.shape[0], config.steps - 1
+
+    def step(x, inputs):
+        k, t, t_next, step_key = inputs
+        tb = jnp.full((batch,), t, x.dtype)
+        rho, g2 = transition(sde, t, t_next)
+        keys = jax.random.split(step_key, config.corrector_steps + 1)
+        for c in range(config.corrector_steps):
+            x = released_corrector_step(score(x, tb), x, keys[c], config.snr, rho**2, m)
+        s = score(x, tb)
+        if config.pds_form == "paper":
+            x = x - m.gram((rho - 1.0) * x - g2 * s)
+        else:
+            x = x - (rho - 1.0) * x + 0.5 * g2 * (s + m.gram(s))
+        noise = jnp.sqrt(g2) * m.apply(jax.random.normal(keys[-1], x.shape, x.dtype))
+        return x + noise * (1.0 if not config.denoise else (k != last)), None
+
+    keys = jax.random.split(key, config.steps)
+    x, _ = jax.lax.scan(step, x, (jnp.arange(config.steps), times[:-1], times[1:], keys))
+    return x
+
+
+# ----------------------------------------------------------------------------------------------
+# deterministic anchors: Heun on EDM's sigma schedule, DDIM
+
+
+@dataclasses.dataclass(frozen=True)
+class HeunConfig:
+    """The probability-flow ODE by Heun's second-order method on EDM's schedule (Karras et al. 2022, alg. 1):
+    ``sigma_i = (sigma_max^(1/rho) + i/(K-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho``, ``i < K``,
+    ``sigma_K = 0``; ``sigma`` is the noise level of the scaled state ``x / a(t)``, ``sigma^2 = v(t) / a(t)^2``,
+    and ``sigma_max`` that at ``t_start``. ``2 K - 1`` score evaluations (the last step is Euler)."""
+
+    steps: int = 18
+    rho: float = 7.0
+    sigma_min: float = 0.01
+    t_start: float = 1.0
+
+    def __post_init__(self):
+        if self.steps < 1 or self.sigma_min <= 0:
+            raise ValueError(f"need steps >= 1 and sigma_min > 0, got {self.steps}, {self.sigma_min}")
+
+
+def edm_sigma(config: HeunConfig, sigma_max, i, steps):
+    """EDM's ``sigma_i`` of a ``steps``-step grid (elementwise in ``i``; ``i = steps``: 0)."""
+    u = i / jnp.maximum(steps - 1, 1)
+    lo, hi = config.sigma_min ** (1.0 / config.rho), sigma_max ** (1.0 / config.rho)
+    return jnp.where(i >= steps, 0.0, (hi + u * (lo - hi)) ** config.rho)
+
+
+def noise_level(sde: sde_lib.SDE, t):
+    """``sigma(t) = sqrt(v(t)) / a(t)``: the noise level of the scaled state ``x / a(t)``."""
+    return jnp.sqrt(sde.variance(t)) / sde.mean_scale(t)
+
+
+def time_of_noise_level(sde: sde_lib.SDE, sigma, t_max: float = 1.0, iterations: int = 60):
+    """The time ``t`` in ``[0, t_max]`` with ``noise_level(t) = sigma`` (bisection; ``noise_level`` increases)."""
+    sigma = jnp.asarray(sigma)
+
+    def body(_, bounds):
+        lo, hi = bounds
+        mid = 0.5 * (lo + hi)
+        above = noise_level(sde, mid) > sigma
+        return jnp.where(above, lo, mid), jnp.where(above, mid, hi)
+
+    lo, hi = jax.lax.fori_loop(0, iterations, body, (jnp.zeros_like(sigma), jnp.full_like(sigma, t_max)))
+    return 0.5 * (lo + hi)
+
+
+def heun_sample(score: Callable, x, sde, config: HeunConfig):
+    """EDM's deterministic Heun sampler (:class:`HeunConfig`) from ``(B, ...)`` states at ``t_start`` to ``t = 0``.
+
+    On the scaled state ``y = x / a(t)``: ``dy / dsigma = -sigma s_y(y, sigma)`` with ``s_y = a s(a y, t)``; each
+    step an Euler step and, unless ``sigma_(i+1) = 0``, its trapezoidal correction. One ``lax.scan``."""
+    sde = sde_lib.as_sde(sde)
+    batch = x.shape[0]
+    t_start = jnp.asarray(config.t_start, x.dtype)
+    sigma_max = noise_level(sde, t_start)
+    index = jnp.arange(config.steps + 1)
+    sigmas = edm_sigma(config, sigma_max, index, config.steps).astype(x.dtype)
+    times = jnp.where(index == 0, t_start, time_of_noise_level(sde, sigmas, config.t_start)).astype(x.dtype)
+
+    def slope(y, sigma, t):
+        a = sde.mean_scale(t)
+        return -sigma * a * score(a * y, jnp.full((batch,), t, x.dtype))
+
+    def step(y, inputs):
+        sigma, sigma_next, t, t_next = inputs
+        d = slope(y, sigma, t)
+        euler = y + (sigma_next - sigma) * d
+        safe = sigma_next > 0
+        d_next = slope(euler, jnp.where(safe, sigma_next, sigma), jnp.where(safe, t_next, t))
+        return jnp.where(safe, y + 0.5 * (sigma_next - sigma) * (d + d_next), euler), None
+
+    y, _ = jax.lax.scan(step, x / sde.mean_scale(t_start), (sigmas[:-1], sigmas[1:], times[:-1], times[1:]))
+    return y * sde.mean_scale(jnp.asarray(0.0, x.dtype))
+
+
+@dataclasses.dataclass(frozen=True)
+class DDIMConfig:
+    """Deterministic DDIM (``eta = 0``) in continuous time on the grid of :class:`SamplerConfig` (``schedule``,
+    ``t_start``, ``t_end``); ``steps`` score evaluations."""
+
+    steps: int = 50
+    schedule: str = "uniform"
+    t_start: float = 1.0
+    t_end: float = 0.0
+
+    def time_at(self, u):
+        return schedule_time(self.schedule, self.t_start, self.t_end, u)
+
+
+def ddim_sample(score: Callable, x, sde, config: DDIMConfig):
+    """DDIM from ``(B, ...)`` states at ``t_start``: per step from ``t`` to ``t'``, with ``x0 = (x + v s) / a``
+    (Tweedie) and ``eps = -sqrt(v) s``, ``x <- a' x0 + sqrt(v') eps`` (``a, v`` of ``sde`` at ``t``; primed at
+    ``t'``). For VE that is ``x0 + (sigma'/sigma)(x - x0)``. One ``lax.scan``."""
+    sde = sde_lib.as_sde(sde)
+    batch = x.shape[0]
+    times = config.time_at(jnp.linspace(0.0, 1.0, config.steps + 1, dtype=x.dtype))
+
+    def step(x, inputs):
+        t, t_next = inputs
+        s = score(x, jnp.full((batch,), t, x.dtype))
+        v, v_next = sde.variance(t), sde.variance(t_next)
+        x0 = (x + v * s) / sde.mean_scale(t)
+        return sde.mean_scale(t_next) * x0 - jnp.sqrt(v_next) * jnp.sqrt(v) * s, None
+
+    x, _ = jax.lax.scan(step, x, (times[:-1], times[1:]))
+    return x
