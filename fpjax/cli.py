@@ -613,9 +613,10 @@ def explain(error: BaseException, command: str) -> tuple[int, str, str | None] |
     """``(exit status, message, hint or None)`` for an error a user can cause and fix; ``None`` for a bug.
 
     A user's: :class:`ConfigError` (status 2); ``ValueError`` (a store's mismatch or integrity errors, a
-    loader's, a configuration's), :class:`fpjax.ConvergenceError`, ``TimeoutError``, and the ``OSError``s of
-    paths, permissions and full or read-only disks (status 1). A ``ValueError`` raised outside fpjax (NumPy,
-    JAX) is still one line, with a hint to rerun with ``--debug``: it may be a check fpjax lacks.
+    loader's, a configuration's), ``FloatingPointError`` (training diverged: its message names the setting),
+    :class:`fpjax.ConvergenceError`, ``TimeoutError``, and the ``OSError``s of paths, permissions and full or
+    read-only disks (status 1). A ``ValueError`` or ``FloatingPointError`` raised outside fpjax (NumPy, JAX) is
+    still one line, with a hint to rerun with ``--debug``: it may be a check fpjax lacks.
     """
     if isinstance(error, ConfigError):
         return USAGE_ERROR, _one_line(error), f"`fpjax {command} --help` lists the options"
@@ -624,7 +625,7 @@ def explain(error: BaseException, command: str) -> tuple[int, str, str | None] |
         return INPUT_ERROR, f"{error.strerror}" + (f": {path}" if path else ""), _FIXES[error.errno]
     if isinstance(error, _PATH_ERRORS + (TimeoutError, ConvergenceError)) and error.args:
         return INPUT_ERROR, _one_line(error), None
-    if isinstance(error, ValueError):
+    if isinstance(error, ValueError | FloatingPointError):  # FloatingPointError: training diverged (settings)
         where = _raised_in(error)
         hint = None if where == "fpjax" else f"raised inside {where}: rerun with --debug for the traceback"
         return INPUT_ERROR, _one_line(error), hint

@@ -76,6 +76,7 @@ CASES = {
     "missing-cifar": ("precompute --data cifar10:{d}/nothing.npz", 1, ["nothing.npz", "does not exist"]),
     "out-is-a-file": ("precompute --out {d}/afile", 1, ["afile", "folder"]),
     "store-is-a-file": ("precompute --store {d}/afile", 1, ["afile", "--store"]),
+    "store-under-a-file": ("precompute --n 1 --store {d}/afile/s.zarr", 1, ["afile/s.zarr", "Not a directory"]),
 }
 
 
@@ -203,6 +204,7 @@ def _numpy_value_error():
         (lambda: _raise(PermissionError(errno.EACCES, "Permission denied", "x.png")), 1, ["x.png", "permissions"]),
         (lambda: _raise(FileNotFoundError("image folder x does not exist")), 1, ["image folder x"]),
         (lambda: _raise(TimeoutError("no process created the store")), 1, ["no process"]),
+        (lambda: _raise(FloatingPointError("training loss is nan; lower the learning rate")), 1, ["learning rate"]),
         (lambda: _raise(KeyError("images")), None, []),
         (lambda: _raise(OSError(errno.EIO, "Input/output error")), None, []),
     ],
