@@ -154,8 +154,10 @@ def precompute(
         iterations; its error shows in ``residual``) or ``"galerkin"``.
       dim, cycle: Krylov basis size and images per seed (the paper's 20, 50).
       batch_size: images per vmapped batch (rounded up to a multiple of the device count; the last
-        batch is padded).
-      store: path of a zarr store to stream to (resumable) or ``None``; ``ids``: its image names.
+        batch is padded). Results differ in their last bits between batch sizes: a store records it.
+      store: path of a zarr store to stream to or ``None``; ``ids``: its image names. Rerunning resumes;
+        finished images are verified first and damaged ones recomputed (``result.repaired``); one
+        writer at a time (:class:`fpjax.batch.store.StoreLockedError`).
       density, per_channel: initial log-density (see :func:`fpjax.initial_log_density`).
       progress: ``progress(done_images, total_images)`` after each batch, or ``None``.
       on_failure: ``"raise"``, ``"warn"`` or ``"ignore"`` for unconverged steps.

@@ -438,11 +438,12 @@ class FPStore:
     def verify(self, done=None) -> dict:
         """``{index: message}`` of the finished images (``done``, default the flags) that fail their checks.
 
-        Reads every finished image once, in blocks: checksums and digests of ``m`` and the statistics.
+        Reads every finished image once, in blocks: checksums and digests of ``m`` and the statistics;
+        an unreadable ``done`` flag is listed too (its image counts as not finished).
         """
         done = self.done() if done is None else np.asarray(done)
         finished = np.flatnonzero(done)
-        damaged = {}
+        damaged = self._unreadable_flags()
         for s in range(0, len(finished), _BLOCK):
             block = finished[s : s + _BLOCK]
             try:
@@ -454,6 +455,21 @@ class FPStore:
                     except StoreCorruptError as error:
                         damaged[int(i)] = f"{error.array!r}: {error.reason}"
         return damaged
+
+    def _unreadable_flags(self) -> dict:
+        """``{index: why}`` of the ``done`` flags whose chunk cannot be read (they count as not done)."""
+        array = self.group["done"]
+        try:
+            array[:]
+            return {}
+        except Exception:  # noqa: BLE001 - find them one by one
+            unreadable = {}
+            for i in range(array.shape[0]):
+                try:
+                    array[i]
+                except Exception as error:  # noqa: BLE001
+                    unreadable[i] = f"'done': {_unreadable(error)}"
+            return unreadable
 
     def forget(self, indices) -> None:
         """Clear the ``done`` flags of ``indices`` (damaged images about to be recomputed)."""
