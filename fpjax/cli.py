@@ -187,7 +187,8 @@ def add_options(parser: argparse.ArgumentParser, options, title: str | None = No
     group = parser.add_argument_group(title) if title else parser
     for o in options:
         none = "; none: None" if o.optional and o.kind is not bool else ""
-        text = o.help.replace("%", "%%") + f" (default: %(default)s{none})"
+        positive = "; > 0" if o.dest in POSITIVE_OPTIONS else ""
+        text = o.help.replace("%", "%%") + f" (default: %(default)s{none}{positive})"
         if o.kind is bool:  # --flag / --no-flag
             group.add_argument(o.flag, dest=o.dest, default=o.default, action=argparse.BooleanOptionalAction, help=text)
             continue
