@@ -615,9 +615,10 @@ def explain(error: BaseException, command: str) -> tuple[int, str, str | None] |
 
     A user's: :class:`ConfigError` (status 2); ``ValueError`` (a store's mismatch or integrity errors, a
     loader's, a configuration's), ``FloatingPointError`` (training diverged: its message names the setting),
-    :class:`fpjax.ConvergenceError`, ``TimeoutError``, and the ``OSError``s of paths, permissions and full or
-    read-only disks (status 1). A ``ValueError`` or ``FloatingPointError`` raised outside fpjax (NumPy, JAX) is
-    still one line, with a hint to rerun with ``--debug``: it may be a check fpjax lacks.
+    :class:`fpjax.ConvergenceError`, ``TimeoutError``, XLA's ``RESOURCE_EXHAUSTED`` (out of memory: a smaller
+    batch), and the ``OSError``s of paths, permissions and full or read-only disks (status 1). A
+    ``ValueError`` or ``FloatingPointError`` raised outside fpjax (NumPy, JAX) is still one line, with a hint
+    to rerun with ``--debug``: it may be a check fpjax lacks.
     """
     if isinstance(error, ConfigError):
         return USAGE_ERROR, _one_line(error), f"`fpjax {command} --help` lists the options"
@@ -626,6 +627,9 @@ def explain(error: BaseException, command: str) -> tuple[int, str, str | None] |
         return INPUT_ERROR, f"{error.strerror}" + (f": {path}" if path else ""), _FIXES[error.errno]
     if isinstance(error, _PATH_ERRORS + (TimeoutError, ConvergenceError)) and error.args:
         return INPUT_ERROR, _one_line(error), None
+    if isinstance(error, RuntimeError) and "RESOURCE_EXHAUSTED" in str(error):  # XLA's out of memory
+        first = str(error).strip().splitlines()[0]
+        return INPUT_ERROR, f"out of memory ({first})", "lower --batch-size (or --size), or use a larger device"
     if isinstance(error, ValueError | FloatingPointError):  # FloatingPointError: training diverged (settings)
         where = _raised_in(error)
         hint = None if where == "fpjax" else f"raised inside {where}: rerun with --debug for the traceback"

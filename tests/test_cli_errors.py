@@ -205,6 +205,7 @@ def _numpy_value_error():
         (lambda: _raise(FileNotFoundError("image folder x does not exist")), 1, ["image folder x"]),
         (lambda: _raise(TimeoutError("no process created the store")), 1, ["no process"]),
         (lambda: _raise(FloatingPointError("training loss is nan; lower the learning rate")), 1, ["learning rate"]),
+        (lambda: _raise(RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 8 GiB\nmore")), 1, ["--batch-size"]),
         (lambda: _raise(KeyError("images")), None, []),
         (lambda: _raise(OSError(errno.EIO, "Input/output error")), None, []),
     ],
