@@ -672,6 +672,12 @@ def main(argv=None) -> int:
         status, message, hint = report
         print(f"fpjax {args.command}: error: {message}" + (f"\n  {hint}" if hint else ""), file=sys.stderr)
         raise SystemExit(status) from None
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        # Everything finished is on disk (stores and checkpoints are written image by image): say how to go on.
+        print(f"fpjax {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

@@ -186,6 +186,19 @@ def test_a_bug_still_shows_its_traceback(monkeypatch, tmp_path):
         main(["precompute", "--n", "1", "--out", str(tmp_path)])
 
 
+def test_an_interruption_says_how_to_resume(monkeypatch, tmp_path, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "load_dataset", interrupted)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["precompute", "--n", "1", "--out", str(tmp_path)])
+    assert exit_info.value.code == 130
+    assert "run the same command again to resume" in capsys.readouterr().err
+    with pytest.raises(KeyboardInterrupt):
+        main(["--debug", "precompute", "--n", "1", "--out", str(tmp_path)])
+
+
 def _raise(error):
     raise error
 
