@@ -93,8 +93,10 @@ def test_a_damaged_chunk_is_refused_then_exactly_its_image_is_recomputed(undamag
     with pytest.warns(
         RuntimeWarning, match=r"1 finished image\(s\) .* failed verification and are recomputed: \['img3'\]"
     ):
-        repaired = precompute(_images(), CONFIG, store=path, batch_size=2, ids=IDS)
-    assert repaired.repaired == 1 and repaired.skipped == N - 1
+        written = []
+        repaired = precompute(_images(), CONFIG, store=path, batch_size=2, ids=IDS,
+                              on_batch=lambda indices, stats, seconds: written.extend(indices.tolist()))  # fmt: skip
+    assert repaired.repaired == 1 and repaired.skipped == N - 1 and written == [3]
     _assert_same_store(path, reference)
     changed = [p for p, mtime in untouched.items() if p.stat().st_mtime_ns != mtime and p.name != "fpjax.lock"]
     assert changed == []  # only image 3's chunks (and its done flag) were rewritten

@@ -374,16 +374,16 @@ def _seed_bases(plan, pending, m0s, sink, done, config, dim, on_batch):
 def _write(sink, done, batch, sol, on_batch, tick: float) -> float:
     """Write the first ``len(batch)`` rows of a NumPy ``sol`` (leading ``(B, K)``); returns the batch's seconds.
 
-    Images of the batch already finished (a batch recomputed for a damaged member) are not rewritten.
+    Images of the batch already finished (a batch recomputed for a damaged member) are neither
+    rewritten nor passed to ``on_batch``.
     """
     seconds = time.perf_counter() - tick
-    for row, index in enumerate(batch):
-        if done[index]:
-            continue
-        sink.write(index, np.moveaxis(sol.m[row], 0, -1), {name: getattr(sol, name)[row] for name in STAT_NAMES})
+    rows = np.flatnonzero(~done[batch])
+    for row in rows:
+        sink.write(batch[row], np.moveaxis(sol.m[row], 0, -1), {name: getattr(sol, name)[row] for name in STAT_NAMES})
     done[batch] = True
     if on_batch is not None:
-        on_batch(batch, {name: getattr(sol, name)[: len(batch)] for name in STAT_NAMES}, seconds)
+        on_batch(batch[rows], {name: getattr(sol, name)[rows] for name in STAT_NAMES}, seconds)
     return seconds
 
 
