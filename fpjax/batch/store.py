@@ -234,6 +234,17 @@ def acquire_lock(path, mode: str = "exclusive"):
     return handle
 
 
+def _readable(path, read):
+    """``read()``; a layout file (``zarr.json``) that cannot be read raises StoreError naming the store."""
+    try:
+        return read()
+    except (ValueError, KeyError) as error:  # json.JSONDecodeError is a ValueError; KeyError: an array is gone
+        raise StoreError(
+            f"the store at {path} is damaged: its layout cannot be read ({type(error).__name__}: "
+            f"{_short(str(error), 80)}); delete the store and rerun"
+        ) from None
+
+
 def _create_arrays(group, n: int, T: int, shape, channels: int, dtype) -> None:
     height, width = shape
     codecs = dict(compressors=[ZstdCodec(), Crc32cCodec()], overwrite=True)
@@ -333,9 +344,10 @@ class FPStore:
                 time.sleep(0.2)
         handle = acquire_lock(path, lock) if lock else None
         try:
-            group = zarr.open_group(str(path), mode="a")
+            group = _readable(path, lambda: zarr.open_group(str(path), mode="a"))
             if "fpjax" in group.attrs:
                 cls._check(path, group.attrs, metadata)
+                _readable(path, lambda: [group[name] for name in ARRAYS + ("digest", "done")])
                 return cls(group, path, handle)
             _create_arrays(group, n, T, shape, channels, dtype)
             group.attrs["fpjax_format"] = FORMAT

@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,6 +20,7 @@ from fpjax.batch.store import (
     STATS,
     FPStore,
     StoreCorruptError,
+    StoreError,
     StoreLockedError,
     StoreMismatchError,
     acquire_lock,
@@ -207,3 +209,14 @@ def test_the_lock_of_a_killed_writer_is_taken_over(tmp_path):
         holder.wait()
     acquire_lock(path).close()  # the kernel released the killed process's lock
     assert pathlib.Path(path / LOCK_FILE).exists()
+
+
+@pytest.mark.parametrize("layout", ["zarr.json", "m/zarr.json", "digest"])
+def test_a_damaged_layout_is_refused_naming_the_store(full, layout):
+    target = full / layout
+    if target.is_dir():
+        shutil.rmtree(target)
+    else:
+        target.write_text("garbage{")
+    with pytest.raises(StoreError, match=f"the store at {full} is damaged: its layout cannot be read.*delete the"):
+        _store(full)
