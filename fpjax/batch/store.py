@@ -269,8 +269,8 @@ class VerifiedArray:
 
     def __init__(self, store: FPStore):
         self._store = store
-        self.shape = tuple(store.group["m"].shape)
-        self.dtype = store.group["m"].dtype
+        self.shape = tuple(store.array("m").shape)
+        self.dtype = store.array("m").dtype
         self.ndim = len(self.shape)
 
     def __len__(self) -> int:
@@ -296,6 +296,13 @@ class FPStore:
         self.group = group
         self.path = pathlib.Path(path) if path is not None else pathlib.Path(str(group.store_path))
         self._lock = lock
+        self._arrays = {}
+
+    def array(self, name: str):
+        """The zarr array ``name`` (looked up once: each look-up reads its ``zarr.json``)."""
+        if name not in self._arrays:
+            self._arrays[name] = self.group[name]
+        return self._arrays[name]
 
     def __enter__(self):
         return self
@@ -390,7 +397,7 @@ class FPStore:
 
     def _load(self, name: str, rows) -> np.ndarray:
         """``rows`` of array ``name``; a chunk that cannot be read raises StoreCorruptError naming its image."""
-        array, rows = self.group[name], np.asarray(rows, int)
+        array, rows = self.array(name), np.asarray(rows, int)
         try:
             if len(rows) and np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows))):
                 return np.asarray(array[int(rows[0]) : int(rows[0]) + len(rows)])
@@ -423,7 +430,7 @@ class FPStore:
         done = self.done()
         rows = np.asarray(rows, int)
         blocks = [self._checked(rows[s : s + _BLOCK], done)[0] for s in range(0, len(rows), _BLOCK)]
-        return np.concatenate(blocks) if blocks else np.zeros((0,) + self.group["m"].shape[1:], self.group["m"].dtype)
+        return np.concatenate(blocks) if blocks else np.zeros((0,) + self.array("m").shape[1:], self.array("m").dtype)
 
     def all_stats(self, done=None) -> dict:
         """``{name: (N, K, T)}``; the images ``done`` marks (default: the finished ones) are checked."""
@@ -435,7 +442,7 @@ class FPStore:
 
     def done(self) -> np.ndarray:
         """``(N,)`` bool; a flag whose chunk cannot be read (a write cut short) counts as not done."""
-        array = self.group["done"]
+        array = self.array("done")
         try:
             return np.asarray(array[:], bool)
         except Exception:  # noqa: BLE001 - any unreadable chunk: fall back to one flag at a time
@@ -470,7 +477,7 @@ class FPStore:
 
     def _unreadable_flags(self) -> dict:
         """``{index: why}`` of the ``done`` flags whose chunk cannot be read (they count as not done)."""
-        array = self.group["done"]
+        array = self.array("done")
         try:
             array[:]
             return {}
@@ -486,16 +493,16 @@ class FPStore:
     def forget(self, indices) -> None:
         """Clear the ``done`` flags of ``indices`` (damaged images about to be recomputed)."""
         for i in np.asarray(indices, int):
-            self.group["done"][int(i)] = False
+            self.array("done")[int(i)] = False
 
     def write(self, index: int, m, stats: dict) -> None:
         """Write image ``index``: ``m`` ``(T+1, H, W, K)``, its ``(K, T)`` statistics and digest, then mark it done."""
         values = {"m": m, **{name: stats[name] for name in STATS}}
         values = {
-            name: np.broadcast_to(np.asarray(values[name], self.group[name].dtype), self.group[name].shape[1:])
+            name: np.broadcast_to(np.asarray(values[name], self.array(name).dtype), self.array(name).shape[1:])
             for name in ARRAYS
         }
         for name in ARRAYS:
-            self.group[name][index] = values[name]
-        self.group["digest"][index] = np.stack([digest(values[name]) for name in ARRAYS])
-        self.group["done"][index] = True
+            self.array(name)[index] = values[name]
+        self.array("digest")[index] = np.stack([digest(values[name]) for name in ARRAYS])
+        self.array("done")[index] = True
