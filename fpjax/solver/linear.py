@@ -233,15 +233,17 @@ class _Probe:
         self.operator_norm = float(np.max(-transforms.lam_y) + np.max(-transforms.lam_x))
 
     def backward_error(self, coefficients, w):
-        """``|<z, dw/dt - lap_h w>| / (||lap_h|| ||w||)`` per time: ``(B, ky, kx)``, ``(B, H, W)`` -> ``(B,)``."""
+        """``|<z, dw/dt - lap_h w>| / (||lap_h|| max(||w||, floor))`` per time:
+        ``(B, ky, kx)``, ``(B, H, W)`` -> ``(B,)``."""
         ky, kx = coefficients.shape[-2:]
         spectral = jnp.sum(self.weights[:ky, :kx] * coefficients, axis=(-2, -1))
         stencil_side = jnp.sum(self.lap_z * w, axis=(-2, -1))
-        # ||w|| = ||coefficients|| (orthonormal bases): no second pass over w
-        scale = lax.stop_gradient(jnp.max(jnp.abs(coefficients), axis=(-2, -1)))
-        scale = jnp.where(scale > 0, scale, 1)
+        # ||w|| = ||coefficients|| (orthonormal bases): no second pass over w; below the floor w is
+        # rounding next to the boundary part and its subnormal entries are flushed (linsolve.norm_floor)
+        floor = linsolve.norm_floor(w[0])
+        scale = lax.stop_gradient(jnp.maximum(jnp.max(jnp.abs(coefficients), axis=(-2, -1)), floor))
         norm_w = jnp.linalg.norm(coefficients / scale[:, None, None], axis=(-2, -1)) * scale
-        error = jnp.abs(spectral - stencil_side) / (self.operator_norm * jnp.where(norm_w > 0, norm_w, 1))
+        error = jnp.abs(spectral - stencil_side) / (self.operator_norm * jnp.maximum(norm_w, floor))
         return lax.stop_gradient(error)
 
 

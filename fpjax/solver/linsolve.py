@@ -204,41 +204,71 @@ def _bicgstab_counted(matvec, b, x0, *, tol, atol, maxiter, precond):
     return x, count
 
 
+def norm_floor(x) -> float:
+    """``sqrt(x.size) tiny / eps`` for ``x``'s dtype: the smallest norm at which a field keeps relative
+    precision ``eps`` (float32: ``9.9e-32`` per entry, float64: ``1.0e-292``).
+
+    Below it, the entries the field's norm depends on reach the subnormal range, which XLA flushes to zero
+    on CPUs and GPUs: a float32 field of size ``1e-35`` loses its smaller entries outright. Every relative
+    measure of the solvers (outer change, step residual, backward error) therefore divides by
+    ``max(||x||, norm_floor(x))``: a field below the floor counts as zero to within rounding, its error
+    as an absolute one. Static (a Python float)."""
+    info = jnp.finfo(x.dtype)
+    return math.sqrt(max(1, math.prod(jnp.shape(x)))) * float(info.tiny) / float(info.eps)
+
+
+def _max_abs(*arrays):
+    return functools.reduce(jnp.maximum, [jnp.max(jnp.abs(a)) for a in arrays])
+
+
 def relative_norm(r, reference):
-    """``||r|| / ||reference||`` without underflow or overflow: both are scaled by the larger maximum
-    first (a float32 field of size 1e-22 has a squared norm of 0). ``0`` when ``r = 0``; ``inf`` when
-    only ``reference`` is zero. No gradient."""
+    """``||r|| / max(||reference||, norm_floor(reference))`` without underflow or overflow: both are scaled
+    by the larger maximum first (a float32 field of size 1e-22 has a squared norm of 0). ``0`` when
+    ``r = 0``. No gradient."""
     r, reference = lax.stop_gradient(r), lax.stop_gradient(reference)
-    scale = jnp.maximum(jnp.max(jnp.abs(r)), jnp.max(jnp.abs(reference)))
-    safe = jnp.where(scale > 0, scale, 1)
-    numerator, denominator = jnp.linalg.norm(r / safe), jnp.linalg.norm(reference / safe)
-    ratio = numerator / jnp.where(denominator > 0, denominator, 1)
-    return jnp.where(denominator > 0, ratio, jnp.where(numerator > 0, jnp.inf, 0.0))
+    floor = norm_floor(reference)
+    scale = jnp.maximum(_max_abs(r, reference), floor)
+    numerator, denominator = jnp.linalg.norm(r / scale), jnp.linalg.norm(reference / scale)
+    return numerator / jnp.maximum(denominator, floor / scale)
 
 
 def backward_error(matvec, x, b, operator_norm):
-    """Normwise backward error ``||b - A x|| / (||A|| ||x|| + ||b||)`` of a solve, scaled against
-    underflow and overflow (as :func:`relative_norm`); ``operator_norm`` bounds ``||A||``. Rounding level
-    (a few eps) for a backward-stable solve, whatever the conditioning. No gradient."""
+    """Normwise backward error ``||b - A x|| / (||A|| max(||x||, floor) + ||b||)`` of a solve, scaled against
+    underflow and overflow (as :func:`relative_norm`, whose :func:`norm_floor` it uses); ``operator_norm``
+    bounds ``||A||``. Rounding level (a few eps) for a backward-stable solve, whatever the conditioning.
+    No gradient."""
     r, x, b = (lax.stop_gradient(a) for a in (b - matvec(x), x, b))
-    scale = jnp.maximum(jnp.maximum(jnp.max(jnp.abs(r)), jnp.max(jnp.abs(x))), jnp.max(jnp.abs(b)))
-    safe = jnp.where(scale > 0, scale, 1)
-    norm = lambda a: jnp.linalg.norm(a / safe)  # noqa: E731
-    denominator = operator_norm * norm(x) + norm(b)
-    return jnp.where(denominator > 0, norm(r) / jnp.where(denominator > 0, denominator, 1), 0.0)
+    floor = norm_floor(x)
+    scale = jnp.maximum(_max_abs(r, x, b), floor)
+    norm = lambda a: jnp.linalg.norm(a / scale)  # noqa: E731
+    return norm(r) / (operator_norm * jnp.maximum(norm(x), floor / scale) + norm(b))
 
 
 def relative_residual(matvec, x, b):
-    """``||b - A x|| / ||b||`` (:func:`relative_norm`)."""
+    """``||b - A x|| / max(||b||, norm_floor(b))`` (:func:`relative_norm`)."""
     return relative_norm(b - matvec(x), b)
+
+
+def _scale_of(b):
+    """``(s, safe)``: ``s = max|b|`` (no gradient) and ``s`` where positive, else 1."""
+    scale = lax.stop_gradient(jnp.max(jnp.abs(b)))
+    return scale, jnp.where(scale > 0, scale, 1)
 
 
 def linear_solve(matvec, b, x0=None, *, solver="bicgstab", tol=1e-6, atol=0.0, maxiter=None, precond=None):
     """Solve ``matvec(x) = b`` for a field ``b`` of any shape.
 
+    The system is solved for ``b / s`` with ``s = max|b|`` and the answer
+    scaled back: the Krylov recurrences compute squared norms and inner
+    products, which in float32 underflow to zero for ``|b|`` below about
+    ``1e-19`` (the solvers then stop at once and return ``x0``) and overflow
+    above about ``1e19``. The scaling changes nothing else (the system is
+    linear); ``b = 0`` gives ``x = 0``.
+
     Args:
       matvec: linear function ``x -> A x``.
-      b, x0: right-hand side and initial guess (default zeros), same shape.
+      b, x0: right-hand side and initial guess (default zeros), same shape;
+        a guess that overflows when scaled by ``1/s`` is replaced by zeros.
       solver: ``"bicgstab"`` (``jax.scipy.sparse.linalg.bicgstab``, the
         default), ``"bicgstab_counted"`` (the same recurrence, but counting
         its iterations) or ``"gmres"`` (``jax.scipy``, restart 20).
@@ -254,28 +284,41 @@ def linear_solve(matvec, b, x0=None, *, solver="bicgstab", tol=1e-6, atol=0.0, m
     """
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
-    x0 = jnp.zeros_like(b) if x0 is None else x0
     maxiter = 10 * b.size if maxiter is None else maxiter
     precond = (lambda r: r) if precond is None else precond
+    scale, safe = _scale_of(b)
+    b_scaled, atol = b / safe, atol / safe
+    if x0 is None:
+        x0 = jnp.zeros_like(b)
+    else:
+        x0 = x0 / safe
+        x0 = jnp.where(jnp.all(jnp.isfinite(x0)), x0, jnp.zeros_like(x0))
     if solver == "bicgstab_counted":
-        x, iterations = _bicgstab_counted(matvec, b, x0, tol=tol, atol=atol, maxiter=maxiter, precond=precond)
+        x, iterations = _bicgstab_counted(matvec, b_scaled, x0, tol=tol, atol=atol, maxiter=maxiter, precond=precond)
     elif solver == "bicgstab":
-        x, _ = jax.scipy.sparse.linalg.bicgstab(matvec, b, x0, tol=tol, atol=atol, maxiter=maxiter, M=precond)
+        x, _ = jax.scipy.sparse.linalg.bicgstab(matvec, b_scaled, x0, tol=tol, atol=atol, maxiter=maxiter, M=precond)
         iterations = jnp.int32(-1)
     else:
-        x, _ = jax.scipy.sparse.linalg.gmres(matvec, b, x0, tol=tol, atol=atol, restart=20, maxiter=maxiter, M=precond)
+        x, _ = jax.scipy.sparse.linalg.gmres(
+            matvec, b_scaled, x0, tol=tol, atol=atol, restart=20, maxiter=maxiter, M=precond
+        )
         iterations = jnp.int32(-1)
+    x = jnp.where(scale > 0, x * safe, jnp.zeros_like(x))
     return x, iterations, relative_residual(matvec, x, b)
 
 
 def differentiable_solve(matvec, b, *, solver="bicgstab", tol=1e-6, maxiter=None, precond=None):
     """``A^-1 b`` through ``jax.scipy``'s Krylov solvers, which are wrapped in
     ``lax.custom_linear_solve`` and so transpose (for reverse mode) by solving
-    ``A^T y = c`` with the same, symmetric, preconditioner."""
+    ``A^T y = c`` with the same, symmetric, preconditioner. Scaled by ``max|b|`` as
+    :func:`linear_solve` (the scale carries no derivative; the map stays linear in ``b``)."""
     maxiter = 10 * b.size if maxiter is None else maxiter
+    _, safe = _scale_of(b)
     if solver == "gmres":
-        return jax.scipy.sparse.linalg.gmres(matvec, b, tol=tol, restart=20, maxiter=maxiter, M=precond)[0]
-    return jax.scipy.sparse.linalg.bicgstab(matvec, b, tol=tol, maxiter=maxiter, M=precond)[0]
+        x, _ = jax.scipy.sparse.linalg.gmres(matvec, b / safe, tol=tol, restart=20, maxiter=maxiter, M=precond)
+    else:
+        x, _ = jax.scipy.sparse.linalg.bicgstab(matvec, b / safe, tol=tol, maxiter=maxiter, M=precond)
+    return x * safe
 
 
 # ----------------------------------------------------------------------------

@@ -12,7 +12,11 @@ discretised with backward Euler in time and the five-point stencil in space
 
 by Picard iteration (freeze ``grad m`` in the advection velocity: one linear
 system ``A(m~) m = b`` per outer iteration, eqs. 10-18) or by damped Newton.
-Both stop on the relative change ``||m_k - m_(k-1)|| / ||m_k|| <= outer_tol``.
+Both stop on the relative change ``||m_k - m_(k-1)|| / max(||m_k||, floor) <= outer_tol``, with
+``floor = sqrt(H W) tiny / eps`` (:func:`fpjax.solver.linsolve.norm_floor`: float32 ``9.9e-32`` per
+pixel), below which a field counts as zero to rounding; every norm is scaled against underflow, and
+each linear solve by ``max|b|`` (:func:`fpjax.solver.linsolve.linear_solve`), so a correct solve whose
+``m`` decays to ``1e-30`` or to exactly ``0`` (the zero boundary's steady state) is reported converged.
 
 Each step solve carries an implicit custom JVP (one lineax linear solve per
 step, never differentiating the iteration), so the solution is differentiable
@@ -80,7 +84,14 @@ def _operator_norm_bound(step: StepCoefficients, velocity, spacing):
 
 
 def _relative_change(new, old):
+    """``||new - old|| / max(||new||, floor)``, scaled against underflow (:func:`fpjax.solver.linsolve.norm_floor`)."""
     return linsolve.relative_norm(new - old, new)
+
+
+def _norm_scale(*fields):
+    """``max |fields|`` (at least ``tiny``, no gradient): divide by it before taking norms that could underflow."""
+    largest = functools.reduce(jnp.maximum, [jnp.max(jnp.abs(f)) for f in fields])
+    return lax.stop_gradient(jnp.maximum(largest, jnp.finfo(fields[0].dtype).tiny))
 
 
 def relative_step_residual(m, m_prev, step: StepCoefficients, spacing, boundary, advection="central"):
@@ -136,11 +147,12 @@ def _iterate_step(m_prev, m_guess, step: StepCoefficients, config: FPConfig, spa
         d, it, _ = linsolve.linear_solve(jvp, -f_m, None, **solve_kw)
         velocity = step.drift - 2 * step.c1 * stencil.gradient(m, spacing, boundary)
         err = linsolve.backward_error(jvp, d, -f_m, _operator_norm_bound(step, velocity, spacing))
-        norm_f = jnp.linalg.norm(f_m)
+        scale = _norm_scale(f_m)  # the line search compares norms of F, which underflow in float32 below ~1e-19
+        norm_f = jnp.linalg.norm(f_m / scale)
 
         def insufficient(state):
             j, lam = state
-            trial = jnp.linalg.norm(residual_fn(m + lam * d))
+            trial = jnp.linalg.norm(residual_fn(m + lam * d) / scale)
             return (j < _LINE_SEARCH_HALVINGS) & ~(trial <= (1 - 1e-4 * lam) * norm_f)
 
         j, lam = lax.while_loop(insufficient, lambda s: (s[0] + 1, s[1] / 2), (jnp.int32(0), jnp.ones((), m.dtype)))
@@ -156,7 +168,9 @@ def _iterate_step(m_prev, m_guess, step: StepCoefficients, config: FPConfig, spa
     if guarded:
         # A predictor is only a guess: where the solution turns abruptly (the first steps build the
         # boundary layer) extrapolation overshoots, so start from whichever candidate has the smaller residual.
-        better = jnp.linalg.norm(residual_fn(m_guess)) < jnp.linalg.norm(residual_fn(m_prev))
+        r_guess, r_prev = residual_fn(m_guess), residual_fn(m_prev)
+        scale = _norm_scale(r_prev)
+        better = jnp.linalg.norm(r_guess / scale) < jnp.linalg.norm(r_prev / scale)
         start = jnp.where(better, m_guess, m_prev)
     m, (k, change, iters, err) = _outer_loop(update, start, config)
     return m, k, iters, err, change

@@ -54,8 +54,11 @@ def arnoldi(matvec, r0, dim: int):
       reached early) the remaining rows of ``V`` are zero.
     """
     shape = r0.shape
-    flat0 = r0.ravel()
-    basis = jnp.zeros((dim + 1, flat0.size), r0.dtype).at[0].set(flat0 / jnp.linalg.norm(flat0))
+    largest = jnp.max(jnp.abs(r0))  # scaled first: in float32 the squared norm of a 1e-22 field is 0
+    flat0 = r0.ravel() / jnp.where(largest > 0, largest, 1)
+    norm0 = jnp.linalg.norm(flat0)
+    start = jnp.where(norm0 > 0, flat0 / jnp.where(norm0 > 0, norm0, 1), 0.0)  # r0 = 0: no basis, project gives 0
+    basis = jnp.zeros((dim + 1, flat0.size), r0.dtype).at[0].set(start)
     hessenberg = jnp.zeros((dim + 1, dim), r0.dtype)
     tiny = jnp.finfo(r0.dtype).eps * 10
 
