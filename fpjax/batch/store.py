@@ -395,28 +395,34 @@ class FPStore:
         """The error for a damaged chunk of image ``index`` in ``array``."""
         return StoreCorruptError(self.path, index, self._name(index), array, reason)
 
-    def _load(self, name: str, rows) -> np.ndarray:
-        """``rows`` of array ``name``; a chunk that cannot be read raises StoreCorruptError naming its image."""
+    def _load(self, name: str, rows, done) -> np.ndarray:
+        """``rows`` of array ``name``; a finished image's chunk that cannot be read raises StoreCorruptError.
+
+        An unfinished image's unreadable chunk (a write cut short) reads as the fill value.
+        """
         array, rows = self.array(name), np.asarray(rows, int)
         try:
             if len(rows) and np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows))):
                 return np.asarray(array[int(rows[0]) : int(rows[0]) + len(rows)])
             return np.asarray(array.oindex[rows])
-        except Exception as error:  # noqa: BLE001 - checksum, decompression or shape: find the image
+        except Exception:  # noqa: BLE001 - checksum, decompression or shape: one image at a time
+            values = []
             for i in rows:
                 try:
-                    array[int(i)]
-                except Exception as inner:  # noqa: BLE001
-                    raise self.corrupt(int(i), name, _unreadable(inner)) from None
-            raise self.corrupt(int(rows[0]), name, _unreadable(error)) from None
+                    values.append(np.asarray(array[int(i)]))
+                except Exception as error:  # noqa: BLE001
+                    if done[i]:
+                        raise self.corrupt(int(i), name, _unreadable(error)) from None
+                    values.append(np.full(array.shape[1:], array.fill_value, array.dtype))
+            return np.stack(values)
 
     def _checked(self, rows, done, with_m: bool = True):
         """``(m or None, {name: stats})`` of ``rows``; each row ``done`` says is finished is checked."""
         rows = np.asarray(rows, int)
         check = [j for j, i in enumerate(rows) if done[i]]
         arrays = ARRAYS if with_m else ARRAYS[1:]
-        values = {name: self._load(name, rows) for name in arrays}
-        digests = self._load("digest", rows[check]) if check else None
+        values = {name: self._load(name, rows, done) for name in arrays}
+        digests = self._load("digest", rows[check], done) if check else None
         for k, j in enumerate(check):
             for name in arrays:
                 if not np.array_equal(digest(values[name][j]), digests[k][ARRAYS.index(name)]):

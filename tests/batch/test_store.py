@@ -220,3 +220,13 @@ def test_a_damaged_layout_is_refused_naming_the_store(full, layout):
         target.write_text("garbage{")
     with pytest.raises(StoreError, match=f"the store at {full} is damaged: its layout cannot be read.*delete the"):
         _store(full)
+
+
+def test_an_unfinished_image_with_a_chunk_cut_short_reads_as_not_written(full):
+    store = _store(full, lock=None)
+    store.forget([1])  # as if killed while writing image 1: flag not set, a chunk cut short
+    truncate(_chunk(full, "m", 1))
+    truncate(_chunk(full, "residual", 1))
+    assert store.verify() == {}
+    assert np.isnan(store.m[1]).all() and store.all_stats()["residual"][1].tolist() == [[0.0] * T]
+    np.testing.assert_array_equal(store.m[2], _values(2)[0])
