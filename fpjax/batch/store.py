@@ -433,8 +433,9 @@ class FPStore:
 
     def read_m(self, rows) -> np.ndarray:
         """``(len(rows), T+1, H, W, K)``, finished images checked (:class:`StoreCorruptError` if damaged)."""
-        done = self.done()
         rows = np.asarray(rows, int)
+        done = np.zeros(self.array("done").shape, bool)
+        done[rows] = self.done(rows)  # only these flags are read (one chunk each)
         blocks = [self._checked(rows[s : s + _BLOCK], done)[0] for s in range(0, len(rows), _BLOCK)]
         return np.concatenate(blocks) if blocks else np.zeros((0,) + self.array("m").shape[1:], self.array("m").dtype)
 
@@ -446,18 +447,21 @@ class FPStore:
     def stats(self, name: str) -> np.ndarray:
         return self.all_stats()[name]
 
-    def done(self) -> np.ndarray:
-        """``(N,)`` bool; a flag whose chunk cannot be read (a write cut short) counts as not done."""
+    def done(self, rows=None) -> np.ndarray:
+        """``(N,)`` bool (or the flags of ``rows``); a flag whose chunk cannot be read counts as not done."""
         array = self.array("done")
+        rows = np.arange(array.shape[0]) if rows is None else np.asarray(rows, int)
         try:
-            return np.asarray(array[:], bool)
+            if len(rows) == array.shape[0]:
+                return np.asarray(array[:], bool)[rows]
+            return np.asarray(array.oindex[rows], bool)
         except Exception:  # noqa: BLE001 - any unreadable chunk: fall back to one flag at a time
-            flags = np.zeros(array.shape, bool)
-            for i in range(array.shape[0]):
+            flags = np.zeros(len(rows), bool)
+            for j, i in enumerate(rows):
                 try:
-                    flags[i] = bool(array[i])
+                    flags[j] = bool(array[int(i)])
                 except Exception:  # noqa: BLE001
-                    flags[i] = False
+                    flags[j] = False
             return flags
 
     def verify(self, done=None) -> dict:
