@@ -252,7 +252,8 @@ def _ddim_moments(model, sde, config: sampling.DDIMConfig, start, steps):
 
     def step(k, state):
         t, t_next = (config.time_at(jnp.asarray(j, dtype) / steps) for j in (k, k + 1))
-        a, v, a_next, v_next = sde.mean_scale(t), sde.variance(t), sde.mean_scale(t_next), sde.variance(t_next)
+        a, a_next = sde.mean_scale(t), sde.mean_scale(t_next)
+        v, v_next = (jnp.maximum(sde.variance(u), 0.0) for u in (t, t_next))  # v(0) may round to -1e-20
         factor = (a * a_next * spectrum + jnp.sqrt(v * v_next)) / (a**2 * spectrum + v)
         return state.affine(factor, (a_next - factor * a) * mu, 0.0)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 
-from fpjax.experiments import ablation
+from fpjax.experiments import ablation, pds_exact
 from fpjax.experiments import fpe as fpe_experiment
 from fpjax.experiments.common import QUICK, Settings, resolved
 from fpjax.experiments.papers import exp1, exp1_markdown, exp2, exp3, exp3_markdown
@@ -92,6 +92,11 @@ def run(args) -> int:
         results["ablation"] = ablation.run_experiment(out, dataclasses.replace(base, **changes), settings.cifar)
         print(ablation.markdown(results["ablation"]))
         return 0  # the ablation writes its own report.md
+    if "pds-exact" in which:
+        exact_settings = pds_exact.QUICK_EXACT if args.quick else pds_exact.ExactSettings()
+        result = pds_exact.run_experiment(out, dataclasses.replace(exact_settings, cifar=args.cifar))
+        print(pds_exact.markdown(result))
+        return 0  # writes its own report.md
     if "pds" in which:
         results["pds"] = exp_pds(
             out,
@@ -107,7 +112,7 @@ def run(args) -> int:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("which", choices=["exp1", "exp2", "exp3", "pds", "score-fpe", "ablation", "all"])
+    parser.add_argument("which", choices=["exp1", "exp2", "exp3", "pds", "pds-exact", "score-fpe", "ablation", "all"])
     parser.add_argument("--quick", action="store_true", help="small settings: a smoke test in a few minutes")
     parser.add_argument("--sizes", type=int, nargs="+")
     parser.add_argument("--images", type=int, help="images per size (exp1)")

@@ -3,7 +3,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fpjax.diffusion import pds
+from fpjax.diffusion import exact, pds, sampling
+from fpjax.diffusion.sde import VESDE
 
 SHAPE = (4, 4, 2)
 
@@ -95,3 +96,37 @@ def test_alpha_T_fit_recovers_a_known_line():
     np.testing.assert_allclose(pds.predict_alpha(Ts, *fit), alphas, rtol=1e-8)
     squared = 1.0 / (np.sqrt(1 + a / Ts + b) - 1)
     np.testing.assert_allclose(pds.fit_alpha_T(Ts, squared, power=2), (a, b), rtol=1e-8)
+
+
+def test_released_normalisation_is_not_divided_by_the_maximum():
+    images = _data()
+    r = pds.frequency_statistics(images)
+    released = pds.from_data(images, 3.0, pixel=False, mask="released")
+    np.testing.assert_allclose(released.r_f, (np.asarray(r) + 2.0) / 3.0, rtol=1e-6)
+    assert released.r_p is None and float(jnp.max(released.r_f)) > 1.0  # shrinks some modes: 1/R < 1
+    paper = pds.from_data(images, 3.0, pixel=False)
+    assert float(jnp.max(paper.r_f)) == pytest.approx(1.0) and float(jnp.min(1.0 / paper.r_f)) >= 1.0
+    with pytest.raises(ValueError):
+        pds.from_data(images, 3.0, mask="other")
+
+
+def test_paper_form_converges_to_its_biased_floor_and_the_marginal_form_to_the_data():
+    """On a Gaussian with exact scores, the output law in closed form (checked against the real sampler by
+    tests/diffusion/test_exact.py): the paper's form tends to each mode's variance ``S q / (2q - 1)``, the
+    marginal-preserving form to the data (KL falling like 1/K)."""
+    images = _data(200)
+    model = exact.fit_gaussian(images.astype(jnp.float64))
+    m = pds.from_data(images, 2.0, pixel=False)
+    sde = VESDE(0.01, 5.0)
+    start = exact.prior_moments(model, sde, 1.0, 0.5, m)
+    data = model.moments()
+
+    def law(form, steps):
+        return exact.propagate(model, sde, sampling.SamplerConfig(steps=steps, clip=False, pds_form=form), start, m)
+
+    floor = exact.floor_variance(model.spectrum, exact.frequency_gain(m, SHAPE, jnp.float64))
+    assert float(jnp.min(floor / model.spectrum)) < 0.8  # a real bias: some modes lose over 20% of their variance
+    np.testing.assert_allclose(law("paper", 3000).var, floor, rtol=0.01)
+    assert float(exact.kl(law("paper", 3000), data)) == pytest.approx(float(exact.floor_kl(model, m)), rel=0.02)
+    kls = [float(exact.kl(law("marginal", k), data)) for k in (300, 1200)]
+    assert kls[1] < 0.35 * kls[0] and kls[1] < 0.01
