@@ -56,11 +56,15 @@ class RunConfig:
       per_image_labels: give the U-Net one embedding label per image (the score-embedding
         paper's multi-image device; generation cycles through the labels).
       seed: the run's PRNG seed (weights, batches, noise of the checks, generation).
+      repair_store: recompute the images of an existing ``fp_store.zarr`` that fail verification
+        (checksums, digests) instead of refusing the store (the default: a damaged store is named,
+        never used).
     """
 
     generate: int = 8
     per_image_labels: bool = True
     seed: int = 0
+    repair_store: bool = False
 
 
 def main_job_train_config() -> training.TrainConfig:
@@ -109,7 +113,9 @@ def run(
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
 
-    trajectories, precompute_seconds, stats = _precompute_stage(images, names, fp_config, out, progress)
+    trajectories, precompute_seconds, stats = _precompute_stage(
+        images, names, fp_config, out, progress, repair=run_config.repair_store
+    )
     train_key, eval_key, generate_key = jax.random.split(jax.random.key(run_config.seed), 3)
     result = training.train(
         images,
@@ -137,7 +143,7 @@ def run(
     return report
 
 
-def _precompute_stage(images, names, fp_config: FPConfig, out: pathlib.Path, progress: bool):
+def _precompute_stage(images, names, fp_config: FPConfig, out: pathlib.Path, progress: bool, repair: bool = False):
     """Solve (or find in the store) every image's FP equation and embed the images.
 
     Returns ``(N, T+1, H, W, C)`` trajectories, the stage's seconds (the embedding included; the
@@ -152,6 +158,7 @@ def _precompute_stage(images, names, fp_config: FPConfig, out: pathlib.Path, pro
             store=out / "fp_store.zarr",
             ids=names,
             progress=lambda done, total: bar.update(done - bar.n),
+            repair=repair,
         )
     previous = json.loads(timing_path.read_text())["seconds"] if timing_path.exists() else 0.0
     # A resumed run adds the time of the images it solved now, not the store look-up of finished ones.

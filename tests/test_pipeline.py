@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from fpjax import pipeline
+from fpjax.batch.store import StoreDamagedError
 from fpjax.data import sample_images
 from fpjax.learn.trainer import TrainConfig
 from fpjax.solver.problem import FPConfig
@@ -27,11 +28,13 @@ def test_no_nan_reaches_training_from_the_store(tmp_path):
         pipeline.finite_solutions(m, ["a", "b", "c"], "s.zarr")
 
 
-def test_the_precompute_stage_repairs_a_damaged_store_before_training(tmp_path):
+def test_a_damaged_store_is_refused_then_repaired_on_request(tmp_path):
     images, names, config = sample_images(32)[:2, :16, :16], ["a", "b"], FPConfig(T=4)
     first, _, _ = pipeline._precompute_stage(images, names, config, tmp_path, progress=False)
     chunk = next(p for p in (tmp_path / "fp_store.zarr" / "m" / "c" / "1").rglob("*") if p.is_file())
     chunk.unlink()  # read back, this image's m would be the fill value NaN
+    with pytest.raises(StoreDamagedError, match=r"(?s)1 finished image\(s\) fail verification, \['b'\].*--repair-store"):
+        pipeline._precompute_stage(images, names, config, tmp_path, progress=False)
     with pytest.warns(RuntimeWarning, match=r"1 finished image\(s\) .* recomputed: \['b'\]"):
-        again, _, _ = pipeline._precompute_stage(images, names, config, tmp_path, progress=False)
+        again, _, _ = pipeline._precompute_stage(images, names, config, tmp_path, progress=False, repair=True)
     np.testing.assert_array_equal(np.asarray(again), np.asarray(first))

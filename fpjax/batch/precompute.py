@@ -27,10 +27,10 @@ import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
 from fpjax.batch.seeding import SEED_RULES, seed_groups
-from fpjax.batch.store import STATS, FPStore, MemoryStore
+from fpjax.batch.store import STATS, FPStore, MemoryStore, StoreDamagedError
 from fpjax.provenance import jsonable
 from fpjax.solver import projection as krylov
-from fpjax.solver.initial import initial_log_density, validate_image
+from fpjax.solver.initial import check_images, initial_log_density
 from fpjax.solver.problem import ConvergenceError, FPConfig
 
 STAT_NAMES = tuple(STATS)
@@ -144,6 +144,7 @@ def precompute(
     process: tuple[int, int] | None = None,
     seeds: str = "cycle",
     on_batch=None,
+    repair: bool = True,
 ) -> PrecomputeResult:
     """Solve the FP equation for every channel of ``(N, H, W, C)`` ``images`` in ``[0, 1]``.
 
@@ -156,7 +157,8 @@ def precompute(
       batch_size: images per vmapped batch (rounded up to a multiple of the device count; the last
         batch is padded). Results differ in their last bits between batch sizes: a store records it.
       store: path of a zarr store to stream to or ``None``; ``ids``: its image names. Rerunning resumes;
-        finished images are verified first and damaged ones recomputed (``result.repaired``); one
+        finished images are verified first and damaged ones recomputed (``result.repaired``; with
+        ``repair=False`` refused: :class:`fpjax.batch.store.StoreDamagedError`); one
         writer at a time (:class:`fpjax.batch.store.StoreLockedError`).
       density, per_channel: initial log-density (see :func:`fpjax.initial_log_density`).
       progress: ``progress(done_images, total_images)`` after each batch, or ``None``.
@@ -180,7 +182,7 @@ def precompute(
     m0s = m0s[:, None] if m0s.ndim == 3 else m0s  # (N, K, H, W)
     settings = dict(density=density, per_channel=per_channel, projection=projection, dim=dim, cycle=cycle)
     with _open_sink(store, config, m0s, ids, dict(settings, batch_size=batch_size), process) as sink:
-        done, damaged = _verified_done(sink, ids)
+        done, damaged = _verified_done(sink, ids, repair)
         skipped = int(done.sum())
         groups = seed_groups(images, projection, cycle, seeds)
         batch_size = -(-batch_size // len(jax.local_devices())) * len(jax.local_devices())
@@ -220,10 +222,16 @@ def _open_sink(store, config: FPConfig, m0s, ids, settings: dict, process):
     )
 
 
-def _verified_done(sink, ids):
-    """``(done, damaged)``: the images finished and intact, and ``{index: why}`` of those that fail verification."""
+def _verified_done(sink, ids, repair: bool = True):
+    """``(done, damaged)``: the images finished and intact, and ``{index: why}`` of those that fail verification.
+
+    Raises:
+      StoreDamagedError: some fail and ``repair`` is false.
+    """
     done = sink.done()
     damaged = sink.verify(done)
+    if damaged and not repair:
+        raise StoreDamagedError(sink.path, {ids[i]: why for i, why in sorted(damaged.items())})
     if damaged:
         done[list(damaged)] = False
         names = [ids[i] for i in sorted(damaged)]
@@ -272,15 +280,9 @@ def _check_settings(config: FPConfig, projection: str, on_failure: str, seeds: s
 
 
 def _checked_images(images) -> np.ndarray:
-    images = np.asarray(images)
-    if images.ndim != 4:
-        raise ValueError(f"images must be NHWC, got shape {images.shape}")
-    for i, image in enumerate(images):
-        try:
-            validate_image(image)
-        except ValueError as error:
-            raise ValueError(f"image {i}: {error}") from None
-    return images
+    """The NHWC batch checked and promoted by :func:`fpjax.solver.initial.check_images` (one rule set for
+    every entry point), as NumPy."""
+    return np.asarray(check_images(images))
 
 
 @dataclasses.dataclass(frozen=True)

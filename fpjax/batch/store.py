@@ -79,6 +79,24 @@ class StoreCorruptError(StoreError):
         self.path, self.index, self.array, self.reason = path, index, array, reason
 
 
+class StoreDamagedError(StoreError):
+    """Finished images of a store fail verification and were not to be repaired.
+
+    Attributes: ``path`` (the store), ``damaged`` (``{image id: why}``).
+    """
+
+    def __init__(self, path, damaged: dict):
+        names = list(damaged)
+        shown = f"{names[:10]}{' ...' if len(names) > 10 else ''}"
+        first = names[0]
+        super().__init__(
+            f"the store at {path} is damaged: {len(names)} finished image(s) fail verification, {shown} "
+            f"(image {first!r}: {damaged[first]}).\nFix: recompute them (`fpjax run --repair-store`, `fpjax "
+            "precompute` with the same settings, or `precompute(..., repair=True)`), or delete the store."
+        )
+        self.path, self.damaged = path, damaged
+
+
 class StoreLockedError(StoreError):
     """Another process is writing the store (it holds the store's writer lock)."""
 
