@@ -21,39 +21,105 @@ DENSITY_FLOOR = 1e-10
 MIN_GRID = 3
 
 
-def validate_image(image, *, allow_constant: bool = False) -> None:
-    """Raise ``ValueError`` naming the problem if ``image`` is not a usable ``(H, W, C)`` image.
+CHANNEL_COUNTS = (1, 3, 4)  # a leading axis of this size with larger trailing axes is taken for channel-first
 
-    Value checks (finite, in ``[0, 1]``, not constant) run only on concrete
-    arrays; under ``jit``/``vmap`` only the shape is checked.
-    """
-    shape = jnp.shape(image)
-    if len(shape) != 3:
+
+def _promoted(image):
+    """``image`` as an array; a floating dtype narrower than float32 (float16, bfloat16) becomes float32."""
+    if not hasattr(image, "dtype"):
+        image = np.asarray(image)
+    if jnp.issubdtype(image.dtype, jnp.floating) and jnp.dtype(image.dtype).itemsize < 4:
+        return image.astype(jnp.float32)
+    return image
+
+
+def _check_layout(shape, what: str, axis: int) -> None:
+    """Shape checks of an ``(H, W, C)`` image (``axis`` = where ``H`` sits: 0, or 1 in a batch)."""
+    height, width, channels = shape[axis:]
+    if height == 0 or width == 0:
+        raise ValueError(f"{what} is empty (shape {shape}); fpjax needs at least {MIN_GRID}x{MIN_GRID} pixels")
+    if channels == 0:
+        raise ValueError(f"{what} has no channels (shape {shape}); fpjax expects (H, W, C) with C >= 1")
+    if height in CHANNEL_COUNTS and width > height and channels > height:
         raise ValueError(
-            f"image must have shape (H, W, C), got shape {shape}; for a grey-scale (H, W) image pass image[..., None]"
+            f"{what} of shape {shape} looks channel-first (C, H, W); fpjax expects channels last: "
+            f"pass np.moveaxis(x, {axis}, -1)"
         )
-    height, width, _ = shape
     if height < MIN_GRID or width < MIN_GRID:
-        raise ValueError(f"image grid {height}x{width} is too small; fpjax needs at least {MIN_GRID}x{MIN_GRID} pixels")
-    if isinstance(image, jax.core.Tracer):
-        return
-    values = np.asarray(image)
+        raise ValueError(f"{what} grid {height}x{width} is too small; fpjax needs at least {MIN_GRID}x{MIN_GRID}")
+
+
+def _check_values(values, what: str, allow_constant: bool) -> None:
+    """Value checks of a concrete image (NumPy)."""
     if not np.issubdtype(values.dtype, np.floating):
-        raise ValueError(f"image must be floating point in [0, 1], got dtype {values.dtype}; divide uint8 data by 255")
+        raise ValueError(f"{what} must be floating point in [0, 1], got dtype {values.dtype}; divide uint8 data by 255")
     n_nan, n_inf = int(np.isnan(values).sum()), int(np.isinf(values).sum())
     if n_nan or n_inf:
-        raise ValueError(f"image has NaN at {n_nan} and inf at {n_inf} pixels; fpjax expects finite values in [0, 1]")
+        raise ValueError(f"{what} has NaN at {n_nan} and inf at {n_inf} pixels; fpjax expects finite values in [0, 1]")
     n_out = int(((values < 0) | (values > 1)).sum())
     if n_out:
         raise ValueError(
-            f"image has {n_out} values outside [0, 1] (min {values.min():.4g}, max {values.max():.4g}); "
+            f"{what} has {n_out} values outside [0, 1] (min {values.min():.4g}, max {values.max():.4g}); "
             "rescale it to [0, 1]"
         )
     if not allow_constant and values.min() == values.max():
         raise ValueError(
-            f"image is constant (every value is {values.min():.4g}); its density carries no image "
+            f"{what} is constant (every value is {values.min():.4g}); its density carries no image "
             "structure (pass allow_constant=True to accept it)"
         )
+
+
+def check_image(image, *, allow_constant: bool = False):
+    """The one check of an ``(H, W, C)`` image entering fpjax; returns it, promoted, or raises ``ValueError``.
+
+    Rules, each failure a one-line ``ValueError`` naming the problem and the fix:
+
+    * shape ``(H, W, C)`` with ``H, W >= 3`` and ``C >= 1``; a leading axis of 1, 3 or 4 with both trailing
+      axes larger (``(3, 32, 32)``) is taken for channel-first and refused (``np.moveaxis(x, 0, -1)``);
+    * floating point (integers are refused: divide 8-bit data by 255); a floating dtype narrower than
+      float32 (float16, bfloat16) is **promoted to float32**, because the solve needs float32's range
+      and precision (float16's squares underflow below 2.4e-4, its rounding is 1e-3);
+    * finite, within ``[0, 1]``, and not constant unless ``allow_constant``.
+
+    Value checks run on concrete arrays only; under ``jit``/``vmap`` only the shape is checked.
+    """
+    what = "image"
+    image = _promoted(image)
+    shape = tuple(jnp.shape(image))
+    if len(shape) != 3:
+        raise ValueError(
+            f"{what} must have shape (H, W, C), got shape {shape}; for a grey-scale (H, W) image pass x[..., None]"
+        )
+    _check_layout(shape, what, 0)
+    if not isinstance(image, jax.core.Tracer):
+        _check_values(np.asarray(image), what, allow_constant)
+    return image
+
+
+def check_images(images, *, allow_constant: bool = False):
+    """:func:`check_image` for an NHWC batch (messages name the image: ``"image 3: image has NaN ..."``); returns
+    the batch, promoted. Refuses an empty batch and a channel-first ``(N, C, H, W)`` one
+    (``np.moveaxis(x, 1, -1)``)."""
+    images = _promoted(images)
+    shape = tuple(jnp.shape(images))
+    if len(shape) != 4:
+        raise ValueError(f"images must be a batch of shape (N, H, W, C), got shape {shape}")
+    if shape[0] == 0:
+        raise ValueError(f"images is an empty batch (shape {shape}); pass at least one image")
+    _check_layout(shape, "images", 1)
+    if not isinstance(images, jax.core.Tracer):
+        for i, image in enumerate(np.asarray(images)):
+            try:
+                check_image(image, allow_constant=allow_constant)
+            except ValueError as error:
+                raise ValueError(f"image {i}: {error}") from None
+    return images
+
+
+def validate_image(image, *, allow_constant: bool = False) -> None:
+    """Raise ``ValueError`` naming the problem if ``image`` is not a usable ``(H, W, C)`` image
+    (:func:`check_image`, which also returns the image promoted to float32 where it is float16)."""
+    check_image(image, allow_constant=allow_constant)
 
 
 def _weighted_std(positions, weights):
@@ -143,7 +209,8 @@ def initial_log_density(
     """Initial log-density ``m0`` of an image (DESIGN.md section 3).
 
     Args:
-      image: ``(H, W, C)`` floating point in ``[0, 1]``.
+      image: ``(H, W, C)`` floating point in ``[0, 1]`` (:func:`check_image`: float16 is promoted to
+        float32, channel-first input refused).
       method: ``"position_kde"`` (default; a density over pixel positions,
         weights ``mean_c x + offset``), ``"intensity_kde"`` (per channel, the
         density of each pixel's intensity) or ``"intensity"``
@@ -157,19 +224,18 @@ def initial_log_density(
       allow_constant: accept a constant image.
 
     Returns:
-      ``(H, W)`` or ``(C, H, W)`` log-density, dtype of ``image``. For
+      ``(H, W)`` or ``(C, H, W)`` log-density, dtype of ``image`` (float32 for float16). For
       ``"position_kde"`` the density is floored at 1e-10 and normalised to
       unit mass on the grid (``sum exp(m0) = 1``), so ``m0`` is the log of a
       probability per pixel.
 
     Raises:
       ValueError: for a bad image (NaN/inf, outside ``[0, 1]``, constant,
-        wrong rank, grid smaller than 3x3) or an unknown method.
+        wrong rank, channel-first, no channels, grid smaller than 3x3) or an unknown method.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    validate_image(image, allow_constant=allow_constant)
-    image = jnp.asarray(image)
+    image = jnp.asarray(check_image(image, allow_constant=allow_constant))
     if per_channel is None:
         per_channel = method != "position_kde"
     channels = jnp.moveaxis(image, -1, 0)  # (C, H, W)

@@ -268,7 +268,8 @@ def linear_solve(matvec, b, x0=None, *, solver="bicgstab", tol=1e-6, atol=0.0, m
     Args:
       matvec: linear function ``x -> A x``.
       b, x0: right-hand side and initial guess (default zeros), same shape;
-        a guess that overflows when scaled by ``1/s`` is replaced by zeros.
+        ``x0`` is scaled by ``1/s`` too, so it should be of the solution's scale
+        (a previous iterate or time step is).
       solver: ``"bicgstab"`` (``jax.scipy.sparse.linalg.bicgstab``, the
         default), ``"bicgstab_counted"`` (the same recurrence, but counting
         its iterations) or ``"gmres"`` (``jax.scipy``, restart 20).
@@ -288,11 +289,9 @@ def linear_solve(matvec, b, x0=None, *, solver="bicgstab", tol=1e-6, atol=0.0, m
     precond = (lambda r: r) if precond is None else precond
     scale, safe = _scale_of(b)
     b_scaled, atol = b / safe, atol / safe
-    if x0 is None:
-        x0 = jnp.zeros_like(b)
-    else:
-        x0 = x0 / safe
-        x0 = jnp.where(jnp.all(jnp.isfinite(x0)), x0, jnp.zeros_like(x0))
+    # b = 0: start from x0 = 0, where every solver stops at once with x = 0 (from another start it would
+    # chase ||r|| <= 0 for maxiter iterations)
+    x0 = jnp.zeros_like(b) if x0 is None else jnp.where(scale > 0, x0 / safe, 0)
     if solver == "bicgstab_counted":
         x, iterations = _bicgstab_counted(matvec, b_scaled, x0, tol=tol, atol=atol, maxiter=maxiter, precond=precond)
     elif solver == "bicgstab":
@@ -303,7 +302,7 @@ def linear_solve(matvec, b, x0=None, *, solver="bicgstab", tol=1e-6, atol=0.0, m
             matvec, b_scaled, x0, tol=tol, atol=atol, restart=20, maxiter=maxiter, M=precond
         )
         iterations = jnp.int32(-1)
-    x = jnp.where(scale > 0, x * safe, jnp.zeros_like(x))
+    x = x * safe
     return x, iterations, relative_residual(matvec, x, b)
 
 

@@ -9,6 +9,7 @@ layer they share, so that neither imports the other's internals.
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from collections.abc import Callable
 from typing import NamedTuple
@@ -28,6 +29,82 @@ _GAUSS_LEGENDRE_POINTS = 8  # per time interval: exact for g^2 polynomial of deg
 
 class ConvergenceError(RuntimeError):
     """A Fokker-Planck step did not converge (raised by the non-jitted entry points)."""
+
+
+def _scalar(value):
+    """``value`` as a Python ``int`` or ``float`` if it is one real number (Python, NumPy or a concrete
+    JAX scalar; not a bool), else ``None``."""
+    if isinstance(value, bool | np.bool_) or isinstance(value, jax.core.Tracer) or np.ndim(value) != 0:
+        return None
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError):
+        return None
+    if array.dtype.kind in "iu":
+        return int(array)
+    return float(array) if array.dtype.kind == "f" else None
+
+
+def _count(name: str, value, hint: str) -> int:
+    """A positive integer setting: integer-like means an integer (Python, NumPy, JAX) or a float with an
+    integer value (``10.0``); returned as ``int`` so that the config stays hashable and static."""
+    number = _scalar(value)
+    if number is None or not math.isfinite(number) or number != int(number) or number < 1:
+        raise ValueError(f"FPConfig.{name} must be a positive integer ({hint}), got {value!r}")
+    return int(number)
+
+
+def _real(name: str, value, hint: str) -> float:
+    number = _scalar(value)
+    if number is None or not math.isfinite(number):
+        raise ValueError(f"FPConfig.{name} must be a finite number ({hint}), got {value!r}")
+    return float(number)
+
+
+def _tolerance(name: str, value, above, hint: str) -> float:
+    """A tolerance in ``(0, 1)`` (``above=0.0``) or ``[0, 1)`` (``above=None``: 0 runs every iteration)."""
+    number = _real(name, value, hint)
+    low_ok = number > 0 if above is not None else number >= 0
+    if not (low_ok and number < 1):
+        interval = "(0, 1)" if above is not None else "[0, 1) (0: run max_outer iterations)"
+        raise ValueError(f"FPConfig.{name} must lie in {interval} ({hint}), got {value!r}")
+    return number
+
+
+def _diffusion(g, T: int):
+    """``g`` as a float or a tuple of ``T+1`` floats, each finite and ``>= 0``; a function is kept as it is."""
+    if callable(g):
+        return g
+    hint = "the diffusion coefficient, e.g. g=0.5; 0 means no diffusion"
+    if np.ndim(g) == 0:
+        number = _real("g", g, hint)
+        if number < 0:
+            raise ValueError(f"FPConfig.g must be >= 0 ({hint}; only g^2 enters), got {g!r}")
+        return number
+    values = np.asarray(g)
+    if values.dtype.kind not in "iuf":
+        raise ValueError(f"FPConfig.g must be a number, T+1 numbers or a function of t ({hint}), got {g!r}")
+    values = tuple(float(v) for v in values.ravel())
+    if len(values) != T + 1:
+        raise ValueError(f"FPConfig.g has {len(values)} values; give one per time t_0..t_T, i.e. T+1 = {T + 1}")
+    bad = [i for i, v in enumerate(values) if not (math.isfinite(v) and v >= 0)]
+    if bad:
+        raise ValueError(
+            f"FPConfig.g must be finite and >= 0 at every time ({hint}); "
+            f"{len(bad)} values are not, the first g[{bad[0]}] = {values[bad[0]]}"
+        )
+    return values
+
+
+def _spacing(spacing) -> tuple[float, float]:
+    hint = "(hx, hy), or None for (1/W, 1/H)"
+    values = list(spacing) if isinstance(spacing, tuple | list | np.ndarray) else ()
+    if len(values) != 2:
+        raise ValueError(f"FPConfig.spacing must be two finite positive numbers {hint}, got {spacing!r}")
+    numbers_ = tuple(_real("spacing", v, hint) for v in values)
+    if min(numbers_) <= 0:
+        raise ValueError(f"FPConfig.spacing must be two finite positive numbers {hint}, got {spacing!r}")
+    return numbers_
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,8 +192,10 @@ class FPConfig:
             if getattr(self, name) not in options:
                 raise ValueError(f"FPConfig.{name} must be one of {options}, got {getattr(self, name)!r}")
 
-        if not (isinstance(self.T, int) and self.T >= 1):
-            raise ValueError(f"FPConfig.T must be a positive int, got {self.T!r}")
+        object.__setattr__(self, "T", _count("T", self.T, "the number of time steps, e.g. T=100"))
+        object.__setattr__(self, "max_outer", _count("max_outer", self.max_outer, "e.g. max_outer=50"))
+        if self.maxiter is not None:
+            object.__setattr__(self, "maxiter", _count("maxiter", self.maxiter, "or None for 10 H W"))
         stencil.check_boundary(self.boundary)
         choice("scheme", SCHEMES)
         choice("linearization", LINEARIZATIONS)
@@ -135,17 +214,13 @@ class FPConfig:
                 f"FPConfig.advection={self.advection!r} applies to scheme='log_density'; "
                 f"scheme={self.scheme!r} uses central differences of the flux f p"
             )
-        if not self.max_outer >= 1:
-            raise ValueError(f"FPConfig.max_outer must be >= 1, got {self.max_outer}")
-        if not (self.tol > 0 and self.outer_tol >= 0):
-            raise ValueError(f"FPConfig tolerances must be positive, got tol={self.tol}, outer_tol={self.outer_tol}")
-        if not callable(self.g) and np.ndim(self.g) > 0:
-            g = tuple(float(v) for v in np.asarray(self.g).ravel())
-            if len(g) != self.T + 1:
-                raise ValueError(f"FPConfig.g has {len(g)} values; give one per time t_0..t_T, i.e. T+1 = {self.T + 1}")
-            object.__setattr__(self, "g", g)
+        if self.drift is not None and not callable(self.drift):
+            raise ValueError(f"FPConfig.drift must be None or a function t -> (f_x, f_y), got {self.drift!r}")
+        object.__setattr__(self, "tol", _tolerance("tol", self.tol, 0.0, "e.g. tol=1e-6"))
+        object.__setattr__(self, "outer_tol", _tolerance("outer_tol", self.outer_tol, None, "e.g. outer_tol=1e-5"))
+        object.__setattr__(self, "g", _diffusion(self.g, self.T))
         if self.spacing is not None:
-            object.__setattr__(self, "spacing", tuple(float(h) for h in self.spacing))
+            object.__setattr__(self, "spacing", _spacing(self.spacing))
 
     @property
     def dt(self) -> float:

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fpjax.solver import linear, log_density
-from fpjax.solver.initial import initial_log_density, validate_image
+from fpjax.solver.initial import check_image, check_images, initial_log_density
 from fpjax.solver.problem import FPConfig, FPSolution, check_solution
 
 
@@ -48,15 +48,23 @@ def _fold_concrete_g(config: FPConfig, g):
     return dataclasses.replace(config, g=float(values) if values.ndim == 0 else tuple(values.ravel())), None
 
 
-def _check_field(m0):
+def _checked_field(m0):
+    """``m0`` as a floating array (integers and float16/bfloat16 become float32), or a one-line ``ValueError``."""
     if jnp.ndim(m0) != 2:
         raise ValueError(
             f"m0 must be one (H, W) field, got shape {jnp.shape(m0)}; use jax.vmap or solve_image for batches"
         )
     if min(jnp.shape(m0)) < 3:
         raise ValueError(f"grid {jnp.shape(m0)} is too small; fpjax needs at least 3x3")
+    m0 = jnp.asarray(m0)
+    if not jnp.issubdtype(m0.dtype, jnp.floating) or jnp.dtype(m0.dtype).itemsize < 4:
+        m0 = m0.astype(jnp.float32)
     if not isinstance(m0, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(m0))):
-        raise ValueError(f"m0 has {int((~np.isfinite(np.asarray(m0))).sum())} non-finite values")
+        raise ValueError(
+            f"m0 has {int((~np.isfinite(np.asarray(m0))).sum())} non-finite values; a log-density must be finite "
+            "(floor the density before taking its log, as initial_log_density does)"
+        )
+    return m0
 
 
 def solve(m0, config: FPConfig = FPConfig(), *, g=None, on_failure: str = "raise") -> FPSolution:
@@ -66,8 +74,8 @@ def solve(m0, config: FPConfig = FPConfig(), *, g=None, on_failure: str = "raise
     each step), with respect to ``m0`` and ``g``.
 
     Args:
-      m0: ``(H, W)`` initial log-density (float32 or float64; the solve runs
-        in this dtype).
+      m0: ``(H, W)`` finite initial log-density (float32 or float64; the solve
+        runs in this dtype; integers, float16 and bfloat16 are promoted to float32).
       config: :class:`FPConfig` (static).
       g: optional override of ``config.g``: scalar or ``(T+1,)`` array; pass
         ``g`` here to differentiate with respect to it.
@@ -78,10 +86,7 @@ def solve(m0, config: FPConfig = FPConfig(), *, g=None, on_failure: str = "raise
     Returns:
       :class:`FPSolution` with ``m`` of shape ``(T+1, H, W)``.
     """
-    _check_field(m0)
-    m0 = jnp.asarray(m0)
-    if not jnp.issubdtype(m0.dtype, jnp.floating):
-        m0 = m0.astype(jnp.float32)
+    m0 = _checked_field(m0)
     config, g = _fold_concrete_g(config, g)
     solution = solve_field(m0, g, config)
     return check_solution(solution, config, on_failure)
@@ -96,14 +101,16 @@ def solve_image(
     g=None,
     on_failure: str = "raise",
 ) -> FPSolution:
-    """Solve for every channel of an ``(H, W, C)`` image.
+    """Solve for every channel of an ``(H, W, C)`` image (checked by :func:`fpjax.solver.initial.check_image`:
+    float16 is promoted to float32; channel-first, empty or non-finite images are refused with a ValueError).
 
     The initial log-density comes from :func:`fpjax.initial_log_density`
     (``density``, ``per_channel``). A shared field is solved once and
     broadcast, so the result always has a leading channel axis: ``m`` is
     ``(C, T+1, H, W)`` and the statistics ``(C, T)``.
     """
-    channels = jnp.shape(image)[-1] if jnp.ndim(image) == 3 else None
+    image = check_image(image, allow_constant=True)  # shape and dtype; the values are checked just below
+    channels = jnp.shape(image)[-1]
     m0 = initial_log_density(image, density, per_channel=per_channel)
     fields = m0[None] if m0.ndim == 2 else m0
     config, g = _fold_concrete_g(config, g)
@@ -114,11 +121,7 @@ def solve_image(
 
 def solve_images(images, config: FPConfig = FPConfig(), **kwargs) -> FPSolution:
     """:func:`solve_image` vmapped over an NHWC batch: ``m`` is ``(N, C, T+1, H, W)``."""
-    if jnp.ndim(images) != 4:
-        raise ValueError(f"images must be NHWC, got shape {jnp.shape(images)}")
     on_failure = kwargs.pop("on_failure", "raise")
-    if not isinstance(images, jax.core.Tracer):
-        for image in np.asarray(images):  # value checks need concrete images; vmap would skip them
-            validate_image(image)
+    images = check_images(images)  # value checks need concrete images: under vmap solve_image cannot make them
     solution = jax.vmap(lambda im: solve_image(im, config, on_failure="ignore", **kwargs))(jnp.asarray(images))
     return check_solution(solution, config, on_failure)

@@ -112,9 +112,13 @@ def test_linear_solve_is_scale_invariant(solver, scale):
     assert float(residual) < 1e-5
 
 
-def test_linear_solve_of_a_zero_right_hand_side():
-    x, _, residual = linsolve.linear_solve(lambda v: 2 * v, jnp.zeros(8, jnp.float32), jnp.ones(8, jnp.float32))
+@pytest.mark.parametrize("solver", ["bicgstab", "bicgstab_counted", "gmres"])
+def test_linear_solve_of_a_zero_right_hand_side(solver):
+    """``b = 0`` gives ``x = 0`` at once, from any start (no iterating to ``||r|| <= 0``)."""
+    b, x0 = jnp.zeros(8, jnp.float32), jnp.ones(8, jnp.float32)
+    x, iterations, residual = linsolve.linear_solve(lambda v: 2 * v, b, x0, solver=solver)
     assert np.all(np.asarray(x) == 0) and float(residual) == 0.0
+    assert int(iterations) <= 0
 
 
 def test_norm_floor():
