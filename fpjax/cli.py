@@ -34,6 +34,7 @@ import re
 import sys
 import types
 import typing
+import warnings
 
 import jax
 import numpy as np
@@ -413,13 +414,14 @@ def _print_summary(result, count: int) -> None:
     median = np.median(result.batch_seconds) if result.batch_seconds else float("nan")
     print(
         "| images | skipped (already in store) | wall s | s/batch (median) | outer/step | linear/step "
-        "| max residual | converged images |"
+        "| max residual | converged images | repaired (failed verification) |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     print(
         f"| {count} | {result.skipped} | {result.seconds:.2f} | {median:.3f} | "
         f"{stats['outer_iterations'].mean():.2f} | {linear.mean() if linear.min() >= 0 else float('nan'):.2f} | "
-        f"{stats['residual'].max():.2e} | {int(stats['converged'].all(axis=(1, 2)).sum())}/{count} |"
+        f"{stats['residual'].max():.2e} | {int(stats['converged'].all(axis=(1, 2)).sum())}/{count} | "
+        f"{result.repaired} |"
     )
 
 
@@ -663,6 +665,9 @@ def main(argv=None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    formatwarning = warnings.formatwarning
+    if not args.debug:  # a warning is a line for the user, not a source location
+        warnings.formatwarning = lambda message, category, *_: f"fpjax {args.command}: {category.__name__}: {message}\n"
     try:
         return args.func(args) or 0
     except Exception as error:
@@ -678,6 +683,8 @@ def main(argv=None) -> int:
         # Everything finished is on disk (stores and checkpoints are written image by image): say how to go on.
         print(f"fpjax {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
         raise SystemExit(130) from None
+    finally:
+        warnings.formatwarning = formatwarning
 
 
 if __name__ == "__main__":
