@@ -17,6 +17,13 @@ trained to denoise at one noise variance ``tweedie``, e.g. ``lambda^2`` of the
 embedded loss). ``g`` and the drift ``f`` are those of the forward SDE
 (:mod:`fpjax.diffusion.sde`; fpjax's own is ``dx = g dW`` of the FP config,
 :func:`fpjax.diffusion.sde.from_fp_config`, with zero drift: the papers' setting).
+
+Beside them: the released PDS code's sampler (score_sde's reverse-diffusion
+predictor and Langevin corrector, :func:`reverse_diffusion_sample`), and the
+deterministic anchors a user would pick instead: the probability-flow ODE by
+Heun's method on EDM's sigma schedule (:func:`heun_sample`) and DDIM
+(:func:`ddim_sample`). :mod:`fpjax.diffusion.exact` gives each one's exact
+output law on a Gaussian.
 """
 
 from __future__ import annotations
