@@ -358,6 +358,16 @@ def _mixture_table(result) -> list:
         rms = f"{r['median_rms']:.4f}" if r["finite"] else "diverged"
         lines.append(f"| {r['sampler']} | {r['steps']} | {r['setting']} | {rms} | {r['median_ssim']:.3f} | "
                      f"{r['distinct']} of {n} |")  # fmt: skip
+    level = result["settings"]["rms_level"]
+    lines += [f"\nFewest steps (of {result['settings']['mixture_steps']}) to a median RMS <= {level:g}:\n",
+              "| sampler | " + " | ".join(dict.fromkeys(r["setting"] for r in result["mixture"])) + " |",
+              "|---|" + "---|" * len(dict.fromkeys(r["setting"] for r in result["mixture"]))]  # fmt: skip
+    for sampler in dict.fromkeys(r["sampler"] for r in result["mixture"]):
+        mine = [r for r in result["mixture"] if r["sampler"] == sampler]
+        cells = [str(_first([r["steps"] for r in mine if r["setting"] == setting],
+                            [r["median_rms"] for r in mine if r["setting"] == setting], level) or "never")
+                 for setting in dict.fromkeys(r["setting"] for r in mine)]  # fmt: skip
+        lines.append(f"| {sampler} | " + " | ".join(cells) + " |")
     return lines
 
 
