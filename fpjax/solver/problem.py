@@ -196,7 +196,7 @@ class FPConfig:
         object.__setattr__(self, "max_outer", _count("max_outer", self.max_outer, "e.g. max_outer=50"))
         if self.maxiter is not None:
             object.__setattr__(self, "maxiter", _count("maxiter", self.maxiter, "or None for 10 H W"))
-        stencil.check_boundary(self.boundary)
+        choice("boundary", stencil.BOUNDARIES)
         choice("scheme", SCHEMES)
         choice("linearization", LINEARIZATIONS)
         choice("advection", ADVECTIONS)
