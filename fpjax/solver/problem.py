@@ -111,12 +111,18 @@ def _spacing(spacing) -> tuple[float, float]:
 class FPConfig:
     """Settings of the Fokker-Planck solve; hashable, usable as a static argument.
 
+    Every value is checked here: a bad one raises a one-line ``ValueError`` naming the field and what to
+    pass. Counts (``T``, ``max_outer``, ``maxiter``) are integer-like (a Python, NumPy or JAX integer, or
+    a float with an integer value such as ``10.0``) and stored as ``int``; numbers are stored as Python
+    floats and sequences as tuples, so that equal settings hash equally.
+
     Attributes:
-      T: number of time steps; ``dt = 1/T``, ``t_n = n dt``.
-      g: diffusion coefficient: a scalar, a length ``T+1`` sequence (value at
-        each ``t_n``) or a function of ``t`` (traceable with ``jax.numpy``).
-        To differentiate with respect to ``g``, pass it to :func:`fpjax.solve`
-        as ``g=`` instead.
+      T: number of time steps (a positive integer); ``dt = 1/T``, ``t_n = n dt``.
+      g: diffusion coefficient, finite and ``>= 0`` (only ``g^2`` enters; ``g = 0``
+        is no diffusion: ``m`` stays ``m0`` under zero drift): a scalar, a length
+        ``T+1`` sequence (value at each ``t_n``) or a function of ``t`` (traceable
+        with ``jax.numpy``; not checked). To differentiate with respect to ``g``,
+        pass it to :func:`fpjax.solve` as ``g=`` instead.
       drift: ``None`` (zero drift) or a traceable function ``t -> (f_x, f_y)``
         returning fields broadcastable to ``(H, W)``.
       boundary: ``"zero"`` (papers' zero padding: ``m = 0``, i.e. ``p = 1``,
@@ -142,11 +148,15 @@ class FPConfig:
         search fails); ``"log_density"`` only.
       advection: ``"central"`` (papers' scheme) or ``"upwind"`` (keeps the
         step matrix an M-matrix where advection dominates); ``"log_density"`` only.
-      outer_tol, max_outer: stopping rule of the outer iteration (``"log_density"``).
+      outer_tol, max_outer: stopping rule of the outer iteration (``"log_density"``):
+        ``||m_k - m_(k-1)|| / max(||m_k||, floor) <= outer_tol`` (``floor``:
+        :func:`fpjax.solver.linsolve.norm_floor`), ``outer_tol`` in ``[0, 1)`` (0 runs
+        ``max_outer`` iterations and reports the step unconverged unless it is exact),
+        ``max_outer`` a positive integer.
       solver: ``"bicgstab"`` (``jax.scipy``), ``"bicgstab_counted"`` (same
         recurrence, reports iteration counts; not differentiable) or ``"gmres"``.
-      tol: relative tolerance of each linear solve; ``maxiter`` its cap
-        (default ``10 H W``).
+      tol: relative tolerance of each linear solve, in ``(0, 1)``; ``maxiter`` its cap
+        (a positive integer; default ``10 H W``).
       preconditioner: ``"dst"`` (the exact fast inverse of
         ``1/dt - 1/2 g^2 lap``: Krylov iterations per solve stay near 2 from
         32x32 to 256x256), ``"none"``, or ``"auto"`` (default: ``"dst"`` on
@@ -156,7 +166,7 @@ class FPConfig:
         every size for ``scheme="density"``, where it is the exact inverse of
         the zero-drift step). The papers use a direct solver; the
         preconditioner never changes the solution.
-      spacing: ``(hx, hy)``; default ``(1/W, 1/H)`` (the papers' text; their
+      spacing: ``(hx, hy)``, finite and positive; default ``(1/W, 1/H)`` (the papers' text; their
         script uses ``1/(H-1)``).
       transform: how DST/DCT transforms are applied (``"dst"`` preconditioner,
         ``"spectral"`` scheme): ``"auto"``, ``"dense"`` or ``"fft"``.
@@ -261,7 +271,10 @@ class FPSolution:
         backward error is within ``max(10 tol, 100 eps)``; ``"density"``: the
         linear solve's normwise backward error is within ``max(10 tol, 100 eps)``; ``"spectral"``: the
         residual is within ``SPECTRAL_RESIDUAL_EPS`` machine epsilons
-        (:mod:`fpjax.solver.linear`); every scheme: everything finite.
+        (:mod:`fpjax.solver.linear`); every scheme: everything finite. Every relative measure is scaled
+        against underflow and taken against ``max(||x||, sqrt(H W) tiny / eps)``
+        (:func:`fpjax.solver.linsolve.norm_floor`), so a field that decays towards ``0`` (the zero
+        boundary's steady state) is judged to rounding, never reported unconverged for being small.
     """
 
     m: jax.Array
