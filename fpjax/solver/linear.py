@@ -332,10 +332,10 @@ def _backward_euler(x0, source, g_values, config: FPConfig, tol, maxiter):
         matvec = _homogeneous_operator(coefficients, spacing, config.boundary)
         rhs = coefficients.c0 * x_prev + coefficients.c1 * source
         precond = None if helmholtz is None else (lambda r: helmholtz(r, coefficients.c0, coefficients.c1))
-        x, iterations, residual = linsolve.linear_solve(
-            matvec, rhs, x_prev, solver=config.solver, tol=tol, maxiter=maxiter, precond=precond
-        )
         norm = stencil.operator_norm_bound(coefficients.c0, coefficients.c1, coefficients.drift, spacing)
+        x, iterations, residual = linsolve.linear_solve(
+            matvec, rhs, x_prev, solver=config.solver, tol=tol, maxiter=maxiter, precond=precond, operator_norm=norm
+        )
         return x, (x, iterations, residual, linsolve.backward_error(matvec, x, rhs, norm))
 
     times = jnp.arange(1, config.T + 1, dtype=dtype) * config.dt

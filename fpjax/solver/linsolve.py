@@ -221,12 +221,13 @@ def _max_abs(*arrays):
     return functools.reduce(jnp.maximum, [jnp.max(jnp.abs(a)) for a in arrays])
 
 
-def relative_norm(r, reference):
-    """``||r|| / max(||reference||, norm_floor(reference))`` without underflow or overflow: both are scaled
-    by the larger maximum first (a float32 field of size 1e-22 has a squared norm of 0). ``0`` when
-    ``r = 0``. No gradient."""
+def relative_norm(r, reference, floor=None):
+    """``||r|| / max(||reference||, floor)`` without underflow or overflow: both are scaled by the larger
+    maximum first (a float32 field of size 1e-22 has a squared norm of 0). ``floor`` defaults to
+    :func:`norm_floor` of ``reference`` (a residual passes ``||A||`` times its solution's floor). ``0``
+    when ``r = 0``. No gradient."""
     r, reference = lax.stop_gradient(r), lax.stop_gradient(reference)
-    floor = norm_floor(reference)
+    floor = norm_floor(reference) if floor is None else lax.stop_gradient(floor)
     scale = jnp.maximum(_max_abs(r, reference), floor)
     numerator, denominator = jnp.linalg.norm(r / scale), jnp.linalg.norm(reference / scale)
     return numerator / jnp.maximum(denominator, floor / scale)
@@ -244,9 +245,12 @@ def backward_error(matvec, x, b, operator_norm):
     return norm(r) / (operator_norm * jnp.maximum(norm(x), floor / scale) + norm(b))
 
 
-def relative_residual(matvec, x, b):
-    """``||b - A x|| / max(||b||, norm_floor(b))`` (:func:`relative_norm`)."""
-    return relative_norm(b - matvec(x), b)
+def relative_residual(matvec, x, b, operator_norm=None):
+    """``||b - A x|| / max(||b||, floor)`` (:func:`relative_norm`): ``floor`` is :func:`norm_floor` of ``b``,
+    or, given a bound ``operator_norm`` on ``||A||``, ``||A||`` times that of ``x`` (below it rounding, with
+    subnormals flushed, is all a residual can show)."""
+    floor = None if operator_norm is None else operator_norm * norm_floor(x)
+    return relative_norm(b - matvec(x), b, floor)
 
 
 def _scale_of(b):
@@ -255,7 +259,9 @@ def _scale_of(b):
     return scale, jnp.where(scale > 0, scale, 1)
 
 
-def linear_solve(matvec, b, x0=None, *, solver="bicgstab", tol=1e-6, atol=0.0, maxiter=None, precond=None):
+def linear_solve(
+    matvec, b, x0=None, *, solver="bicgstab", tol=1e-6, atol=0.0, maxiter=None, precond=None, operator_norm=None
+):
     """Solve ``matvec(x) = b`` for a field ``b`` of any shape.
 
     The system is solved for ``b / s`` with ``s = max|b|`` and the answer
@@ -276,11 +282,12 @@ def linear_solve(matvec, b, x0=None, *, solver="bicgstab", tol=1e-6, atol=0.0, m
       tol, atol: stop when ``||r|| <= max(tol ||b||, atol)``.
       maxiter: iteration cap (default ``10 * b.size``, SciPy's).
       precond: linear function approximating ``A^-1`` (default identity).
+      operator_norm: optional bound on ``||A||`` for the residual's floor (:func:`relative_residual`).
 
     Returns:
       ``(x, iterations, rel_residual)``: the solution, the iterations used
       (``-1`` where the backend does not count them)
-      and the true relative residual ``||b - A x|| / ||b||``, recomputed
+      and the true relative residual ``||b - A x|| / ||b||`` (:func:`relative_residual`), recomputed
       because the JAX solvers report no convergence information.
     """
     if solver not in SOLVERS:
@@ -303,7 +310,7 @@ def linear_solve(matvec, b, x0=None, *, solver="bicgstab", tol=1e-6, atol=0.0, m
         )
         iterations = jnp.int32(-1)
     x = x * safe
-    return x, iterations, relative_residual(matvec, x, b)
+    return x, iterations, relative_residual(matvec, x, b, operator_norm)
 
 
 def differentiable_solve(matvec, b, *, solver="bicgstab", tol=1e-6, maxiter=None, precond=None):

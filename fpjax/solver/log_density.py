@@ -95,8 +95,13 @@ def _norm_scale(*fields):
 
 
 def relative_step_residual(m, m_prev, step: StepCoefficients, spacing, boundary, advection="central"):
-    """``||F(m)|| / ||m_prev/dt||``, scaled against underflow (:func:`fpjax.solver.linsolve.relative_norm`)."""
-    return linsolve.relative_norm(step_residual(m, m_prev, step, spacing, boundary, advection), step.c0 * m_prev)
+    """``||F(m)|| / max(||m_prev/dt||, ||A|| floor)``, scaled against underflow: ``floor`` is
+    :func:`fpjax.solver.linsolve.norm_floor` of ``m`` (below it rounding is all a residual can show) and
+    ``||A||`` the norm bound of the step matrix's diffusion part ``1/dt - 1/2 g^2 lap``
+    (:func:`fpjax.solver.linsolve.relative_norm`)."""
+    hx, hy = spacing
+    floor = linsolve.norm_floor(m) * (step.c0 + 4 * step.c1 * (1 / hx**2 + 1 / hy**2))
+    return linsolve.relative_norm(step_residual(m, m_prev, step, spacing, boundary, advection), step.c0 * m_prev, floor)
 
 
 # ----------------------------------------------------------------------------
@@ -168,9 +173,8 @@ def _iterate_step(m_prev, m_guess, step: StepCoefficients, config: FPConfig, spa
     if guarded:
         # A predictor is only a guess: where the solution turns abruptly (the first steps build the
         # boundary layer) extrapolation overshoots, so start from whichever candidate has the smaller residual.
-        r_guess, r_prev = residual_fn(m_guess), residual_fn(m_prev)
-        scale = _norm_scale(r_prev)
-        better = jnp.linalg.norm(r_guess / scale) < jnp.linalg.norm(r_prev / scale)
+        # (unscaled norms: where they underflow to 0 the comparison is False and m_prev, always safe, is used)
+        better = jnp.linalg.norm(residual_fn(m_guess)) < jnp.linalg.norm(residual_fn(m_prev))
         start = jnp.where(better, m_guess, m_prev)
     m, (k, change, iters, err) = _outer_loop(update, start, config)
     return m, k, iters, err, change
