@@ -18,7 +18,7 @@ import importlib
 
 from fpjax.batch.precompute import PrecomputeResult, precompute
 from fpjax.learn.embedding import embed
-from fpjax.solver.initial import initial_log_density, validate_image
+from fpjax.solver.initial import check_image, check_images, initial_log_density, validate_image
 from fpjax.solver.problem import SCHEMES, ConvergenceError, FPConfig, FPSolution, check_solution, diffusion_schedule
 from fpjax.solver.scores import pixel_score, score
 from fpjax.solver.solve import solve, solve_image, solve_images
@@ -69,5 +69,7 @@ __all__ = [
     "solve_image",
     "solve_images",
     "validate_image",
+    "check_image",
+    "check_images",
     *_LAZY,
 ]
