@@ -1,8 +1,12 @@
 import gc
+import os
 import pathlib
 import sys
 
-import jax
+# pytest-xdist runs several test processes: on a GPU each would otherwise take 75% of its memory up front.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+import jax  # noqa: E402
 import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))  # tests/reference.py, from every test folder
