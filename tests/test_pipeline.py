@@ -33,7 +33,8 @@ def test_a_damaged_store_is_refused_then_repaired_on_request(tmp_path):
     first, _, _ = pipeline._precompute_stage(images, names, config, tmp_path, progress=False)
     chunk = next(p for p in (tmp_path / "fp_store.zarr" / "m" / "c" / "1").rglob("*") if p.is_file())
     chunk.unlink()  # read back, this image's m would be the fill value NaN
-    with pytest.raises(StoreDamagedError, match=r"(?s)1 finished image\(s\) fail verification, \['b'\].*--repair-store"):
+    refused = r"(?s)1 finished image\(s\) fail verification, \['b'\].*--repair-store"
+    with pytest.raises(StoreDamagedError, match=refused):
         pipeline._precompute_stage(images, names, config, tmp_path, progress=False)
     with pytest.warns(RuntimeWarning, match=r"1 finished image\(s\) .* recomputed: \['b'\]"):
         again, _, _ = pipeline._precompute_stage(images, names, config, tmp_path, progress=False, repair=True)
