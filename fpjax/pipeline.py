@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from fpjax import provenance
 from fpjax.batch.precompute import precompute
+from fpjax.batch.store import listed
 from fpjax.diffusion import sampling
 from fpjax.eval import figures, metrics
 from fpjax.learn import trainer as training
@@ -180,9 +181,8 @@ def finite_solutions(m, names, store) -> np.ndarray:
     m = np.asarray(m)
     bad = np.flatnonzero(~np.isfinite(m.reshape(len(m), -1)).all(axis=1))
     if len(bad):
-        shown = f"{[names[i] for i in bad[:10]]}{' ...' if len(bad) > 10 else ''}"
         raise ValueError(
-            f"the FP solutions of {len(bad)} image(s) in {store} are not finite: {shown}; "
+            f"the FP solutions of {len(bad)} image(s) in {store} are not finite: {listed(names[i] for i in bad)}; "
             "the solve diverged (see their residuals): lower g or raise T, with a new output folder"
         )
     return m

@@ -27,7 +27,7 @@ import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
 from fpjax.batch.seeding import SEED_RULES, seed_groups
-from fpjax.batch.store import STATS, FPStore, MemoryStore, StoreDamagedError
+from fpjax.batch.store import STATS, FPStore, MemoryStore, StoreDamagedError, listed
 from fpjax.provenance import jsonable
 from fpjax.solver import projection as krylov
 from fpjax.solver.initial import check_images, initial_log_density
@@ -237,7 +237,7 @@ def _verified_done(sink, ids, repair: bool = True):
         names = [ids[i] for i in sorted(damaged)]
         warnings.warn(
             f"{len(damaged)} finished image(s) of the store at {sink.path} failed verification and are recomputed: "
-            f"{names[:10]}{' ...' if len(names) > 10 else ''} (image {names[0]!r}: {damaged[min(damaged)]})",
+            f"{listed(names)} (image {names[0]!r}: {damaged[min(damaged)]})",
             RuntimeWarning,
             stacklevel=3,
         )
@@ -396,7 +396,7 @@ def _report_failures(result, ids, on_failure, projection):
     if converged.all():
         return
     bad = [ids[i] for i in np.flatnonzero(~converged)]
-    message = f"{len(bad)} image(s) had unconverged FP steps: {bad[:10]}{' ...' if len(bad) > 10 else ''}"
+    message = f"{len(bad)} image(s) had unconverged FP steps: {listed(bad)}"
     if on_failure == "raise":
         raise ConvergenceError(message)
     warnings.warn(message, RuntimeWarning, stacklevel=3)

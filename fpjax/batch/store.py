@@ -86,11 +86,9 @@ class StoreDamagedError(StoreError):
     """
 
     def __init__(self, path, damaged: dict):
-        names = list(damaged)
-        shown = f"{names[:10]}{' ...' if len(names) > 10 else ''}"
-        first = names[0]
+        first = next(iter(damaged))
         super().__init__(
-            f"the store at {path} is damaged: {len(names)} finished image(s) fail verification, {shown} "
+            f"the store at {path} is damaged: {len(damaged)} finished image(s) fail verification, {listed(damaged)} "
             f"(image {first!r}: {damaged[first]}).\nFix: recompute them (`fpjax run --repair-store`, `fpjax "
             "precompute` with the same settings, or `precompute(..., repair=True)`), or delete the store."
         )
@@ -99,6 +97,12 @@ class StoreDamagedError(StoreError):
 
 class StoreLockedError(StoreError):
     """Another process is writing the store (it holds the store's writer lock)."""
+
+
+def listed(names, limit: int = 10) -> str:
+    """``"['a', 'b', ...]"``: the first ``limit`` of ``names`` for a message, ``...`` if there are more."""
+    names = list(names)
+    return f"{names[:limit]}{' ...' if len(names) > limit else ''}"
 
 
 def digest(array) -> np.ndarray:
