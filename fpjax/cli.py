@@ -431,7 +431,7 @@ def _save_solutions(out: pathlib.Path, images, names, result, config: FPConfig, 
     k = result.stats["converged"].shape[1]
     m = np.asarray(result.m)[..., :k]  # K = 1 where one density serves all channels
     fields = np.moveaxis(m, -1, 2)  # (N, T+1, K, H, W): what fpjax.score and the figures take
-    scores = np.moveaxis(np.asarray(score(fields, config.boundary)), (2, 3), (-2, -1))  # (x, y) last
+    scores = np.moveaxis(np.asarray(score(fields, config.boundary)), 2, -2)  # (N, T+1, H, W, K, 2)
     path = out / "fp_solutions.npz"
     try:
         _write_solutions(path, m, scores, names, result, config, args.density)

@@ -40,12 +40,19 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from fpjax.solver import linsolve, stencil
-from fpjax.solver.problem import FPConfig, FPSolution, diffusion_integral, diffusion_schedule, step_coefficients
+from fpjax.solver import linsolve, status, stencil
+from fpjax.solver.problem import (
+    FPConfig,
+    FPSolution,
+    diffusion_integral,
+    diffusion_schedule,
+    is_concrete,
+    step_coefficients,
+)
+from fpjax.solver.status import Status
 
 SPECTRAL_RESIDUAL_EPS = 1000.0  # "spectral" converged: residual (a normwise backward error) <= this many eps
 _NEGLIGIBLE_DECAY = 1e-4  # modes whose factor exp(tau lambda) is below eps * this are dropped (below rounding)
-DENSE_FORWARD_MAX_SIZE = 1024  # see _Transforms: dense and FFT forward transforms cost the same here
 _EXP_SHIFT_FLOOR = 0.9  # m0 is shifted by c = max(m0) clipped at -0.9 log(finfo.max): exp(-c) stays finite
 
 
@@ -68,10 +75,6 @@ def _shift(m0):
 def _log_density(c, boundary_part, homogeneous_part):
     """``m = c + log(exp(-c) u + v)`` for ``p = u + exp(c) v``."""
     return c + _safe_log(boundary_part * jnp.exp(-c) + homogeneous_part)
-
-
-def _is_concrete(x) -> bool:
-    return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(x))
 
 
 # ----------------------------------------------------------------------------
@@ -122,7 +125,7 @@ def _traced_boundary_layer_jvp(n, h, boundary, primals, tangents):
 def _boundary_layers(tau, shape, spacing, boundary, dtype):
     """``(b_y, b_x)`` of shapes ``(len(tau), H)`` and ``(len(tau), W)`` in ``dtype``."""
     (height, width), (hx, hy) = shape, spacing
-    if _is_concrete(tau):
+    if is_concrete(tau):
         return (
             jnp.asarray(boundary_layer(tau, height, hy, boundary), dtype),
             jnp.asarray(boundary_layer(tau, width, hx, boundary), dtype),
@@ -162,7 +165,7 @@ def _time_groups(tau, lam_y, lam_x, dtype, truncate: bool):
 
 def _decay(tau, lam, k, dtype):
     """``exp(tau lambda_j)``, ``(len(tau), k)``: float64 on the host where ``tau`` is concrete."""
-    if _is_concrete(tau):
+    if is_concrete(tau):
         return jnp.asarray(np.exp(np.asarray(tau, np.float64)[:, None] * lam[None, :k]), dtype)
     return jnp.exp(tau.astype(dtype)[:, None] * jnp.asarray(lam[:k], dtype)[None, :])
 
@@ -172,7 +175,7 @@ class _Transforms:
 
     ``"auto"`` inverts with the dense basis matrices, truncated to the modes
     each time needs, at every size, and transforms ``p0`` forward densely up to
-    ``DENSE_FORWARD_MAX_SIZE`` and by FFT beyond: measured on the 2-core CPU
+    ``linsolve.DENSE_TRANSFORM_MAX_SIZE`` and by FFT beyond: measured on the 2-core CPU
     (float32, T = 20, whole trajectory), dense against FFT both ways took
     0.6 / 1.8 / 8.0 / 73 ms against 2.7 / 24 / 71 / 345 ms at 128 / 256 / 512
     / 1024; the one forward transform cost the same both ways at 1024 (10 ms).
@@ -183,8 +186,7 @@ class _Transforms:
         self.boundary, self.dtype = boundary, dtype
         self.lam_y = linsolve.laplacian_eigenvalues(self.height, hy, boundary)
         self.lam_x = linsolve.laplacian_eigenvalues(self.width, hx, boundary)
-        dense_forward = transform == "dense" or (transform == "auto" and max(shape) <= DENSE_FORWARD_MAX_SIZE)
-        self.forward_kind = "dense" if dense_forward else "fft"
+        self.forward_kind = linsolve.resolve_transform(transform, shape)
         self.kind = "fft" if transform == "fft" else "dense"  # of the inverse
         self.by = jnp.asarray(linsolve.basis_matrix(self.height, boundary), dtype)
         self.bx = jnp.asarray(linsolve.basis_matrix(self.width, boundary), dtype)
@@ -272,8 +274,8 @@ def spectral_solve(m0, tau, spacing, boundary: str = "zero", transform: str = "a
     transforms = _Transforms(shape, spacing, boundary, transform, dtype)
     c = _shift(m0)
     spectrum = transforms.forward(jnp.exp(m0 - c))
-    truncate = _is_concrete(tau) and transforms.kind == "dense"
-    tau_dtype = tau if _is_concrete(tau) else tau.astype(dtype)
+    truncate = is_concrete(tau) and transforms.kind == "dense"
+    tau_dtype = tau if is_concrete(tau) else tau.astype(dtype)
     layer_y, layer_x = _boundary_layers(tau_dtype[1:], shape, spacing, boundary, dtype)
     probe = _Probe(transforms, spacing, boundary)
     m = jnp.zeros((len(tau),) + shape, dtype).at[0].set(m0)
@@ -379,7 +381,7 @@ def density_solve(m0, g_values, config: FPConfig):
     )
     if config.boundary == "reflect":
         u = jnp.zeros_like(v)
-    elif _is_concrete(g_values):
+    elif is_concrete(g_values):
         g64 = tuple(float(x) for x in np.asarray(g_values, np.float64))
         u = jnp.asarray(_float64_boundary_part(config, tuple(shape), g64, jnp.dtype(dtype).name))
     else:
@@ -419,16 +421,31 @@ def solve(m0, g, config: FPConfig) -> FPSolution:
     """
     dtype, T = m0.dtype, config.T
     eps = float(jnp.finfo(dtype).eps)
+    spacing = config.grid_spacing(m0.shape)
     source = config.g if g is None else g
     if config.scheme == "spectral":
         tau = diffusion_integral(config, g, dtype)
-        m, residual = spectral_solve(m0, tau, config.grid_spacing(m0.shape), config.boundary, config.transform)
-        converged = (residual <= SPECTRAL_RESIDUAL_EPS * eps) & _finite_steps(m)
+        m, residual = spectral_solve(m0, tau, spacing, config.boundary, config.transform)
+        step_status = status.first(
+            [
+                (Status.NON_FINITE, ~_finite_steps(m)),
+                (Status.SPECTRAL_INACCURATE, ~(residual <= SPECTRAL_RESIDUAL_EPS * eps)),
+            ]
+        )
         zeros = jnp.zeros((T,), jnp.int32)
-        return FPSolution(m, zeros, zeros, residual, converged)
+        return FPSolution(m, zeros, zeros, residual, step_status, config.boundary, spacing)
     if config.scheme != "density":
         raise ValueError(f"linear_fp solves scheme 'density' or 'spectral', got {config.scheme!r}")
-    g_values = _float64_schedule(config, g) if _is_concrete(source) else diffusion_schedule(config, g, dtype)
+    g_values = _float64_schedule(config, g) if is_concrete(source) else diffusion_schedule(config, g, dtype)
     m, iterations, residual, error = density_solve(m0, g_values, config)
-    converged = (error <= max(10 * config.tol, 100 * eps)) & _finite_steps(m)
-    return FPSolution(m, jnp.ones((T,), jnp.int32), iterations, lax.stop_gradient(residual), converged)
+    maxiter = 10 * m0.size if config.maxiter is None else config.maxiter
+    step_status = status.first(
+        [
+            (Status.DENSITY_NOT_POSITIVE, jnp.any(m[1:] == -jnp.inf, axis=(-2, -1))),
+            (Status.NON_FINITE, ~_finite_steps(m)),
+        ]
+    )
+    krylov = status.krylov(error <= max(10 * config.tol, 100 * eps), iterations, maxiter)
+    step_status = jnp.where(step_status == Status.CONVERGED, krylov, step_status)
+    return FPSolution(m, jnp.ones((T,), jnp.int32), iterations, lax.stop_gradient(residual), step_status,
+                      config.boundary, spacing)  # fmt: skip

@@ -26,9 +26,20 @@ AUTO_DST_MIN_SIZE_CPU = (
     128  # `fpjax bench solver` / `bench projection`: below this, on a CPU, "none" was as fast or faster
 )
 TRANSFORMS = ("auto", "dense", "fft")
-DENSE_TRANSFORM_MAX_SIZE = (
-    512  # `fpjax bench solver` on a 2-core CPU: basis matmuls beat JAX's FFT up to 256 and beyond
-)
+# The one threshold of transform="auto" (the DST preconditioner and the spectral scheme's forward transform):
+# measured on the 2-core CPU, `fpjax bench solver` basis matmuls beat JAX's FFT up to 256 and beyond in the
+# preconditioner; the spectral scheme's one forward transform cost the same both ways only at 1024 (10 ms), so
+# between 512 and 1024 the FFT costs it at most what the dense transform would (linear._Transforms).
+DENSE_TRANSFORM_MAX_SIZE = 512
+
+
+def resolve_transform(transform: str, shape) -> str:
+    """``"dense"`` or ``"fft"``: what ``transform`` (``"auto"``, ``"dense"``, ``"fft"``) means on an ``(H, W)`` grid."""
+    if transform not in TRANSFORMS:
+        raise ValueError(f"transform must be one of {TRANSFORMS}, got {transform!r}")
+    if transform == "auto":
+        return "dense" if max(shape) <= DENSE_TRANSFORM_MAX_SIZE else "fft"
+    return transform
 
 
 # ----------------------------------------------------------------------------
@@ -134,12 +145,9 @@ def make_helmholtz_inverse(shape, spacing, boundary: str, transform: str = "auto
       ``inverse(r, c0, c1)`` for ``r`` of shape ``(H, W)``; linear and
       symmetric in ``r``, so it is also right for transposed solves.
     """
-    if transform not in TRANSFORMS:
-        raise ValueError(f"transform must be one of {TRANSFORMS}, got {transform!r}")
+    transform = resolve_transform(transform, shape)
     height, width = shape
     hx, hy = spacing
-    if transform == "auto":
-        transform = "dense" if max(height, width) <= DENSE_TRANSFORM_MAX_SIZE else "fft"
     lap = laplacian_eigenvalues(height, hy, boundary)[:, None] + laplacian_eigenvalues(width, hx, boundary)[None, :]
 
     if transform == "dense":
@@ -313,20 +321,6 @@ def linear_solve(
     return x, iterations, relative_residual(matvec, x, b, operator_norm)
 
 
-def differentiable_solve(matvec, b, *, solver="bicgstab", tol=1e-6, maxiter=None, precond=None):
-    """``A^-1 b`` through ``jax.scipy``'s Krylov solvers, which are wrapped in
-    ``lax.custom_linear_solve`` and so transpose (for reverse mode) by solving
-    ``A^T y = c`` with the same, symmetric, preconditioner. Scaled by ``max|b|`` as
-    :func:`linear_solve` (the scale carries no derivative; the map stays linear in ``b``)."""
-    maxiter = 10 * b.size if maxiter is None else maxiter
-    _, safe = _scale_of(b)
-    if solver == "gmres":
-        x, _ = jax.scipy.sparse.linalg.gmres(matvec, b / safe, tol=tol, restart=20, maxiter=maxiter, M=precond)
-    else:
-        x, _ = jax.scipy.sparse.linalg.bicgstab(matvec, b / safe, tol=tol, maxiter=maxiter, M=precond)
-    return x * safe
-
-
 # ----------------------------------------------------------------------------
 # lineax: differentiable solves (implicit differentiation of the schemes' steps)
 
@@ -394,4 +388,6 @@ def implicit_tangent(jacobian_vp, rhs, *, solver: str = "bicgstab", tol: float =
         options["preconditioner"] = lx.FunctionLinearOperator(precond, structure, lx.symmetric_tag)
     method = "gmres" if solver == "gmres" else "bicgstab"
     krylov = ScipyKrylov(method=method, rtol=tol, maxiter=maxiter)
-    return lx.linear_solve(operator, rhs, krylov, options=options, throw=False).value
+    # throw=True: a failed tangent solve raises in forward mode as it does in reverse mode (lineax's transpose
+    # throws), instead of being dropped silently
+    return lx.linear_solve(operator, rhs, krylov, options=options, throw=True).value

@@ -36,8 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from fpjax.solver import linsolve, stencil
+from fpjax.solver import linsolve, status, stencil
 from fpjax.solver.problem import FPConfig, FPSolution, StepCoefficients, diffusion_schedule, step_coefficients
+from fpjax.solver.status import Status
 
 _LINE_SEARCH_HALVINGS = 8
 
@@ -239,13 +240,16 @@ def _solve_step(m_prev, m_guess, step: StepCoefficients, config: FPConfig, spaci
     m_stopped = lax.stop_gradient(m)
     residual = relative_step_residual(m_stopped, m_prev, step, spacing, config.boundary, config.advection)
     eps = jnp.finfo(m.dtype).eps
-    converged = (
-        (change <= config.outer_tol)
-        & (err <= jnp.maximum(10 * config.tol, 100 * eps))
-        & jnp.all(jnp.isfinite(m_stopped))
-        & jnp.isfinite(residual)
+    maxiter = 10 * m.size if config.maxiter is None else config.maxiter
+    step_status = status.first(
+        [
+            (Status.NON_FINITE, ~(jnp.all(jnp.isfinite(m_stopped)) & jnp.isfinite(residual))),
+            (Status.OUTER_ITERATION_CAP, ~(change <= config.outer_tol)),
+        ]
     )
-    return m, k, iters, lax.stop_gradient(residual), converged
+    krylov = status.krylov(err <= jnp.maximum(10 * config.tol, 100 * eps), iters, maxiter)
+    step_status = jnp.where(step_status == Status.CONVERGED, krylov, step_status)
+    return m, k, iters, lax.stop_gradient(residual), step_status
 
 
 # ----------------------------------------------------------------------------
@@ -277,7 +281,8 @@ def trajectory(m0, g, config: FPConfig, guides=None, guess_fn=None, approximate=
         if approximate:
             m = guess
             residual = relative_step_residual(m, m_prev, step, spacing, config.boundary, config.advection)
-            stats = (jnp.int32(0), jnp.int32(0), residual, jnp.all(jnp.isfinite(m)))
+            finite = jnp.all(jnp.isfinite(m)) & jnp.isfinite(residual)
+            stats = (jnp.int32(0), jnp.int32(0), residual, jnp.where(finite, Status.CONVERGED, Status.NON_FINITE))
         else:
             guarded = guess_fn is not None or config.predictor == "extrapolate"
             m, *stats = _solve_step(m_prev, guess, step, config, spacing, guarded)
@@ -285,8 +290,9 @@ def trajectory(m0, g, config: FPConfig, guides=None, guess_fn=None, approximate=
 
     times = jnp.arange(1, config.T + 1, dtype=dtype) * config.dt
     xs = (times, g_values[1:].astype(dtype), guides)
-    _, (ms, k, iters, residual, converged) = lax.scan(time_step, (m0, m0), xs)
-    return FPSolution(jnp.concatenate([m0[None], ms]), k, iters, residual, converged)
+    _, (ms, k, iters, residual, step_status) = lax.scan(time_step, (m0, m0), xs)
+    m = jnp.concatenate([m0[None], ms])
+    return FPSolution(m, k, iters, residual, step_status.astype(jnp.int32), config.boundary, spacing)
 
 
 def step_residuals(m, config: FPConfig, g=None):

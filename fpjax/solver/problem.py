@@ -14,11 +14,13 @@ import warnings
 from collections.abc import Callable
 from typing import NamedTuple
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fpjax.solver import linsolve, stencil
+from fpjax.solver import linsolve, scores, stencil
+from fpjax.solver.status import Status, describe
 
 SCHEMES = ("log_density", "density", "spectral")
 LINEARIZATIONS = ("picard", "newton")
@@ -266,22 +268,54 @@ class FPSolution:
           ``dp/dt`` from the spectral form and ``lap_h`` the five-point
           stencil: a check of the transforms (rounding level when they are right).
 
-      converged: ``(T,)`` bool: ``"log_density"``: the outer iteration met
-        ``outer_tol`` within ``max_outer``, the last linear solve's normwise
-        backward error is within ``max(10 tol, 100 eps)``; ``"density"``: the
-        linear solve's normwise backward error is within ``max(10 tol, 100 eps)``; ``"spectral"``: the
-        residual is within ``SPECTRAL_RESIDUAL_EPS`` machine epsilons
-        (:mod:`fpjax.solver.linear`); every scheme: everything finite. Every relative measure is scaled
-        against underflow and taken against ``max(||x||, sqrt(H W) tiny / eps)``
+      status: ``(T,)`` int32: why each step did or did not converge, a
+        :class:`fpjax.solver.status.Status` code (``0`` is ``CONVERGED``; ``describe(code)`` says why and what to
+        try). ``"log_density"``: the outer iteration met ``outer_tol`` within ``max_outer``
+        (else ``OUTER_ITERATION_CAP``) and the last linear solve's normwise backward error is within
+        ``max(10 tol, 100 eps)`` (else a ``KRYLOV_*`` code); ``"density"``: the linear solve's backward error
+        is within ``max(10 tol, 100 eps)``, and ``p > 0`` (else ``DENSITY_NOT_POSITIVE``); ``"spectral"``:
+        the residual is within ``SPECTRAL_RESIDUAL_EPS`` machine epsilons (:mod:`fpjax.solver.linear`; else
+        ``SPECTRAL_INACCURATE``); every scheme: everything finite (else ``NON_FINITE``). Every relative
+        measure is scaled against underflow and taken against ``max(||x||, sqrt(H W) tiny / eps)``
         (:func:`fpjax.solver.linsolve.norm_floor`), so a field that decays towards ``0`` (the zero
         boundary's steady state) is judged to rounding, never reported unconverged for being small.
+      boundary, spacing: the grid the solve ran on (static, not leaves): ``config.boundary`` and
+        ``(hx, hy)``. :meth:`score` and :meth:`pixel_score` read the boundary from here, so a
+        ``"reflect"`` solve's scores use the reflect stencil without being told.
+
+    Properties: ``converged`` (``status == 0``, ``(T,)`` bool) and ``outcome`` (the solve's status: the
+    first failed step's code, ``0`` when every step converged; ``()`` int32, ``(...)`` under ``vmap``).
     """
 
     m: jax.Array
     outer_iterations: jax.Array
     linear_iterations: jax.Array
     residual: jax.Array
-    converged: jax.Array
+    status: jax.Array
+    boundary: str = dataclasses.field(default="zero", metadata=dict(static=True))
+    spacing: tuple = dataclasses.field(default=(1.0, 1.0), metadata=dict(static=True))
+
+    @property
+    def converged(self) -> jax.Array:
+        """``(T,)`` bool (``(..., T)`` batched): ``status == CONVERGED``."""
+        return self.status == Status.CONVERGED
+
+    @property
+    def outcome(self) -> jax.Array:
+        """The solve's status: the code of its first failed step, ``CONVERGED`` (0) if none; over the last axis."""
+        failed = self.status != Status.CONVERGED
+        index = jnp.argmax(failed, axis=-1)
+        return jnp.take_along_axis(self.status, index[..., None], axis=-1)[..., 0]
+
+    def score(self):
+        """Score ``grad m`` in pixel units on this solve's boundary: ``(..., H, W) -> (..., H, W, 2)``
+        (:func:`fpjax.score`)."""
+        return scores.score(self.m, self.boundary)
+
+    def pixel_score(self, component: str = "sum"):
+        """Scalar pixel score on this solve's boundary: ``(..., H, W) -> (..., H, W)`` (:func:`fpjax.pixel_score`)."""
+        return scores.pixel_score(self.m, component, self.boundary)
+
 
 
 class StepCoefficients(NamedTuple):
@@ -315,7 +349,8 @@ def diffusion_schedule(config: FPConfig, g=None, dtype=jnp.float32):
     return values
 
 
-def _is_concrete(x) -> bool:
+def is_concrete(x) -> bool:
+    """Whether no leaf of the pytree ``x`` is a tracer (its values can be read now, e.g. in float64)."""
     return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(x))
 
 
@@ -335,7 +370,7 @@ def diffusion_integral(config: FPConfig, g=None, dtype=jnp.float32):
     terms can be computed in float64); a traced one a ``dtype`` array.
     """
     source = config.g if g is None else g
-    if _is_concrete(source):
+    if is_concrete(source):
         with jax.enable_x64(True), jax.ensure_compile_time_eval():
             return np.asarray(_integral(config, source, jnp.float64), np.float64)
     return _integral(config, source, dtype)
@@ -378,37 +413,42 @@ def step_coefficients(config: FPConfig, t, g, shape, dtype) -> StepCoefficients:
 
 
 def check_solution(solution: FPSolution, config: FPConfig, on_failure: str = "raise") -> FPSolution:
-    """Raise :class:`ConvergenceError` (or warn) naming the first step that failed, for concrete solutions.
+    """Raise :class:`ConvergenceError` (or warn) naming the first step that failed and why.
 
-    ``on_failure``: ``"raise"``, ``"warn"`` or ``"ignore"``. Under
-    ``jit``/``vmap``/``grad`` the flags are traced and nothing is checked:
-    read ``solution.converged`` instead.
+    ``on_failure``: ``"raise"``, ``"warn"`` or ``"ignore"``. Concrete solutions are checked here, with a
+    message naming the step, its status (:mod:`fpjax.solver.status`) and what to try. Under ``jit``, ``vmap``
+    or ``grad`` the statistics are traced: ``"raise"`` then raises at run time through ``equinox.error_if``
+    (an ``EqxRuntimeError`` naming the first failed status code; ``"warn"`` cannot warn from inside a
+    transformation and checks nothing), so a failure never passes silently under either; read
+    ``solution.status`` to handle failures yourself with ``"ignore"``.
     """
     if on_failure not in ("raise", "warn", "ignore"):
         raise ValueError(f"on_failure must be 'raise', 'warn' or 'ignore', got {on_failure!r}")
-    if on_failure == "ignore" or isinstance(solution.converged, jax.core.Tracer):
+    if on_failure == "ignore":
         return solution
-    converged = np.asarray(solution.converged)
-    if converged.all():
+    if isinstance(solution.status, jax.core.Tracer):
+        if on_failure == "raise":
+            failed = jnp.any(solution.status != Status.CONVERGED)
+            message = (
+                f"Fokker-Planck solve (scheme={config.scheme!r}) did not converge: a step's status is not CONVERGED "
+                "(fpjax.solver.status.Status); pass on_failure='ignore' and read solution.status to see which"
+            )
+            m = eqx.error_if(solution.m, failed, message)
+            return dataclasses.replace(solution, m=m)
         return solution
-    bad = np.argwhere(~converged)[0]
+    step_status = np.asarray(solution.status)
+    failed = step_status != Status.CONVERGED
+    if not failed.any():
+        return solution
+    bad = np.argwhere(failed)[0]
     n = int(bad[-1]) + 1
     index = tuple(int(i) for i in bad)
-    advice = {
-        "log_density": "Try a larger T, advection='upwind', linearization='newton' or a larger max_outer.",
-        "density": (
-            "If m is not finite there, p went negative: central differences of a drift that dominates diffusion "
-            "on this grid (|f| h > g^2); refine the grid or use scheme='log_density' with advection='upwind'. "
-            "Otherwise try a larger maxiter or preconditioner='dst'."
-        ),
-        "spectral": "The transforms lost accuracy: check m0 for extreme values or use float64.",
-    }[config.scheme]
     message = (
         f"Fokker-Planck solve (scheme={config.scheme!r}) did not converge at step n={n} (t={n * config.dt:.4g})"
         + (f" of batch member {index[:-1]}" if len(index) > 1 else "")
-        + f": {int(np.asarray(solution.outer_iterations)[index])} outer iterations "
+        + f": {describe(step_status[index])}. {int(np.asarray(solution.outer_iterations)[index])} outer iterations "
         f"(max_outer={config.max_outer}), relative residual {float(np.asarray(solution.residual)[index]):.3g}; "
-        f"{int((~converged).sum())} of {converged.size} steps failed. {advice}"
+        f"{int(failed.sum())} of {failed.size} steps failed."
     )
     if on_failure == "raise":
         raise ConvergenceError(message)

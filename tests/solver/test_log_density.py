@@ -247,10 +247,11 @@ def test_score_and_pixel_score():
     m = np.random.default_rng(3).normal(size=(2, 5, 6))
     s = np.asarray(fpjax.score(m))
     padded = np.pad(m, ((0, 0), (1, 1), (1, 1)))
-    np.testing.assert_allclose(s[:, 0], (padded[:, 1:-1, 2:] - padded[:, 1:-1, :-2]) / 2)
-    np.testing.assert_allclose(s[:, 1], (padded[:, 2:, 1:-1] - padded[:, :-2, 1:-1]) / 2)
-    np.testing.assert_allclose(np.asarray(fpjax.pixel_score(m)), s[:, 0] + s[:, 1])
-    np.testing.assert_allclose(np.asarray(fpjax.pixel_score(m, "x")), s[:, 0])
+    assert s.shape == m.shape + (2,)  # the component last
+    np.testing.assert_allclose(s[..., 0], (padded[:, 1:-1, 2:] - padded[:, 1:-1, :-2]) / 2)
+    np.testing.assert_allclose(s[..., 1], (padded[:, 2:, 1:-1] - padded[:, :-2, 1:-1]) / 2)
+    np.testing.assert_allclose(np.asarray(fpjax.pixel_score(m)), s[..., 0] + s[..., 1])
+    np.testing.assert_allclose(np.asarray(fpjax.pixel_score(m, "x")), s[..., 0])
     with pytest.raises(ValueError, match="component"):
         fpjax.pixel_score(m, "z")
 
