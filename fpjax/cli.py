@@ -119,7 +119,7 @@ class Option:
       kind: ``bool``, ``int``, ``float`` or ``str``; ``sequence``: a ``tuple[kind, ...]`` field.
       default: the library's default, or the value of an override.
       optional: ``none`` on the command line means ``None``.
-      choices: the module-level tuple named after the field (``scheme`` -> ``SCHEMES``), or ``None``.
+      choices: the values of the field's ``Literal[...]`` annotation, or ``None``.
       help: the field's docstring entry (``Attributes:`` or ``Args:``), and an override's reason.
     """
 
@@ -167,8 +167,7 @@ def dataclass_options(cls, *, defaults=None, overrides=None, prefix: str = "") -
             default = value
         option = _option(field.name, hints.get(field.name), default, help_text, prefix)
         if option is not None:
-            choices = _module_choices(cls, field.name, default)
-            options.append(dataclasses.replace(option, choices=choices) if option.kind is str else option)
+            options.append(option)
     return options
 
 
@@ -254,6 +253,10 @@ def _option(name: str, hint, default, help_text: str, prefix: str = "") -> Optio
     flag = f"--{prefix}{name}".replace("_", "-")
     dest = flag[2:].replace("-", "_")
     for member in members:
+        if typing.get_origin(member) is typing.Literal:  # the choices, written once in the field's annotation
+            choices = typing.get_args(member)
+            kind = type(choices[0])
+            return Option((name,), flag, dest, kind, default, optional, False, choices, help_text)
         if member in _SCALARS:
             return Option((name,), flag, dest, member, default, optional, False, None, help_text)
         args = typing.get_args(member)
@@ -300,26 +303,6 @@ def _documented(obj, section: str) -> dict:
         for name in names:
             entries[name] = f"{entries.get(name, '')} {text}".strip()
     return {name: re.sub(r":\w+:`~?([^`]*)`", r"\1", text).replace("``", "") for name, text in entries.items()}
-
-
-def _module_choices(cls, name: str, default) -> tuple | None:
-    """The tuple ``NAMES`` (``scheme`` -> ``SCHEMES``, ``boundary`` -> ``BOUNDARIES``) of ``cls``'s module or of
-    an fpjax module it imports, when it lists ``default``."""
-    module = sys.modules[cls.__module__]
-    if name.endswith("y") and name[-2:-1] not in "aeiou":
-        plural = name.upper()[:-1] + "IES"
-    else:
-        plural = name.upper() + ("ES" if name.endswith(("s", "x", "ch", "sh")) else "S")
-    spaces = [vars(module)] + [
-        vars(value)
-        for value in vars(module).values()
-        if isinstance(value, types.ModuleType) and value.__name__.startswith("fpjax.")
-    ]
-    for space in spaces:
-        values = space.get(plural)
-        if isinstance(values, tuple) and all(isinstance(v, str) for v in values) and default in values:
-            return values
-    return None
 
 
 def _none_or(kind: type):

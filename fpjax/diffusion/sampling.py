@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -66,8 +67,8 @@ class SamplerConfig:
     """
 
     steps: int = 100
-    method: str = "sde"
-    schedule: str = "uniform"
+    method: Literal["sde", "ode"] = "sde"
+    schedule: Literal["uniform", "quadratic"] = "uniform"
     t_start: float = 1.0
     t_end: float = 0.0
     final_noise: bool = False
@@ -75,7 +76,7 @@ class SamplerConfig:
     clip: bool = True
     corrector_steps: int = 0
     snr: float = 0.16
-    pds_form: str = "paper"
+    pds_form: Literal["paper", "marginal"] = "paper"
 
     def __post_init__(self):
         if self.method not in ("sde", "ode"):

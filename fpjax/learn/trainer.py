@@ -28,7 +28,7 @@ import json
 import pathlib
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -90,7 +90,7 @@ class TrainConfig:
     lam: float = 0.1
     stratified: bool = False
     replay: float = 0.0
-    parametrization: str = "noise"
+    parametrization: Literal["noise", "score"] = "noise"
     steps_per_call: int = 25
     target_ssim: float = 0.9
     max_steps: int = 2000

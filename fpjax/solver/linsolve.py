@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import functools
 import math
+import typing
+from typing import Literal
 
 import equinox as eqx
 import jax
@@ -20,12 +22,15 @@ import lineax as lx
 import numpy as np
 from jax import lax
 
-SOLVERS = ("bicgstab", "bicgstab_counted", "gmres")
-PRECONDITIONERS = ("auto", "none", "dst")
+Solver = Literal["bicgstab", "bicgstab_counted", "gmres"]
+SOLVERS = typing.get_args(Solver)
+Preconditioner = Literal["auto", "none", "dst"]
+PRECONDITIONERS = typing.get_args(Preconditioner)
 AUTO_DST_MIN_SIZE_CPU = (
     128  # `fpjax bench solver` / `bench projection`: below this, on a CPU, "none" was as fast or faster
 )
-TRANSFORMS = ("auto", "dense", "fft")
+Transform = Literal["auto", "dense", "fft"]
+TRANSFORMS = typing.get_args(Transform)
 # The one threshold of transform="auto" (the DST preconditioner and the spectral scheme's forward transform):
 # measured on the 2-core CPU, `fpjax bench solver` basis matmuls beat JAX's FFT up to 256 and beyond in the
 # preconditioner; the spectral scheme's one forward transform cost the same both ways only at 1024 (10 ms), so

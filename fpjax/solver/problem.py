@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 import warnings
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import equinox as eqx
 import jax
@@ -22,10 +23,16 @@ import numpy as np
 from fpjax.solver import linsolve, scores, stencil
 from fpjax.solver.status import Status, describe
 
-SCHEMES = ("log_density", "density", "spectral")
-LINEARIZATIONS = ("picard", "newton")
-ADVECTIONS = ("central", "upwind")
-PREDICTORS = ("previous", "extrapolate")
+# Each option's choices are written once, as the Literal type that annotates its field (the command line reads
+# its choices from these annotations); the tuples are the same values for membership checks.
+Scheme = Literal["log_density", "density", "spectral"]
+SCHEMES = typing.get_args(Scheme)
+Linearization = Literal["picard", "newton"]
+LINEARIZATIONS = typing.get_args(Linearization)
+Advection = Literal["central", "upwind"]
+ADVECTIONS = typing.get_args(Advection)
+Predictor = Literal["previous", "extrapolate"]
+PREDICTORS = typing.get_args(Predictor)
 _GAUSS_LEGENDRE_POINTS = 8  # per time interval: exact for g^2 polynomial of degree <= 15 (callable g, "spectral")
 
 
@@ -185,19 +192,19 @@ class FPConfig:
     T: int = 100
     g: float | tuple | Callable = 0.5
     drift: Callable | None = None
-    boundary: str = "zero"
-    linearization: str = "picard"
-    advection: str = "central"
+    boundary: stencil.Boundary = "zero"
+    linearization: Linearization = "picard"
+    advection: Advection = "central"
     outer_tol: float = 1e-5
     max_outer: int = 50
-    solver: str = "bicgstab"
+    solver: linsolve.Solver = "bicgstab"
     tol: float = 1e-6
     maxiter: int | None = None
-    preconditioner: str = "auto"
+    preconditioner: linsolve.Preconditioner = "auto"
     spacing: tuple | None = None
-    transform: str = "auto"
-    predictor: str = "extrapolate"
-    scheme: str = "log_density"
+    transform: linsolve.Transform = "auto"
+    predictor: Predictor = "extrapolate"
+    scheme: Scheme = "log_density"
 
     def __post_init__(self):
         def choice(name, options):
@@ -315,7 +322,6 @@ class FPSolution:
     def pixel_score(self, component: str = "sum"):
         """Scalar pixel score on this solve's boundary: ``(..., H, W) -> (..., H, W)`` (:func:`fpjax.pixel_score`)."""
         return scores.pixel_score(self.m, component, self.boundary)
-
 
 
 class StepCoefficients(NamedTuple):

@@ -15,9 +15,13 @@ Boundaries (the only place that knows them is :func:`shift`):
 
 from __future__ import annotations
 
+import typing
+from typing import Literal
+
 import jax.numpy as jnp
 
-BOUNDARIES = ("zero", "reflect")
+Boundary = Literal["zero", "reflect"]
+BOUNDARIES = typing.get_args(Boundary)
 _AXIS_OF_COMPONENT = (-1, -2)  # component 0 (x) lives on axis -1, component 1 (y) on axis -2
 
 

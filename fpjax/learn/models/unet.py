@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -43,7 +44,7 @@ class UNetConfig:
     attention_resolutions: tuple[int, ...] = (8,)
     num_heads: int = 1
     dropout: float = 0.0
-    time_embedding: str = "sinusoidal"
+    time_embedding: Literal["sinusoidal", "linear"] = "sinusoidal"
     num_images: int = 0
     groups: int = 8
     out_channels: int | None = None
