@@ -18,10 +18,11 @@ import importlib
 
 from fpjax.batch.precompute import PrecomputeResult, precompute
 from fpjax.learn.embedding import embed
-from fpjax.solver.initial import check_image, check_images, initial_log_density, validate_image
+from fpjax.solver.initial import check_image, check_images, initial_log_density
 from fpjax.solver.problem import SCHEMES, ConvergenceError, FPConfig, FPSolution, check_solution, diffusion_schedule
 from fpjax.solver.scores import pixel_score, score
 from fpjax.solver.solve import solve, solve_image, solve_images
+from fpjax.solver.status import Status
 
 __version__ = "0.1.0"
 
@@ -58,6 +59,7 @@ __all__ = [
     "FPSolution",
     "PrecomputeResult",
     "SCHEMES",
+    "Status",
     "check_solution",
     "diffusion_schedule",
     "embed",
@@ -68,7 +70,6 @@ __all__ = [
     "solve",
     "solve_image",
     "solve_images",
-    "validate_image",
     "check_image",
     "check_images",
     *_LAZY,

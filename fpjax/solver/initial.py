@@ -116,12 +116,6 @@ def check_images(images, *, allow_constant: bool = False):
     return images
 
 
-def validate_image(image, *, allow_constant: bool = False) -> None:
-    """Raise ``ValueError`` naming the problem if ``image`` is not a usable ``(H, W, C)`` image
-    (:func:`check_image`, which also returns the image promoted to float32 where it is float16)."""
-    check_image(image, allow_constant=allow_constant)
-
-
 def _weighted_std(positions, weights):
     """Standard deviation with NumPy's ``cov(aweights=...)`` convention (as scipy's gaussian_kde)."""
     w = weights / jnp.sum(weights)
