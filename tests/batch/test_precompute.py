@@ -1,10 +1,10 @@
 import os
 import pathlib
+import select
 import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import jax.numpy as jnp
 import numpy as np
@@ -63,14 +63,31 @@ def test_store_round_trip_and_mismatch(tmp_path):
 
 _WORKER = textwrap.dedent(
     """
-    import sys, numpy as np, fpjax
+    import sys, time, numpy as np, fpjax
     from fpjax.data import sample_images
     from fpjax.batch.precompute import precompute
+
+    def stop_after_the_first_batch(indices, stats, seconds):  # say which images are written, then wait to be killed
+        print("written", *map(int, indices), flush=True)
+        time.sleep(600)
+
     images = np.concatenate([sample_images(32)[:, :16, :16]] * 2)[:24]
-    precompute(images, fpjax.FPConfig(T=40), store=sys.argv[1], batch_size=2,
-               progress=lambda done, total: print(done, flush=True))
+    kill = sys.argv[2] == "kill"
+    result = precompute(images, fpjax.FPConfig(T=40), store=sys.argv[1], batch_size=2,
+                        on_batch=stop_after_the_first_batch if kill else None)
+    print("skipped", result.skipped, flush=True)
     """
 )
+
+
+def _first_line(proc, seconds: float) -> str:
+    """The first line ``proc`` prints, waiting at most ``seconds`` (then it is killed and the test fails)."""
+    ready, _, _ = select.select([proc.stdout], [], [], seconds)
+    if not ready:
+        proc.kill()
+        proc.wait()
+        pytest.fail(f"the worker printed nothing in {seconds} s")
+    return proc.stdout.readline()
 
 
 def test_sigkill_mid_run_then_resume_equals_uninterrupted_run(tmp_path):
@@ -78,21 +95,27 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted_run(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(_WORKER)
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    proc = subprocess.Popen([sys.executable, str(script), str(killed)], stdout=subprocess.PIPE, text=True, env=env)
-    for line in proc.stdout:  # wait until a few batches are written, then kill without warning
-        if int(line) >= 6:
-            break
-    time.sleep(0.05)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(killed), "kill"], stdout=subprocess.PIPE, text=True, env=env
+    )
+    line = _first_line(proc, 300)  # the first batch is written and the worker waits in on_batch: kill it there
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert proc.returncode == -signal.SIGKILL and line.split()[0] == "written", line
+    first = [int(i) for i in line.split()[1:]]
     import zarr
 
-    from fpjax.batch.store import FPStore  # noqa: F401 - the store must still open
-
     done_after_kill = np.asarray(zarr.open_group(str(killed))["done"][:])
-    assert 0 < done_after_kill.sum() < 24
-    subprocess.run([sys.executable, str(script), str(killed)], check=True, env=env, capture_output=True)
-    subprocess.run([sys.executable, str(script), str(clean)], check=True, env=env, capture_output=True)
+    np.testing.assert_array_equal(np.flatnonzero(done_after_kill), sorted(first))  # that batch, nothing else
+    assert 0 < len(first) < 24
+    resumed = subprocess.run(
+        [sys.executable, str(script), str(killed), "run"], check=True, env=env, capture_output=True
+    )
+    uninterrupted = subprocess.run(
+        [sys.executable, str(script), str(clean), "run"], check=True, env=env, capture_output=True
+    )
+    assert resumed.stdout.split()[-2:] == [b"skipped", str(len(first)).encode()]  # the resume kept the written batch
+    assert uninterrupted.stdout.split()[-2:] == [b"skipped", b"0"]
     a, b = zarr.open_group(str(killed)), zarr.open_group(str(clean))
     assert np.asarray(a["done"][:]).all()
     for name in ("m", "outer_iterations", "linear_iterations", "residual", "converged"):
