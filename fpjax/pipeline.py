@@ -73,11 +73,6 @@ def main_job_train_config() -> training.TrainConfig:
     return training.TrainConfig(**{name: value for name, (value, _) in TRAIN_OVERRIDES.items()})
 
 
-# Kept for fpjax.experiments (papers, ablation, fpe) until they import fpjax.provenance themselves.
-_jsonable = provenance.jsonable
-_machine = provenance.machine
-
-
 def run(
     images,
     out,
@@ -207,7 +202,7 @@ def _generate_stage(result: training.TrainResult, shape, count: int, key):
     labels = jnp.arange(count) % shape[0] if result.uses_labels else None
     score = result.score(labels)
     sample = jax.jit(
-        lambda k: sampling.generate(score, k, (count,) + tuple(shape[1:]), result.sde, result.config.sampler)
+        lambda k: sampling.generate(score, (count,) + tuple(shape[1:]), k, result.sde, result.config.sampler)
     )
     return sample(key)
 

@@ -63,7 +63,7 @@ cells = [
         "noisy = sampling.noisy_copy(jax.random.key(1), clean, 0.5)\n"
         "sde = run.sde  # ConstantVE(g_value=0.5): the FP config's dx = g dW\n"
         "denoised = sampling.denoise(run.score(labels), noisy, jax.random.key(2), sde, train_config.sampler)\n"
-        "generated = sampling.generate(run.score(labels), jax.random.key(3), clean.shape, sde, train_config.sampler)\n"
+        "generated = sampling.generate(run.score(labels), clean.shape, jax.random.key(3), sde, train_config.sampler)\n"
         "print('denoised SSIM', np.round(metrics.ssim(denoised, clean), 3), ' noisy SSIM', np.round(metrics.ssim(jnp.clip(noisy, 0, 1), clean), 3))\n"
         "print('generated: SSIM to nearest training image', np.round(metrics.nearest_ssim(generated, clean)[0], 3))\n"
         "plot_denoising(noisy, denoised, clean, generated, scores=metrics.ssim(denoised, clean)); plt.show()"

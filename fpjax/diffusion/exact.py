@@ -178,7 +178,7 @@ def _reverse_moments(model, sde, config: sampling.SamplerConfig, start, q, steps
     """:func:`fpjax.diffusion.sampling.reverse_sample` (Euler-Maruyama / Euler ODE, fpjax's Langevin corrector)."""
     dtype = model.spectrum.dtype
     weight = 1.0 if config.method == "sde" else 0.5
-    w = q if config.pds_form == "paper" else 0.5 * (1.0 + q)
+    w = q if config.effective_pds_form == "paper" else 0.5 * (1.0 + q)
     size = model.spectrum.size
 
     def step(k, state):

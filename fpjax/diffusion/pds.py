@@ -17,9 +17,9 @@ theorem 2), which is what the tests check. The preconditioned *reverse SDE*
 the paper builds from them (its eq. 27, theorem 3: ``M M^T`` on the score,
 ``M z`` on the noise) does not keep the marginals: it reverses ``dx = g M dW``,
 not the forward SDE whose score it uses; ``SamplerConfig.pds_form`` in
-:mod:`fpjax.diffusion.sampling` has it and the marginal-preserving form
-(``(I + M M^T)/2`` on the score), and :mod:`fpjax.diffusion.exact` its bias in
-closed form.
+:mod:`fpjax.diffusion.sampling` has it (``"paper"``, by name) and the
+marginal-preserving form (``(I + M M^T)/2`` on the score; the default), and
+:mod:`fpjax.diffusion.exact` its bias in closed form.
 
 Two normalisations of a mask ``R``: the paper's text divides by its maximum
 (:func:`normalise`, values in ``(0, 1]``, so ``M`` only enlarges modes); the

@@ -24,6 +24,22 @@ deterministic anchors a user would pick instead: the probability-flow ODE by
 Heun's method on EDM's sigma schedule (:func:`heun_sample`) and DDIM
 (:func:`ddim_sample`). :mod:`fpjax.diffusion.exact` gives each one's exact
 output law on a Gaussian.
+
+Calling convention, shared with :mod:`fpjax.learn.ddpm`'s samplers: the model first (the score ``s(x, t)``),
+then the data (the states ``x`` / ``noisy`` images, or the ``shape`` to generate), then the PRNG ``key``, then
+the process and its settings (the forward ``sde`` and the sampler's config); every extra (``drift``,
+``preconditioner``, ``mean``) is keyword-only::
+
+    denoise(score, noisy, key, sde, config, *, drift=None, preconditioner=None)
+    generate(score, shape, key, sde, config, *, mean=0.5, drift=None, preconditioner=None)
+    ddim_sample(score, x, key, sde, config)
+
+The deterministic samplers (:func:`heun_sample`, :func:`ddim_sample`) take the ``key`` in the same place and
+ignore it (``None`` is fine), so every sampler is called the same way.
+
+Preconditioned (PDS) sampling: ``SamplerConfig.pds_form`` defaults to the unbiased marginal-preserving form
+for the reverse SDE (``"paper"``, the PDS paper's biased form, must be asked for by name; the probability-flow
+ODE has only that one), and ``ReverseDiffusionConfig.pds_form`` to ``"marginal"``.
 """
 
 from __future__ import annotations
@@ -52,9 +68,11 @@ class SamplerConfig:
     clip: clip the result to ``[0, 1]``.
     corrector_steps: Langevin corrector steps before each predictor step (predictor-corrector; 0: none).
     snr: the corrector's signal-to-noise ratio (Song et al.'s step rule).
-    pds_form: how a preconditioner ``M`` enters the reverse SDE (``method="sde"``; no effect without one):
-      ``"paper"``: ``g^2 M M^T s dt + g sqrt(dt) M z`` (the PDS paper's eq. 27, its released code); **biased**:
-      it is the reversal of the forward process ``dx = g M dW``, not of ``dx = g dW``, so it does not keep the
+    pds_form: how a preconditioner ``M`` enters the reverse SDE (no effect without one); ``None`` (the default):
+      ``"marginal"`` for ``method="sde"``, ``"paper"`` for ``"ode"`` (:attr:`effective_pds_form`; ``"marginal"`` is
+      only defined for the SDE). A reproduction of the PDS paper passes ``"paper"`` by name.
+      ``"paper"``: ``g^2 M M^T s dt + g sqrt(dt) M z`` (the PDS paper's eq. 27, its released code); **biased**: it
+      is the reversal of the forward process ``dx = g M dW``, not of ``dx = g dW``, so it does not keep the
       marginals ``p_t`` whose score it uses. For a Gaussian with per-mode variance ``S`` and a frequency
       preconditioner multiplying mode ``k`` by ``m = 1/R_k`` (``m^2 > 1/2``), the output variance of that mode
       tends to ``S m^2 / (2 m^2 - 1)`` as the steps grow (in ``[S/2, S)`` for ``m^2 > 1``), whatever the number of
@@ -76,19 +94,26 @@ class SamplerConfig:
     clip: bool = True
     corrector_steps: int = 0
     snr: float = 0.16
-    pds_form: Literal["paper", "marginal"] = "paper"
+    pds_form: Literal["paper", "marginal"] | None = None
 
     def __post_init__(self):
         if self.method not in ("sde", "ode"):
             raise ValueError(f"method must be 'sde' or 'ode', got {self.method!r}")
-        if self.pds_form not in ("paper", "marginal") or (self.pds_form == "marginal" and self.method != "sde"):
-            raise ValueError(f"pds_form must be 'paper', or 'marginal' with method 'sde'; got {self.pds_form!r}")
+        if self.pds_form not in (None, "paper", "marginal") or (self.pds_form == "marginal" and self.method != "sde"):
+            raise ValueError(f"pds_form must be None, 'paper', or 'marginal' with method 'sde'; got {self.pds_form!r}")
         if self.schedule not in ("uniform", "quadratic"):
             raise ValueError(f"schedule must be 'uniform' or 'quadratic', got {self.schedule!r}")
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if not 0.0 <= self.t_end < self.t_start <= 1.0:
             raise ValueError(f"need 0 <= t_end < t_start <= 1, got t_start={self.t_start}, t_end={self.t_end}")
+
+    @property
+    def effective_pds_form(self) -> str:
+        """The form the sampler uses: ``pds_form``, or for ``None`` ``"marginal"`` (SDE) / ``"paper"`` (ODE)."""
+        if self.pds_form is not None:
+            return self.pds_form
+        return "marginal" if self.method == "sde" else "paper"
 
     def times(self, dtype=jnp.float32):
         """``(steps + 1,)`` descending times ``tau_0 = t_start .. tau_K = t_end``."""
@@ -109,15 +134,6 @@ def schedule_time(schedule: str, t_start: float, t_end: float, u):
     return t_end + (t_start - t_end) * (1.0 - u)
 
 
-def g_function(fp_config) -> Callable:
-    """``g(t)`` of an :class:`fpjax.FPConfig` for any ``t`` in ``[0, 1]`` (piecewise linear between the ``t_n``).
-
-    A thin wrapper kept for older callers: pass the SDE itself (:func:`fpjax.diffusion.sde.from_fp_config`) to
-    the samplers instead, which gives them the exact prior variance too. Like the old function it ignores a drift.
-    """
-    return sde_lib.from_g(fp_config.g, fp_config.T).g
-
-
 def _drift_function(sde: sde_lib.SDE, drift: Callable | None) -> Callable | None:
     """``f(x, tb)`` for ``(B, ...)`` states and ``(B,)`` times: ``drift`` if given, else the SDE's own (or ``None``)."""
     if drift is not None or sde.drift is None:
@@ -125,14 +141,16 @@ def _drift_function(sde: sde_lib.SDE, drift: Callable | None) -> Callable | None
     return lambda x, tb: sde.drift(x, tb.reshape((-1,) + (1,) * (x.ndim - 1)))
 
 
-def reverse_sample(score: Callable, x, key, sde, config: SamplerConfig, drift: Callable | None = None,
+def reverse_sample(score: Callable, x, key, sde, config: SamplerConfig, *, drift: Callable | None = None,
                    preconditioner=None):  # fmt: skip
     """Integrate the reverse SDE / probability-flow ODE from ``x`` at ``t_start`` down to ``t_end``.
 
     With a ``preconditioner`` ``M`` (:class:`~fpjax.diffusion.pds.Preconditioner`: ``apply`` = ``M``,
     ``gram`` = ``M M^T``)
-    the score term becomes ``M M^T s`` and the noise ``M z`` (PDS); the Langevin corrector
-    (``config.corrector_steps``) likewise, with step ``eps = 2 (snr |z| / |M^T s|)^2`` per sample.
+    the score term becomes ``M M^T s`` (``pds_form="paper"``) or ``(I + M M^T)/2 s`` (``"marginal"``, the
+    default for the SDE: :attr:`SamplerConfig.effective_pds_form`) and the noise ``M z`` (PDS); the Langevin
+    corrector (``config.corrector_steps``) takes ``M M^T s`` and ``M z`` in either form, with step
+    ``eps = 2 (snr |z| / |M^T s|)^2`` per sample.
 
     Args:
       score: ``s(x, t)`` for ``(B, ...)`` states and ``(B,)`` times.
@@ -152,6 +170,7 @@ def reverse_sample(score: Callable, x, key, sde, config: SamplerConfig, drift: C
     times = config.times(x.dtype)
     batch = x.shape[0]
     weight = 1.0 if config.method == "sde" else 0.5
+    form = config.effective_pds_form
     last = config.steps - 1
 
     def step(x, inputs):
@@ -163,7 +182,7 @@ def reverse_sample(score: Callable, x, key, sde, config: SamplerConfig, drift: C
             x = corrector_step(score(x, tb), x, jax.random.fold_in(corrector_key, c), config.snr, m)
         g_t = sde.g(t)
         s = score(x, tb)
-        update = weight * g_t**2 * (m.gram(s) if config.pds_form == "paper" else 0.5 * (s + m.gram(s)))
+        update = weight * g_t**2 * (m.gram(s) if form == "paper" else 0.5 * (s + m.gram(s)))
         if drift is not None:
             update = update - drift(x, tb)
         x = x + update * dt
@@ -192,10 +211,11 @@ def corrector_step(s, x, key, snr: float, preconditioner=None):
     return x + eps * m.gram(s) + jnp.sqrt(2.0 * eps) * m.apply(z)
 
 
-def denoise(score: Callable, noisy, key, sde, config: SamplerConfig, drift: Callable | None = None,
+def denoise(score: Callable, noisy, key, sde, config: SamplerConfig, *, drift: Callable | None = None,
             preconditioner=None):  # fmt: skip
-    """Denoise ``(B, H, W, C)`` noisy images: the reverse process of ``sde`` started from them at ``t_start``."""
-    return reverse_sample(score, noisy, key, sde, config, drift, preconditioner)
+    """Denoise ``(B, H, W, C)`` noisy images: the reverse process of ``sde`` started from them at ``t_start``
+    (:func:`reverse_sample`)."""
+    return reverse_sample(score, noisy, key, sde, config, drift=drift, preconditioner=preconditioner)
 
 
 def prior_sample(key, shape, sde, t_start: float = 1.0, mean: float = 0.5, dtype=jnp.float32, preconditioner=None):
@@ -209,12 +229,12 @@ def prior_sample(key, shape, sde, t_start: float = 1.0, mean: float = 0.5, dtype
     return centre + pds.as_preconditioner(preconditioner).apply(sde.prior_sampling(key, shape, dtype, t_start))
 
 
-def generate(score: Callable, key, shape, sde, config: SamplerConfig, mean: float = 0.5, drift=None,
-             preconditioner=None):  # fmt: skip
-    """Generate ``shape = (B, H, W, C)`` images from the prior of ``sde`` (:func:`prior_sample`)."""
+def generate(score: Callable, shape, key, sde, config: SamplerConfig, *, mean: float = 0.5,
+             drift: Callable | None = None, preconditioner=None):  # fmt: skip
+    """Generate ``shape = (B, H, W, C)`` images from the prior of ``sde`` (:func:`prior_sample`, about ``mean``)."""
     prior_key, sample_key = jax.random.split(key)
     x = prior_sample(prior_key, shape, sde, config.t_start, mean, preconditioner=preconditioner)
-    return reverse_sample(score, x, sample_key, sde, config, drift, preconditioner)
+    return reverse_sample(score, x, sample_key, sde, config, drift=drift, preconditioner=preconditioner)
 
 
 def noisy_copy(key, images, noise_level: float):
@@ -237,8 +257,9 @@ class ReverseDiffusionConfig:
       snr: the corrector's signal-to-noise ratio (score_sde's CIFAR-10 VE setting: 0.16).
       schedule, t_start, t_end: the time grid, as in :class:`SamplerConfig`.
       denoise: return the last predictor step's mean (score_sde's ``noise_removal``).
-      pds_form: ``"paper"`` (the released code: ``M M^T`` on the whole reverse drift, ``M z`` noise; biased like
-        :class:`SamplerConfig`'s ``"paper"``) or ``"marginal"`` (``(I + M M^T)/2`` on the score term, ``M z``).
+      pds_form: ``"marginal"`` (the default: ``(I + M M^T)/2`` on the score term, ``M z``, unbiased) or ``"paper"``
+        (the released code: ``M M^T`` on the whole reverse drift, ``M z`` noise; biased like
+        :class:`SamplerConfig`'s ``"paper"``; pass it to reproduce the released code with a preconditioner).
     """
 
     steps: int = 100
@@ -248,7 +269,7 @@ class ReverseDiffusionConfig:
     t_start: float = 1.0
     t_end: float = 0.0
     denoise: bool = True
-    pds_form: str = "paper"
+    pds_form: str = "marginal"
 
     def __post_init__(self):
         if self.steps < 1 or self.corrector_steps < 0:
@@ -282,7 +303,7 @@ def released_corrector_step(s, x, key, snr: float, alpha=1.0, preconditioner=Non
     return x + eps * grad + jnp.sqrt(2.0 * eps) * noise
 
 
-def reverse_diffusion_sample(score: Callable, x, key, sde, config: ReverseDiffusionConfig, preconditioner=None):
+def reverse_diffusion_sample(score: Callable, x, key, sde, config: ReverseDiffusionConfig, *, preconditioner=None):
     """The released PDS code's sampler from ``(B, ...)`` states ``x`` at ``t_start`` down to ``t_end``: one
     ``lax.scan`` over the grid ``tau_0 > ... > tau_K``; at each ``tau_k`` the corrector
     (:func:`released_corrector_step`, ``alpha = rho^2``) and then the reverse-diffusion predictor
@@ -365,11 +386,13 @@ def time_of_noise_level(sde: sde_lib.SDE, sigma, t_max: float = 1.0, iterations:
     return 0.5 * (lo + hi)
 
 
-def heun_sample(score: Callable, x, sde, config: HeunConfig):
-    """EDM's deterministic Heun sampler (:class:`HeunConfig`) from ``(B, ...)`` states at ``t_start`` to ``t = 0``.
+def heun_sample(score: Callable, x, key, sde, config: HeunConfig):
+    """EDM's deterministic Heun sampler (:class:`HeunConfig`) from ``(B, ...)`` states at ``t_start`` to ``t = 0``
+    (``key`` unused, ``None`` is fine: the module's calling convention).
 
     On the scaled state ``y = x / a(t)``: ``dy / dsigma = -sigma s_y(y, sigma)`` with ``s_y = a s(a y, t)``; each
     step an Euler step and, unless ``sigma_(i+1) = 0``, its trapezoidal correction. One ``lax.scan``."""
+    del key
     sde = sde_lib.as_sde(sde)
     batch = x.shape[0]
     t_start = jnp.asarray(config.t_start, x.dtype)
@@ -408,10 +431,12 @@ class DDIMConfig:
         return schedule_time(self.schedule, self.t_start, self.t_end, u)
 
 
-def ddim_sample(score: Callable, x, sde, config: DDIMConfig):
+def ddim_sample(score: Callable, x, key, sde, config: DDIMConfig):
     """DDIM from ``(B, ...)`` states at ``t_start``: per step from ``t`` to ``t'``, with ``x0 = (x + v s) / a``
     (Tweedie) and ``eps = -sqrt(v) s``, ``x <- a' x0 + sqrt(v') eps`` (``a, v`` of ``sde`` at ``t``; primed at
-    ``t'``). For VE that is ``x0 + (sigma'/sigma)(x - x0)``. One ``lax.scan``."""
+    ``t'``). For VE that is ``x0 + (sigma'/sigma)(x - x0)``. One ``lax.scan``. Deterministic: ``key`` is unused
+    (``None`` is fine; it keeps the module's calling convention, that of :func:`fpjax.learn.ddpm.ddim_sample`)."""
+    del key
     sde = sde_lib.as_sde(sde)
     batch = x.shape[0]
     times = config.time_at(jnp.linspace(0.0, 1.0, config.steps + 1, dtype=x.dtype))

@@ -225,16 +225,15 @@ def exp3(out: pathlib.Path, settings: Settings, progress=True) -> dict:
     ours = training.train(images, trajectories, fp_config, unet_config=unet, config=ours_config, key=key,
                           precompute_seconds=pre, progress=progress)  # fmt: skip
     labels = jnp.arange(settings.generate) % len(images)
-    generated_ours = sampling.generate(ours.score(labels), jax.random.fold_in(key, 1),
-                                       (settings.generate,) + images.shape[1:], ours.sde,
-                                       ours_config.sampler)  # fmt: skip
+    generated_ours = sampling.generate(ours.score(labels), (settings.generate,) + images.shape[1:],
+                                       jax.random.fold_in(key, 1), ours.sde, ours_config.sampler)  # fmt: skip
     # DDPM: mixed training on all images for the same budget.
     ddpm_config = train_config(settings, dd.DDPM(), target_ssim=2.0, max_steps=10**9, max_seconds=settings.budget)
     ddpm_unet = UNetConfig(channels=settings.channels)
     base = training.train(images, jnp.asarray(images)[:, None], None, unet_config=ddpm_unet,
                           config=ddpm_config, key=key, mode="mixed", progress=progress)  # fmt: skip
-    generated_ddpm = dd.generate(ddpm_config.objective, dd.eps_function(base), jax.random.fold_in(key, 2),
-                                 (settings.generate,) + images.shape[1:])  # fmt: skip
+    generated_ddpm = dd.generate(dd.eps_function(base), (settings.generate,) + images.shape[1:],
+                                 jax.random.fold_in(key, 2), ddpm_config.objective)  # fmt: skip
     for name, run, generated in (("fpjax", ours, generated_ours), ("DDPM", base, generated_ddpm)):
         best, index = metrics.nearest_ssim(generated, jnp.asarray(images))
         result[name] = dict(

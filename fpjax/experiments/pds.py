@@ -74,8 +74,8 @@ def exp_pds(out: pathlib.Path, settings: Settings, progress=True, step_counts=(5
                     generate_nearest_ssim=float(jnp.mean(metrics.nearest_ssim(generated, clean)[0])),
                 ))  # fmt: skip
     # Overhead per sampling step: the fpjax SDE sampler, 50 steps, batch `generate`, with and without PDS.
-    cfg = sampling.SamplerConfig(steps=50, method="sde")
-    fn = jax.jit(lambda k, m: sampling.generate(ours.score(gen_labels), k, shape, ours.sde, cfg, preconditioner=m))
+    cfg = sampling.SamplerConfig(steps=50, method="sde", pds_form="paper")
+    fn = jax.jit(lambda k, m: sampling.generate(ours.score(gen_labels), shape, k, ours.sde, cfg, preconditioner=m))
     timing = {name: median_seconds(lambda m_=m_: fn(key, m_)) / cfg.steps
               for name, m_ in (("plain", None), ("pds", preconditioners[alphas[0]]))}  # fmt: skip
     result = dict(experiment="pds", source=source, size=size, alphas=list(alphas), machine=machine(),
@@ -101,15 +101,16 @@ def pds_summaries(rows) -> dict:
 def _pds_samplers(ours, labels, gen_labels, eps, ddpm, g, shape, steps):
     """Jitted ``(denoise(noisy, key, M), generate(key, M))`` per method at ``steps`` sampling steps.
 
-    The preconditioner ``M`` is a traced argument: one compilation per step count serves every alpha.
+    The preconditioner ``M`` is a traced argument: one compilation per step count serves every alpha. PDS in the
+    paper's form (``pds_form="paper"``: the experiment reproduces the paper).
     """
-    cfg = sampling.SamplerConfig(steps=steps, method="sde")
+    cfg = sampling.SamplerConfig(steps=steps, method="sde", pds_form="paper")
     ddpm = dataclasses.replace(ddpm, sampler="ddim", sampler_steps=steps)
     return {
-        "fpjax": (jax.jit(lambda n, k, m: sampling.denoise(ours.score(labels), n, k, g, cfg, None, m)),
-                  jax.jit(lambda k, m: sampling.generate(ours.score(gen_labels), k, shape, g, cfg, preconditioner=m))),
-        "DDPM": (jax.jit(lambda n, k, m: dd.denoise(ddpm, eps, n, 0.5, k, m)),
-                 jax.jit(lambda k, m: dd.generate(ddpm, eps, k, shape, preconditioner=m))),
+        "fpjax": (jax.jit(lambda n, k, m: sampling.denoise(ours.score(labels), n, k, g, cfg, preconditioner=m)),
+                  jax.jit(lambda k, m: sampling.generate(ours.score(gen_labels), shape, k, g, cfg, preconditioner=m))),
+        "DDPM": (jax.jit(lambda n, k, m: dd.denoise(eps, n, k, ddpm, noise_std=0.5, preconditioner=m)),
+                 jax.jit(lambda k, m: dd.generate(eps, shape, k, ddpm, preconditioner=m))),
     }  # fmt: skip
 
 

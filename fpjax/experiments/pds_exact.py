@@ -64,14 +64,18 @@ PLAIN = "plain"
 
 
 def samplers(settings: ExactSettings) -> dict:
-    """``{name: (config factory of the padded length, takes a preconditioner)}``: every sampler of the tables."""
+    """``{name: (config factory of the padded length, takes a preconditioner)}``: every sampler of the tables.
+
+    PDS in the paper's form (``pds_form="paper"``, named: the library's default is the marginal-preserving form)
+    except in the row that says otherwise."""
     return {
-        "reverse SDE (Euler-Maruyama)": (lambda k: sampling.SamplerConfig(steps=k, clip=False), True),
+        "reverse SDE (Euler-Maruyama)": (lambda k: sampling.SamplerConfig(steps=k, clip=False, pds_form="paper"), True),
         "reverse SDE, marginal-preserving PDS": (
             lambda k: sampling.SamplerConfig(steps=k, clip=False, pds_form="marginal"), True),
         "predictor-corrector (fpjax)": (
-            lambda k: sampling.SamplerConfig(steps=k, clip=False, corrector_steps=1), True),
-        "released PDS sampler (RD + Langevin)": (lambda k: sampling.ReverseDiffusionConfig(steps=k), True),
+            lambda k: sampling.SamplerConfig(steps=k, clip=False, corrector_steps=1, pds_form="paper"), True),
+        "released PDS sampler (RD + Langevin)": (
+            lambda k: sampling.ReverseDiffusionConfig(steps=k, pds_form="paper"), True),
         "PF-ODE Heun (EDM, rho=7)": (lambda k: sampling.HeunConfig(steps=k, sigma_min=settings.heun_sigma_min), False),
         "DDIM": (lambda k: sampling.DDIMConfig(steps=k), False),
         "PF-ODE Euler": (lambda k: sampling.SamplerConfig(steps=k, clip=False, method="ode"), False),
@@ -190,14 +194,14 @@ def _mixture_sampler(name, steps, shape, score, sde):
     """A jitted ``(key, M) -> samples`` for the mixture: fpjax's reverse SDE or the released sampler, from
     :func:`fpjax.diffusion.sampling.prior_sample`."""
     if name == "reverse SDE (Euler-Maruyama)":
-        config = sampling.SamplerConfig(steps=steps, clip=False)
-        return jax.jit(lambda k, m: sampling.generate(score, k, shape, sde, config, preconditioner=m))
-    config = sampling.ReverseDiffusionConfig(steps=steps)
+        config = sampling.SamplerConfig(steps=steps, clip=False, pds_form="paper")
+        return jax.jit(lambda k, m: sampling.generate(score, shape, k, sde, config, preconditioner=m))
+    config = sampling.ReverseDiffusionConfig(steps=steps, pds_form="paper")
 
     def run(key, m):
         prior_key, key = jax.random.split(key)
         x = sampling.prior_sample(prior_key, shape, sde, 1.0, 0.5, preconditioner=m)
-        return sampling.reverse_diffusion_sample(score, x, key, sde, config, m)
+        return sampling.reverse_diffusion_sample(score, x, key, sde, config, preconditioner=m)
 
     return jax.jit(run)
 

@@ -17,6 +17,18 @@ matches ``2 s`` and at ``x_(i*) = sqrt(alpha_bar[i*]) (2 y - 1)``.
 :class:`DDPM` is an objective (:mod:`fpjax.learn.objectives`) for :func:`fpjax.learn.trainer.train`, so
 both methods share the optimizer, the evaluation and the loop: a fair comparison. Its forward SDE is its own
 VP SDE (:attr:`DDPM.sde`), whatever the FP configuration of the trajectories.
+
+Calling convention, that of :mod:`fpjax.diffusion.sampling`: the model first (the noise predictor
+``eps_fn(x, level)``), then the data (the states ``x`` / ``noisy`` images, or the ``shape`` to generate), then
+the PRNG ``key``, then the process and its settings (the :class:`DDPM`, which holds both); every extra is
+keyword-only::
+
+    denoise(eps_fn, noisy, key, ddpm, *, noise_std, preconditioner=None)
+    generate(eps_fn, shape, key, ddpm, *, dtype=jnp.float32, preconditioner=None)
+    ddim_sample(eps_fn, x, key, ddpm, *, start=None, count=None, preconditioner=None)
+
+(likewise :func:`ancestral_sample` and :func:`reverse`). A PDS ``preconditioner`` enters DDPM's samplers in the
+paper's form (``M M^T`` on ``eps``, ``M z`` on the noise).
 """
 
 from __future__ import annotations
@@ -130,7 +142,8 @@ class DDPM:
         return x, t, labels
 
     def denoise(self, net, noisy, labels, key, config: training.TrainConfig):
-        return denoise(self, lambda x, level: net(x, level / self.steps, labels), noisy, config.noise_level, key)
+        eps_fn = lambda x, level: net(x, level / self.steps, labels)
+        return denoise(eps_fn, noisy, key, self, noise_std=config.noise_level)
 
 
 def q_sample(ddpm: DDPM, x0, level, eps):
@@ -139,7 +152,7 @@ def q_sample(ddpm: DDPM, x0, level, eps):
     return jnp.sqrt(ab) * x0 + jnp.sqrt(1.0 - ab) * eps
 
 
-def ancestral_sample(ddpm: DDPM, eps_fn: Callable, x, key, start: int | None = None, preconditioner=None):
+def ancestral_sample(eps_fn: Callable, x, key, ddpm: DDPM, *, start: int | None = None, preconditioner=None):
     """Ho et al.'s reverse chain from level ``start`` (default the last) down to ``x_0``.
 
     ``eps_fn(x, level)`` takes ``(B, ...)`` states and ``(B,)`` float levels. A PDS ``preconditioner``
@@ -170,7 +183,7 @@ def ddim_levels(ddpm: DDPM, start: int, count: int) -> np.ndarray:
 
 
 def ddim_sample(
-    ddpm: DDPM, eps_fn: Callable, x, key, start: int | None = None, count: int | None = None, preconditioner=None
+    eps_fn: Callable, x, key, ddpm: DDPM, *, start: int | None = None, count: int | None = None, preconditioner=None
 ):
     """DDIM (``eta = ddpm.eta``) from level ``start`` to ``x_0`` over the levels of :func:`ddim_levels`.
 
@@ -198,13 +211,14 @@ def ddim_sample(
     return x
 
 
-def reverse(ddpm: DDPM, eps_fn, x, key, start=None, preconditioner=None):
+def reverse(eps_fn: Callable, x, key, ddpm: DDPM, *, start: int | None = None, preconditioner=None):
+    """``ddpm.sampler``'s chain (:func:`ddim_sample` or :func:`ancestral_sample`) from level ``start``."""
     if ddpm.sampler == "ddim":
-        return ddim_sample(ddpm, eps_fn, x, key, start, preconditioner=preconditioner)
-    return ancestral_sample(ddpm, eps_fn, x, key, start, preconditioner)
+        return ddim_sample(eps_fn, x, key, ddpm, start=start, preconditioner=preconditioner)
+    return ancestral_sample(eps_fn, x, key, ddpm, start=start, preconditioner=preconditioner)
 
 
-def denoise(ddpm: DDPM, eps_fn: Callable, noisy, noise_std: float, key, preconditioner=None):
+def denoise(eps_fn: Callable, noisy, key, ddpm: DDPM, *, noise_std: float, preconditioner=None):
     """Denoise ``(B, H, W, C)`` images in ``[0, 1]`` carrying Gaussian noise of std ``noise_std``."""
     start = ddpm.level_for_noise(2.0 * noise_std)
     ab = float(ddpm.alphas_bar()[start])
@@ -212,14 +226,15 @@ def denoise(ddpm: DDPM, eps_fn: Callable, noisy, noise_std: float, key, precondi
     if ddpm.fixed_noise is not None:  # one step: the x_0 prediction at the only trained level
         eps = eps_fn(x, jnp.full((x.shape[0],), start, x.dtype))
         return jnp.clip(((x - np.sqrt(1.0 - ab) * eps) / np.sqrt(ab) + 1.0) / 2.0, 0.0, 1.0)
-    return jnp.clip((reverse(ddpm, eps_fn, x, key, start, preconditioner) + 1.0) / 2.0, 0.0, 1.0)
+    out = reverse(eps_fn, x, key, ddpm, start=start, preconditioner=preconditioner)
+    return jnp.clip((out + 1.0) / 2.0, 0.0, 1.0)
 
 
-def generate(ddpm: DDPM, eps_fn: Callable, key, shape, dtype=jnp.float32, preconditioner=None):
+def generate(eps_fn: Callable, shape, key, ddpm: DDPM, *, dtype=jnp.float32, preconditioner=None):
     """``shape = (B, H, W, C)`` images in ``[0, 1]`` from ``N(0, I)`` (``N(0, M M^T)`` with PDS) at the last level."""
     prior_key, key = jax.random.split(key)
     x = pds.as_preconditioner(preconditioner).apply(jax.random.normal(prior_key, shape, dtype))
-    return jnp.clip((reverse(ddpm, eps_fn, x, key, None, preconditioner) + 1.0) / 2.0, 0.0, 1.0)
+    return jnp.clip((reverse(eps_fn, x, key, ddpm, preconditioner=preconditioner) + 1.0) / 2.0, 0.0, 1.0)
 
 
 def eps_function(result: training.TrainResult, labels=None, ema: bool = True) -> Callable:

@@ -74,27 +74,28 @@ def _assert_monte_carlo(mc, closed, n, var_slack=0.0):
 def _run(config, sde, x, key, m):
     score = MODEL.score(sde)
     if isinstance(config, sampling.SamplerConfig):
-        return sampling.reverse_sample(score, x, key, sde, config, None, m)
+        return sampling.reverse_sample(score, x, key, sde, config, preconditioner=m)
     if isinstance(config, sampling.ReverseDiffusionConfig):
-        return sampling.reverse_diffusion_sample(score, x, key, sde, config, m)
+        return sampling.reverse_diffusion_sample(score, x, key, sde, config, preconditioner=m)
     if isinstance(config, sampling.HeunConfig):
-        return sampling.heun_sample(score, x, sde, config)
-    return sampling.ddim_sample(score, x, sde, config)
+        return sampling.heun_sample(score, x, key, sde, config)
+    return sampling.ddim_sample(score, x, key, sde, config)
 
 
 PRE = pds.from_data(_images(), 3.0, pixel=False)
 CASES = [
     ("em", VE, sampling.SamplerConfig(steps=25, clip=False), None, 0.0),
-    ("em paper pds", VE, sampling.SamplerConfig(steps=25, clip=False), PRE, 0.0),
+    ("em paper pds", VE, sampling.SamplerConfig(steps=25, clip=False, pds_form="paper"), PRE, 0.0),
+    ("em default pds", VE, sampling.SamplerConfig(steps=25, clip=False), PRE, 0.0),
     ("em marginal pds", VE, sampling.SamplerConfig(steps=25, clip=False, pds_form="marginal"), PRE, 0.0),
     ("em vp", VPSDE(), sampling.SamplerConfig(steps=25, clip=False, tweedie=1e-3), None, 0.0),
-    ("released pds", VE, sampling.ReverseDiffusionConfig(steps=20), PRE, 0.0),
+    ("released pds", VE, sampling.ReverseDiffusionConfig(steps=20, pds_form="paper"), PRE, 0.0),
     ("released vp marginal", VPSDE(), sampling.ReverseDiffusionConfig(steps=20, pds_form="marginal"), PRE, 0.0),
     ("heun vp", VPSDE(), sampling.HeunConfig(steps=8), None, 0.0),
     ("ddim", VE, sampling.DDIMConfig(steps=15), None, 0.0),
     # fpjax's corrector takes a step per sample from |z| and |M^T s| of that sample; the closed form uses their
     # large-dimension limit, off by O(1/sqrt(64)) here: variances allowed 8% beyond the sampling error.
-    ("pc pds", VE, sampling.SamplerConfig(steps=20, clip=False, corrector_steps=1), PRE, 0.08),
+    ("pc pds", VE, sampling.SamplerConfig(steps=20, clip=False, corrector_steps=1, pds_form="paper"), PRE, 0.08),
 ]
 
 

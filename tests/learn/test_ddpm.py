@@ -64,7 +64,7 @@ def test_samplers_recover_a_gaussian_from_its_exact_noise(sampler):
     # DDIM's error is first order in its step: 100 steps give variance 0.084, 1000 steps 0.090.
     model = dd.DDPM(sampler=sampler, sampler_steps=1000)
     x = jax.random.normal(jax.random.key(0), (20000, 1))
-    out = jax.jit(lambda x: dd.reverse(model, _gaussian_eps(model), x, jax.random.key(1)))(x)
+    out = jax.jit(lambda x: dd.reverse(_gaussian_eps(model), x, jax.random.key(1), model))(x)
     np.testing.assert_allclose(float(jnp.mean(out)), MU, atol=0.01)
     np.testing.assert_allclose(float(jnp.var(out)), V0, rtol=0.04)
 
@@ -86,7 +86,7 @@ def test_training_a_tiny_ddpm_runs_through_the_shared_loop():
     unet = UNetConfig(channels=8, channel_mult=(1, 2), attention_resolutions=(), groups=4)
     result = training.train(images, images[:, None], None, unet_config=unet, config=config, progress=False)
     assert [r["step"] for r in result.log] == [5, 10]
-    out = dd.generate(config.objective, dd.eps_function(result), jax.random.key(1), (2, 16, 16, 3))
+    out = dd.generate(dd.eps_function(result), (2, 16, 16, 3), jax.random.key(1), config.objective)
     assert out.shape == (2, 16, 16, 3) and bool(jnp.all((out >= 0) & (out <= 1)))
 
 
@@ -101,9 +101,9 @@ def test_preconditioner_scales_the_noise_term(sampler):
     model = dd.DDPM(sampler=sampler, sampler_steps=50)
     eps = _gaussian_eps(model)
     x = jax.random.normal(jax.random.key(0), (8, 1))
-    pre = dd.reverse(model, eps, x, jax.random.key(1), start=200, preconditioner=Double())
+    pre = dd.reverse(eps, x, jax.random.key(1), model, start=200, preconditioner=Double())
     noiseless = dataclasses.replace(model, eta=0.0)
-    plain = dd.reverse(noiseless, lambda x, i: 4 * eps(x, i), x, jax.random.key(1), start=200,
+    plain = dd.reverse(lambda x, i: 4 * eps(x, i), x, jax.random.key(1), noiseless, start=200,
                        preconditioner=type("NoNoise", (), {"apply": staticmethod(lambda v: 0 * v),
                                                            "gram": staticmethod(lambda v: v)})())  # fmt: skip
     np.testing.assert_allclose(pre, plain, rtol=1e-5, atol=1e-6)

@@ -224,8 +224,8 @@ def test_every_component_sees_the_fp_configs_g():
     prior = sampling.prior_sample(jax.random.key(7), (20000, 1), result.sde, mean=0.0)
     np.testing.assert_allclose(float(jnp.std(prior)), 0.3, rtol=0.02)
     shape = (1, SIZE, SIZE, 3)
-    generated = sampling.generate(result.score(), key, shape, result.sde, config.sampler)
-    np.testing.assert_allclose(generated, sampling.generate(result.score(), key, shape, g_03, config.sampler),
+    generated = sampling.generate(result.score(), shape, key, result.sde, config.sampler)
+    np.testing.assert_allclose(generated, sampling.generate(result.score(), shape, key, g_03, config.sampler),
                                rtol=1e-5, atol=1e-6)  # fmt: skip
 
 
