@@ -3,7 +3,8 @@
 The public surface, by the job it does (the README's "Architecture" maps the packages):
 
 * Solve the Fokker-Planck equation of an image on its pixel grid: :func:`solve`, :func:`solve_image`,
-  :func:`solve_images`, :class:`FPConfig` (``scheme="log_density" | "density" | "spectral"``),
+  :func:`solve_images`, :class:`FPConfig` (the problem) with a scheme (:class:`LogDensity`,
+  :class:`Density`, :class:`Spectral`; their linear solves' options: :class:`Krylov`),
   :class:`FPSolution`, :func:`initial_log_density`, :func:`score`, :func:`pixel_score`.
 * Many images at once, into a resumable store: :func:`precompute`.
 * Score embedding and training: :func:`embed`, :func:`train`, :class:`TrainConfig`, :class:`DDPM`.
@@ -19,7 +20,18 @@ import importlib
 from fpjax.batch.precompute import PrecomputeResult, precompute
 from fpjax.learn.embedding import embed
 from fpjax.solver.initial import check_image, check_images, initial_log_density
-from fpjax.solver.problem import SCHEMES, ConvergenceError, FPConfig, FPSolution, check_solution, diffusion_schedule
+from fpjax.solver.problem import (
+    SCHEMES,
+    ConvergenceError,
+    Density,
+    FPConfig,
+    FPSolution,
+    Krylov,
+    LogDensity,
+    Spectral,
+    check_solution,
+    diffusion_schedule,
+)
 from fpjax.solver.scores import pixel_score, score
 from fpjax.solver.solve import solve, solve_image, solve_images
 from fpjax.solver.status import Status
@@ -55,10 +67,14 @@ def __dir__():
 
 __all__ = [
     "ConvergenceError",
+    "Density",
     "FPConfig",
     "FPSolution",
+    "Krylov",
+    "LogDensity",
     "PrecomputeResult",
     "SCHEMES",
+    "Spectral",
     "Status",
     "check_solution",
     "diffusion_schedule",

@@ -121,6 +121,8 @@ class Option:
       optional: ``none`` on the command line means ``None``.
       choices: the values of the field's ``Literal[...]`` annotation, or ``None``.
       help: the field's docstring entry (``Attributes:`` or ``Args:``), and an override's reason.
+      variants: for a field of a variant (a scheme's option): the names of the variants that have it. The
+        option then has no default of its own (``argparse.SUPPRESS``): it is the chosen variant's.
     """
 
     path: tuple
@@ -132,6 +134,7 @@ class Option:
     sequence: bool = False
     choices: tuple | None = None
     help: str = ""
+    variants: tuple = ()
 
 
 class ConfigError(ValueError):
@@ -156,6 +159,10 @@ def dataclass_options(cls, *, defaults=None, overrides=None, prefix: str = "") -
     options = []
     for field in dataclasses.fields(cls):
         default = getattr(defaults, field.name) if defaults is not None else _field_default(field)
+        variants = _variants(hints.get(field.name))
+        if variants:
+            options += variant_options(field.name, variants, default, docs.get(field.name, ""), prefix)
+            continue
         if dataclasses.is_dataclass(default) and not isinstance(default, type):
             nested = dataclass_options(type(default), defaults=default, prefix=f"{prefix}{field.name}-")
             options += [dataclasses.replace(o, path=(field.name,) + o.path) for o in nested]
@@ -169,6 +176,46 @@ def dataclass_options(cls, *, defaults=None, overrides=None, prefix: str = "") -
         if option is not None:
             options.append(option)
     return options
+
+
+def variant_options(name: str, variants, default, help_text: str, prefix: str = "") -> list[Option]:
+    """The options of a field that holds one of several dataclasses (``FPConfig.scheme``: a
+    :class:`~fpjax.solver.problem.LogDensity`, ``Density`` or ``Spectral``), each naming itself in a class
+    attribute ``name``: ``--scheme`` chooses the class by its name, and every field of every class is an option
+    (``--linearization``), its help naming the classes that have it. Given for a class that lacks it, the
+    option is refused (:func:`dataclass_from_args`)."""
+    names = tuple(v.name for v in variants)
+    chosen = Option((name,), f"--{prefix}{name}".replace("_", "-"), f"{prefix}{name}".replace("-", "_"), str,
+                    default.name, choices=names, help=help_text)  # fmt: skip
+    options, seen = [chosen], {}
+    for variant in variants:
+        hints = _type_hints(variant)
+        for field in dataclasses.fields(variant):
+            if field.name in seen:
+                seen[field.name] = dataclasses.replace(
+                    seen[field.name], variants=seen[field.name].variants + (variant.name,)
+                )
+                continue
+            docs = _documented(_defining_class(variant, field.name), "Attributes")
+            option = _option(field.name, hints.get(field.name), _field_default(field), docs.get(field.name, ""),
+                             prefix)  # fmt: skip
+            if option is not None:
+                seen[field.name] = dataclasses.replace(option, path=(name, field.name), variants=(variant.name,))
+    return options + list(seen.values())
+
+
+def _variants(hint) -> tuple:
+    """The classes of a union of dataclasses that name themselves (``LogDensity | Density | Spectral``), or ``()``."""
+    union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+    members = typing.get_args(hint) if union else ()
+    if members and all(isinstance(m, type) and dataclasses.is_dataclass(m) and hasattr(m, "name") for m in members):
+        return members
+    return ()
+
+
+def _defining_class(cls, field_name: str) -> type:
+    """The class in ``cls``'s MRO whose own annotations declare ``field_name`` (its docstring documents it)."""
+    return next(c for c in cls.__mro__ if field_name in c.__dict__.get("__annotations__", {}))
 
 
 def function_options(function, names, choices=None) -> list[Option]:
@@ -188,13 +235,16 @@ def add_options(parser: argparse.ArgumentParser, options, title: str | None = No
     for o in options:
         none = "; none: None" if o.optional and o.kind is not bool else ""
         positive = "; > 0" if o.dest in POSITIVE_OPTIONS else ""
-        text = o.help.replace("%", "%%") + f" (default: %(default)s{none}{positive})"
+        default = "%(default)s" if not o.variants else str(o.default).replace("%", "%%")
+        applies = f" [--{o.path[0]} {' | '.join(o.variants)}]" if o.variants else ""
+        text = o.help.replace("%", "%%") + f"{applies} (default: {default}{none}{positive})"
+        value = argparse.SUPPRESS if o.variants else o.default  # a variant's option: absent unless given
         if o.kind is bool:  # --flag / --no-flag
-            group.add_argument(o.flag, dest=o.dest, default=o.default, action=argparse.BooleanOptionalAction, help=text)
+            group.add_argument(o.flag, dest=o.dest, default=value, action=argparse.BooleanOptionalAction, help=text)
             continue
         kind = _none_or(_value_type(o)) if o.optional else _value_type(o)
         nargs = "*" if o.sequence else None
-        group.add_argument(o.flag, dest=o.dest, type=kind, nargs=nargs, default=o.default, choices=o.choices, help=text)
+        group.add_argument(o.flag, dest=o.dest, type=kind, nargs=nargs, default=value, choices=o.choices, help=text)
     return options
 
 
@@ -222,17 +272,50 @@ def dataclass_from_args(cls, args: argparse.Namespace, *, defaults=None, prefix:
     Raises:
       ConfigError: ``cls`` refused the values (its message says which and why).
     """
-    values = {}
+    values, hints = {}, _type_hints(cls)
     for field in dataclasses.fields(cls):
         default = getattr(defaults, field.name) if defaults is not None else _field_default(field)
         dest = f"{prefix}{field.name}".replace("-", "_")
-        if dataclasses.is_dataclass(default) and not isinstance(default, type):
+        variants = _variants(hints.get(field.name))
+        if variants and hasattr(args, dest):
+            values[field.name] = _variant_from_args(field.name, variants, default, args, prefix)
+        elif dataclasses.is_dataclass(default) and not isinstance(default, type):
             values[field.name] = dataclass_from_args(type(default), args, defaults=default, prefix=f"{dest}_")
         elif hasattr(args, dest):
             value = getattr(args, dest)
             values[field.name] = tuple(value) if isinstance(value, list) else value
     try:
         return dataclasses.replace(defaults, **values) if defaults is not None else cls(**values)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{cls.__name__}: {error}") from error
+
+
+def _variant_from_args(name: str, variants, default, args: argparse.Namespace, prefix: str = ""):
+    """The variant ``--{name}`` chose, with the options given for it (:func:`variant_options`).
+
+    Raises:
+      ConfigError: an option was given that the chosen variant does not have.
+    """
+    chosen = getattr(args, f"{prefix}{name}".replace("-", "_"))
+    cls = next(v for v in variants if v.name == chosen)
+    own = {f.name for f in dataclasses.fields(cls)}
+    given = {}
+    for variant in variants:
+        for field in dataclasses.fields(variant):
+            dest = f"{prefix}{field.name}".replace("-", "_")
+            if not hasattr(args, dest) or field.name in given:
+                continue
+            if field.name not in own:
+                having = [v.name for v in variants if field.name in {f.name for f in dataclasses.fields(v)}]
+                raise ConfigError(
+                    f"--{dest.replace('_', '-')} applies to --{name} {' or '.join(having)}, not {chosen}: "
+                    f"drop it, or choose --{name} {having[0]}"
+                )
+            value = getattr(args, dest)
+            given[field.name] = tuple(value) if isinstance(value, list) else value
+    base = default if type(default) is cls else cls()
+    try:
+        return dataclasses.replace(base, **given)
     except (TypeError, ValueError) as error:
         raise ConfigError(f"{cls.__name__}: {error}") from error
 

@@ -27,7 +27,7 @@ cells = [
     nbf.v4.new_code_cell(
         "image = sample_images(32)[7]            # (32, 32, 3) float32 in [0, 1]\n"
         "m0 = fpjax.initial_log_density(image)   # 'position_kde': one (H, W) field for all channels\n"
-        "config = fpjax.FPConfig(T=100, g=0.5, solver='bicgstab_counted')\n"
+        "config = fpjax.FPConfig(T=100, g=0.5, scheme=fpjax.LogDensity(solver='bicgstab_counted'))\n"
         "solution = fpjax.solve(m0, config)      # raises ConvergenceError naming the step if a step fails\n"
         "start = time.perf_counter(); solution = jax.block_until_ready(fpjax.solve(m0, config))\n"
         "print(f'solve: {time.perf_counter() - start:.3f} s (compiled), m {solution.m.shape}')\n"

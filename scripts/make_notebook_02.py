@@ -21,7 +21,7 @@ cells = [
         "    images, _ = load_cifar10(cifar, 'truck'); images = images[:32]; print('CIFAR-10 trucks', images.shape)\n"
         "else:\n"
         "    images = np.concatenate([sample_images(32)] * 2); print('sample images', images.shape)\n"
-        "config = fpjax.FPConfig(T=100, solver='bicgstab_counted')"
+        "config = fpjax.FPConfig(T=100, scheme=fpjax.LogDensity(solver='bicgstab_counted'))"
     ),
     nbf.v4.new_markdown_cell("## Batched precompute: one image at a time against batches of 16"),
     nbf.v4.new_code_cell(

@@ -150,6 +150,8 @@ def test_debug_shows_the_traceback(tmp_path):
         (["run", "--sampler-steps", "0"], ["--sampler-steps"]),
         (["run", "--dropout", "nan"], ["--dropout", "finite"]),
         (["run", "--n", "0"], ["--n"]),
+        (["precompute", "--scheme", "spectral", "--tol", "1e-3"], ["--tol", "log_density or density", "spectral"]),
+        (["precompute", "--scheme", "density", "--predictor", "previous"], ["--predictor", "log_density"]),
     ],
 )
 def test_option_values_are_checked_where_they_are_parsed(argv, words, capsys):

@@ -40,4 +40,60 @@ def test_the_parser_refuses_a_value_outside_the_choices():
 def test_every_fpconfig_string_field_is_an_option():
     names = {o.path[0] for o in _string_options(fpjax.FPConfig)}
     fields = {f.name for f in dataclasses.fields(fpjax.FPConfig) if isinstance(f.default, str)}
-    assert names == fields
+    assert names == fields | {"scheme"}  # --scheme chooses the scheme object by its name
+
+
+SCHEME_CLASSES = (fpjax.LogDensity, fpjax.Density, fpjax.Spectral)
+
+
+def _scheme_options():
+    return [o for o in cli.dataclass_options(fpjax.FPConfig) if len(o.path) == 2 and o.path[0] == "scheme"]
+
+
+def test_every_option_of_every_scheme_is_an_option_naming_the_schemes_that_have_it():
+    options = {o.path[1]: o for o in _scheme_options()}
+    for cls in SCHEME_CLASSES:
+        for field in dataclasses.fields(cls):
+            option = options[field.name]
+            having = tuple(c.name for c in SCHEME_CLASSES if field.name in {f.name for f in dataclasses.fields(c)})
+            assert option.variants == having, field.name
+            if isinstance(field.default, str):  # its choices are exactly what the scheme accepts
+                assert option.choices, f"{cls.__name__}.{field.name} lost its choices (annotate it with Literal)"
+                for choice in option.choices:
+                    cls(**{field.name: choice})
+                with pytest.raises(ValueError, match=f"{cls.__name__}.{field.name} must be one of"):
+                    cls(**{field.name: "no-such-choice"})
+    assert set(options) == {f.name for cls in SCHEME_CLASSES for f in dataclasses.fields(cls)}
+
+
+def _fp_config(argv):
+    return cli.dataclass_from_args(fpjax.FPConfig, cli.build_parser().parse_args(["precompute", *argv]))
+
+
+def test_scheme_options_build_the_chosen_scheme():
+    assert _fp_config([]) == fpjax.FPConfig()
+    assert _fp_config(["--linearization", "newton"]).scheme == fpjax.LogDensity(linearization="newton")
+    assert _fp_config(["--scheme", "density", "--tol", "1e-3", "--maxiter", "7"]).scheme == fpjax.Density(
+        tol=1e-3, maxiter=7
+    )
+    assert _fp_config(["--scheme", "spectral", "--transform", "fft"]).scheme == fpjax.Spectral(transform="fft")
+
+
+@pytest.mark.parametrize(
+    "argv, named",
+    [
+        (["--scheme", "density", "--linearization", "newton"], "--linearization applies to --scheme log_density"),
+        (["--scheme", "spectral", "--tol", "1e-3"], "--tol applies to --scheme log_density or density"),
+        (["--scheme", "spectral", "--max-outer", "3"], "--max-outer applies to --scheme log_density, not spectral"),
+    ],
+)
+def test_an_option_the_chosen_scheme_lacks_is_refused(argv, named):
+    with pytest.raises(cli.ConfigError, match=named):
+        _fp_config(argv)
+
+
+def test_help_names_the_schemes_an_option_applies_to():
+    text = " ".join(cli.build_parser()._subparsers._group_actions[0].choices["precompute"].format_help().split())
+    assert "[--scheme log_density] (default: picard)" in text
+    assert "[--scheme log_density | density] (default: 1e-06; > 0)" in text
+    assert "[--scheme log_density | density | spectral] (default: auto)" in text

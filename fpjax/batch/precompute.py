@@ -268,10 +268,10 @@ def _check_settings(config: FPConfig, projection: str, on_failure: str, seeds: s
         raise ValueError("several processes share their work through a store: pass store=PATH")
     if projection not in krylov.MODES:
         raise ValueError(f"projection must be one of {krylov.MODES}, got {projection!r}")
-    if projection != "off" and config.scheme != "log_density":
+    if projection != "off" and config.scheme.name != "log_density":
         raise ValueError(
             f"projection={projection!r} accelerates the log-density scheme's nonlinear steps; "
-            f"scheme={config.scheme!r} has none to accelerate: use projection='off'"
+            f"scheme={config.scheme.name!r} has none to accelerate: use projection='off'"
         )
     if on_failure not in ON_FAILURE:
         raise ValueError(f"on_failure must be one of {ON_FAILURE}, got {on_failure!r}")

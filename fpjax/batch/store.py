@@ -199,6 +199,32 @@ def differences(stored, current, prefix: str = "") -> list[str]:
     return [] if stored == current else [f"{prefix}: store has {_short(stored)}, this run {_short(current)}"]
 
 
+# The settings of fpjax before scheme objects (FPConfig held every option flat, ``scheme`` a name): the
+# historical form of a store's ``config``, upgraded as read so that those stores stay readable and resumable.
+_FLAT_SCHEME_FIELDS = {
+    "LogDensity": ("solver", "tol", "maxiter", "preconditioner", "transform", "linearization", "advection",
+                   "predictor", "outer_tol", "max_outer"),
+    "Density": ("solver", "tol", "maxiter", "preconditioner", "transform"),
+    "Spectral": ("transform",),
+}  # fmt: skip
+_FLAT_SCHEME_TYPES = {"log_density": "LogDensity", "density": "Density", "spectral": "Spectral"}
+
+
+def upgrade_metadata(metadata: dict) -> dict:
+    """A store's metadata in the current form: a ``config`` of fpjax before scheme objects (``"scheme":
+    "density"`` with the options flat beside it) becomes ``"scheme": {"type": "Density", ...}``, keeping the
+    options of that scheme and dropping those it ignored (they changed nothing in its results)."""
+    config = metadata.get("config")
+    flat = {name for fields in _FLAT_SCHEME_FIELDS.values() for name in fields}
+    if not isinstance(config, dict) or not (isinstance(config.get("scheme"), str) or flat & set(config)):
+        return metadata
+    config = dict(config)
+    kind = _FLAT_SCHEME_TYPES.get(config.pop("scheme", "log_density"), "LogDensity")
+    options = {name: config[name] for name in _FLAT_SCHEME_FIELDS[kind] if name in config}
+    config = {key: value for key, value in config.items() if key not in flat}
+    return {**metadata, "config": {**config, "scheme": {"type": kind, **options}}}
+
+
 def _mismatch(path, stored: dict, metadata: dict) -> StoreMismatchError:
     diffs = differences(stored, metadata)
     shown = "; ".join(diffs[:4]) + (f"; and {len(diffs) - 4} more" if len(diffs) > 4 else "")
@@ -395,13 +421,15 @@ class FPStore:
                 f"the store at {path} has layout {version} (this fpjax writes {FORMAT}: chunk checksums, "
                 "image digests, a writer lock); delete it or use a new store path"
             )
-        stored = dict(attrs["fpjax"])
+        stored = upgrade_metadata(dict(attrs["fpjax"]))
         if stored != metadata:
             raise _mismatch(path, stored, metadata)
+        if stored != dict(attrs["fpjax"]):  # written by an older fpjax: keep the current form from now on
+            attrs["fpjax"] = stored
 
     @property
     def metadata(self) -> dict:
-        return dict(self.group.attrs["fpjax"])
+        return upgrade_metadata(dict(self.group.attrs["fpjax"]))
 
     @property
     def m(self) -> VerifiedArray:

@@ -39,7 +39,7 @@ def add_arguments(parser):
 
 def _runs(T: int, batch: int):
     """``(label, precompute keyword arguments, config)`` of every fpjax mode measured."""
-    base = fpjax.FPConfig(T=T, solver="bicgstab_counted")
+    base = fpjax.FPConfig(T=T, scheme=fpjax.LogDensity(solver="bicgstab_counted"))
     # the spectral scheme solves the same PDE exactly in time: its "error" is the papers' scheme's own
     # time-discretisation error at T, not an inaccuracy of it (``fpjax bench accuracy``)
     spectral = fpjax.FPConfig(T=T, scheme="spectral")

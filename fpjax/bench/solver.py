@@ -28,21 +28,21 @@ from fpjax.bench.baseline import solve_spsolve
 from fpjax.data import benchmark_images
 from fpjax.provenance import machine
 
-_COUNTED = dict(solver="bicgstab_counted")  # jax.scipy's BiCGSTAB recurrence, with iteration counts
+_COUNTED = "bicgstab_counted"  # jax.scipy's BiCGSTAB recurrence, with iteration counts
 VARIANTS = {
-    # name: FPConfig overrides; all float32
-    "picard+none, papers' start": dict(preconditioner="none", predictor="previous", **_COUNTED),
-    "picard+dst, papers' start": dict(preconditioner="dst", predictor="previous", **_COUNTED),
-    "picard+none": dict(preconditioner="none", **_COUNTED),
-    "picard+dst": dict(preconditioner="dst", **_COUNTED),
-    "newton+dst": dict(linearization="newton", preconditioner="dst", **_COUNTED),
-    "default (jax bicgstab, auto, extrapolate)": dict(),
+    # name: the scheme; all float32
+    "picard+none, papers' start": fpjax.LogDensity(preconditioner="none", predictor="previous", solver=_COUNTED),
+    "picard+dst, papers' start": fpjax.LogDensity(preconditioner="dst", predictor="previous", solver=_COUNTED),
+    "picard+none": fpjax.LogDensity(preconditioner="none", solver=_COUNTED),
+    "picard+dst": fpjax.LogDensity(preconditioner="dst", solver=_COUNTED),
+    "newton+dst": fpjax.LogDensity(linearization="newton", preconditioner="dst", solver=_COUNTED),
+    "default (jax bicgstab, auto, extrapolate)": fpjax.LogDensity(),
     # the linear schemes (beyond the papers): errors are against their own float64 solve, not the
     # log-density reference, because they discretise the PDE differently (``fpjax bench accuracy``)
-    "density+none": dict(scheme="density", preconditioner="none", **_COUNTED),
-    "density+dst": dict(scheme="density", preconditioner="dst", **_COUNTED),
-    "density (jax bicgstab, auto)": dict(scheme="density"),
-    "spectral": dict(scheme="spectral"),
+    "density+none": fpjax.Density(preconditioner="none", solver=_COUNTED),
+    "density+dst": fpjax.Density(preconditioner="dst", solver=_COUNTED),
+    "density (jax bicgstab, auto)": fpjax.Density(),
+    "spectral": fpjax.Spectral(),
 }
 BATCHED = ("default (jax bicgstab, auto, extrapolate)", "density (jax bicgstab, auto)", "spectral")
 BASELINES = {"scipy spsolve, papers' scheme": "previous", "scipy spsolve, extrapolated start": "extrapolate"}
@@ -124,7 +124,7 @@ def _variant_row(size, name, config, m0_64, references, repeats, baseline_second
     solve = jax.jit(lambda m0: fpjax.solve(m0, config))
     m0s = [jnp.asarray(m0, jnp.float32) for m0 in m0_64]
     jax.block_until_ready(solve(m0s[0]))  # compile
-    own = config.scheme != "log_density"
+    own = config.scheme.name != "log_density"
     if own:  # the linear schemes discretise differently: compare them with their own float64 solve
         references = [np.asarray(fpjax.solve(m0, config).m) for m0 in m0_64]
     times, errors, outer, linear, residual, converged = [], [], [], [], [], True
@@ -180,11 +180,13 @@ def _size_rows(size, args, n_spsolve):
     """Every row of one image size."""
     images = benchmark_images(size, max(args.images, args.batch, n_spsolve), source="samples")[0]
     m0_64 = [np.asarray(fpjax.initial_log_density(im.astype(np.float64))) for im in images]
-    ref_config = fpjax.FPConfig(T=args.T, linearization="newton", outer_tol=1e-11, tol=1e-12, max_outer=100)
+    ref_config = fpjax.FPConfig(
+        T=args.T, scheme=fpjax.LogDensity(linearization="newton", outer_tol=1e-11, tol=1e-12, max_outer=100)
+    )
     references = [np.asarray(fpjax.solve(m0, ref_config, on_failure="warn").m) for m0 in m0_64[: args.images]]
     rows, baseline_seconds = _baseline_rows(size, m0_64, references, n_spsolve, args.T)
     for name in args.variants:
-        config = fpjax.FPConfig(T=args.T, **VARIANTS[name])
+        config = fpjax.FPConfig(T=args.T, scheme=VARIANTS[name])
         rows.append(_variant_row(size, name, config, m0_64[: args.images], references, args.repeats, baseline_seconds))
         if name in BATCHED and args.batch:
             rows.append(_batched_row(size, name, config, m0_64, args.batch, baseline_seconds))

@@ -218,7 +218,7 @@ def image_part(settings: FPESettings, out: pathlib.Path) -> dict:
     _plot_curves({k: dict(r_fp=v["r_fp"]) for k, v in curves.items()}, TIMES, out / "score_fpe_images.png", "images")
     return dict(images="fpjax sample images 0-1, 32x32", budget=settings.image_budget, curves=curves,
                 fp_residual=dict(per_step_max=step_residuals.max((0, 1)).tolist(), max=float(step_residuals.max()),
-                                 median=float(np.median(step_residuals)), outer_tol=fp_config.outer_tol,
+                                 median=float(np.median(step_residuals)), outer_tol=fp_config.scheme.outer_tol,
                                  solver_residual_max=float(np.asarray(solved.stats["residual"]).max())))  # fmt: skip
 
 

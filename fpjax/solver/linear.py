@@ -321,9 +321,9 @@ def _backward_euler(x0, source, g_values, config: FPConfig, tol, maxiter):
     """
     shape, dtype = x0.shape, x0.dtype
     spacing = config.grid_spacing(shape)
-    precond_kind = linsolve.resolve_preconditioner(config.preconditioner, shape, config.scheme)
+    precond_kind = linsolve.resolve_preconditioner(config.scheme.preconditioner, shape, config.scheme.name)
     helmholtz = (
-        linsolve.make_helmholtz_inverse(shape, spacing, config.boundary, config.transform)
+        linsolve.make_helmholtz_inverse(shape, spacing, config.boundary, config.scheme.transform)
         if precond_kind == "dst"
         else None
     )
@@ -336,7 +336,14 @@ def _backward_euler(x0, source, g_values, config: FPConfig, tol, maxiter):
         precond = None if helmholtz is None else (lambda r: helmholtz(r, coefficients.c0, coefficients.c1))
         norm = stencil.operator_norm_bound(coefficients.c0, coefficients.c1, coefficients.drift, spacing)
         x, iterations, residual = linsolve.linear_solve(
-            matvec, rhs, x_prev, solver=config.solver, tol=tol, maxiter=maxiter, precond=precond, operator_norm=norm
+            matvec,
+            rhs,
+            x_prev,
+            solver=config.scheme.solver,
+            tol=tol,
+            maxiter=maxiter,
+            precond=precond,
+            operator_norm=norm,
         )
         return x, (x, iterations, residual, linsolve.backward_error(matvec, x, rhs, norm))
 
@@ -377,7 +384,7 @@ def density_solve(m0, g_values, config: FPConfig):
     c = _shift(m0)
     zeros = jnp.zeros(shape, dtype)
     v, iterations, residual, error = _backward_euler(
-        jnp.exp(m0 - c), zeros, g_values, config, config.tol, config.maxiter
+        jnp.exp(m0 - c), zeros, g_values, config, config.scheme.tol, config.scheme.maxiter
     )
     if config.boundary == "reflect":
         u = jnp.zeros_like(v)
@@ -394,7 +401,7 @@ def density_solve(m0, g_values, config: FPConfig):
                 stacklevel=4,
             )
         source = _boundary_source(shape, config.grid_spacing(shape), dtype)
-        u, *_ = _backward_euler(zeros, source, g_values, config, config.tol, config.maxiter)
+        u, *_ = _backward_euler(zeros, source, g_values, config, config.scheme.tol, config.scheme.maxiter)
     return _log_density(c, u, v).at[0].set(m0), iterations, residual, error
 
 
@@ -423,9 +430,9 @@ def solve(m0, g, config: FPConfig) -> FPSolution:
     eps = float(jnp.finfo(dtype).eps)
     spacing = config.grid_spacing(m0.shape)
     source = config.g if g is None else g
-    if config.scheme == "spectral":
+    if config.scheme.name == "spectral":
         tau = diffusion_integral(config, g, dtype)
-        m, residual = spectral_solve(m0, tau, spacing, config.boundary, config.transform)
+        m, residual = spectral_solve(m0, tau, spacing, config.boundary, config.scheme.transform)
         step_status = status.first(
             [
                 (Status.NON_FINITE, ~_finite_steps(m)),
@@ -434,18 +441,18 @@ def solve(m0, g, config: FPConfig) -> FPSolution:
         )
         zeros = jnp.zeros((T,), jnp.int32)
         return FPSolution(m, zeros, zeros, residual, step_status, config.boundary, spacing)
-    if config.scheme != "density":
-        raise ValueError(f"linear_fp solves scheme 'density' or 'spectral', got {config.scheme!r}")
+    if config.scheme.name != "density":
+        raise ValueError(f"linear_fp solves scheme 'density' or 'spectral', got {config.scheme.name!r}")
     g_values = _float64_schedule(config, g) if is_concrete(source) else diffusion_schedule(config, g, dtype)
     m, iterations, residual, error = density_solve(m0, g_values, config)
-    maxiter = 10 * m0.size if config.maxiter is None else config.maxiter
+    maxiter = 10 * m0.size if config.scheme.maxiter is None else config.scheme.maxiter
     step_status = status.first(
         [
             (Status.DENSITY_NOT_POSITIVE, jnp.any(m[1:] == -jnp.inf, axis=(-2, -1))),
             (Status.NON_FINITE, ~_finite_steps(m)),
         ]
     )
-    krylov = status.krylov(error <= max(10 * config.tol, 100 * eps), iterations, maxiter)
+    krylov = status.krylov(error <= max(10 * config.scheme.tol, 100 * eps), iterations, maxiter)
     step_status = jnp.where(step_status == Status.CONVERGED, krylov, step_status)
     return FPSolution(m, jnp.ones((T,), jnp.int32), iterations, lax.stop_gradient(residual), step_status,
                       config.boundary, spacing)  # fmt: skip

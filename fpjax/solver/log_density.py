@@ -115,7 +115,7 @@ def _outer_loop(update, m_init, config: FPConfig):
 
     def cond(state):
         k, _, change, *_ = state
-        return (k < config.max_outer) & (change > config.outer_tol)  # NaN change stops the loop
+        return (k < config.scheme.max_outer) & (change > config.scheme.outer_tol)  # NaN change stops the loop
 
     def body(state):
         k, m, _, iters, _ = state
@@ -128,17 +128,17 @@ def _outer_loop(update, m_init, config: FPConfig):
 
 
 def _preconditioner(shape, step: StepCoefficients, config: FPConfig, spacing):
-    if linsolve.resolve_preconditioner(config.preconditioner, shape) != "dst":
+    if linsolve.resolve_preconditioner(config.scheme.preconditioner, shape) != "dst":
         return None
-    helmholtz = linsolve.make_helmholtz_inverse(shape, spacing, config.boundary, config.transform)
+    helmholtz = linsolve.make_helmholtz_inverse(shape, spacing, config.boundary, config.scheme.transform)
     return lambda r: helmholtz(r, step.c0, step.c1)
 
 
 def _iterate_step(m_prev, m_guess, step: StepCoefficients, config: FPConfig, spacing, guarded: bool):
     """Outer iteration of one step: ``(m, outer_iterations, linear_iterations, backward_error, change)``."""
-    boundary, advection = config.boundary, config.advection
+    boundary, advection = config.boundary, config.scheme.advection
     precond = _preconditioner(m_prev.shape, step, config, spacing)
-    solve_kw = dict(solver=config.solver, tol=config.tol, maxiter=config.maxiter, precond=precond)
+    solve_kw = dict(solver=config.scheme.solver, tol=config.scheme.tol, maxiter=config.scheme.maxiter, precond=precond)
     residual_fn = lambda m: step_residual(m, m_prev, step, spacing, boundary, advection)  # noqa: E731
     rhs = step_rhs(m_prev, step)
 
@@ -169,7 +169,7 @@ def _iterate_step(m_prev, m_guess, step: StepCoefficients, config: FPConfig, spa
             lambda: (lambda p: (p[0], it + p[1], p[2]))(picard_update(m)),
         )
 
-    update = newton_update if config.linearization == "newton" else picard_update
+    update = newton_update if config.scheme.linearization == "newton" else picard_update
     start = m_prev
     if guarded:
         # A predictor is only a guess: where the solution turns abruptly (the first steps build the
@@ -210,12 +210,12 @@ def _implicit_step_jvp(config, spacing, guarded, primals, tangents):
     out = _implicit_step(m_prev, m_guess, step, config, spacing, guarded)
     m = out[0]
     residual = lambda m_, m_prev_, step_: step_residual(  # noqa: E731
-        m_, m_prev_, step_, spacing, config.boundary, config.advection
+        m_, m_prev_, step_, spacing, config.boundary, config.scheme.advection
     )
     _, forcing = jax.jvp(lambda m_prev_, step_: residual(m, m_prev_, step_), (m_prev, step), (dm_prev, dstep))
     jacobian_vp = lambda v: jax.jvp(lambda m_: residual(m_, m_prev, step), (m,), (v,))[1]  # noqa: E731
     dm = linsolve.implicit_tangent(
-        jacobian_vp, -forcing, solver=config.solver, tol=config.tol, maxiter=config.maxiter,
+        jacobian_vp, -forcing, solver=config.scheme.solver, tol=config.scheme.tol, maxiter=config.scheme.maxiter,
         # the preconditioner never changes the solution: it carries no derivative (lineax refuses one)
         precond=_preconditioner(m.shape, lax.stop_gradient(step), config, spacing),
     )  # fmt: skip
@@ -235,19 +235,19 @@ def _solve_step(m_prev, m_guess, step: StepCoefficients, config: FPConfig, spaci
     ``guarded``: start from ``m_guess`` only where its residual beats ``m_prev``'s (off when they are the same).
     """
     m, k, iters, err, change = _implicit_step(m_prev, lax.stop_gradient(m_guess), step, config, spacing, guarded)
-    if config.solver != "bicgstab_counted":
+    if config.scheme.solver != "bicgstab_counted":
         iters = jnp.int32(-1)
     m_stopped = lax.stop_gradient(m)
-    residual = relative_step_residual(m_stopped, m_prev, step, spacing, config.boundary, config.advection)
+    residual = relative_step_residual(m_stopped, m_prev, step, spacing, config.boundary, config.scheme.advection)
     eps = jnp.finfo(m.dtype).eps
-    maxiter = 10 * m.size if config.maxiter is None else config.maxiter
+    maxiter = 10 * m.size if config.scheme.maxiter is None else config.scheme.maxiter
     step_status = status.first(
         [
             (Status.NON_FINITE, ~(jnp.all(jnp.isfinite(m_stopped)) & jnp.isfinite(residual))),
-            (Status.OUTER_ITERATION_CAP, ~(change <= config.outer_tol)),
+            (Status.OUTER_ITERATION_CAP, ~(change <= config.scheme.outer_tol)),
         ]
     )
-    krylov = status.krylov(err <= jnp.maximum(10 * config.tol, 100 * eps), iters, maxiter)
+    krylov = status.krylov(err <= jnp.maximum(10 * config.scheme.tol, 100 * eps), iters, maxiter)
     step_status = jnp.where(step_status == Status.CONVERGED, krylov, step_status)
     return m, k, iters, lax.stop_gradient(residual), step_status
 
@@ -277,14 +277,14 @@ def trajectory(m0, g, config: FPConfig, guides=None, guess_fn=None, approximate=
             # solution is the projection itself, whose derivative is that of the projection map
             guess = guess if approximate else lax.stop_gradient(guess)
         else:
-            guess = 2 * m_prev - m_before if config.predictor == "extrapolate" else m_prev
+            guess = 2 * m_prev - m_before if config.scheme.predictor == "extrapolate" else m_prev
         if approximate:
             m = guess
-            residual = relative_step_residual(m, m_prev, step, spacing, config.boundary, config.advection)
+            residual = relative_step_residual(m, m_prev, step, spacing, config.boundary, config.scheme.advection)
             finite = jnp.all(jnp.isfinite(m)) & jnp.isfinite(residual)
             stats = (jnp.int32(0), jnp.int32(0), residual, jnp.where(finite, Status.CONVERGED, Status.NON_FINITE))
         else:
-            guarded = guess_fn is not None or config.predictor == "extrapolate"
+            guarded = guess_fn is not None or config.scheme.predictor == "extrapolate"
             m, *stats = _solve_step(m_prev, guess, step, config, spacing, guarded)
         return (m, m_prev), (m, *stats)
 
@@ -305,6 +305,6 @@ def step_residuals(m, config: FPConfig, g=None):
 
     def one(m_now, m_prev, t, g_t):
         step = step_coefficients(config, t, g_t, m.shape[-2:], m.dtype)
-        return relative_step_residual(m_now, m_prev, step, spacing, config.boundary, config.advection)
+        return relative_step_residual(m_now, m_prev, step, spacing, config.boundary, config.scheme.advection)
 
     return jax.vmap(one)(m[1:], m[:-1], times, g_values[1:])

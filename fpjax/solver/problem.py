@@ -25,8 +25,6 @@ from fpjax.solver.status import Status, describe
 
 # Each option's choices are written once, as the Literal type that annotates its field (the command line reads
 # its choices from these annotations); the tuples are the same values for membership checks.
-Scheme = Literal["log_density", "density", "spectral"]
-SCHEMES = typing.get_args(Scheme)
 Linearization = Literal["picard", "newton"]
 LINEARIZATIONS = typing.get_args(Linearization)
 Advection = Literal["central", "upwind"]
@@ -59,14 +57,14 @@ def _count(name: str, value, hint: str) -> int:
     integer value (``10.0``); returned as ``int`` so that the config stays hashable and static."""
     number = _scalar(value)
     if number is None or not math.isfinite(number) or number != int(number) or number < 1:
-        raise ValueError(f"FPConfig.{name} must be a positive integer ({hint}), got {value!r}")
+        raise ValueError(f"{name} must be a positive integer ({hint}), got {value!r}")
     return int(number)
 
 
 def _real(name: str, value, hint: str) -> float:
     number = _scalar(value)
     if number is None or not math.isfinite(number):
-        raise ValueError(f"FPConfig.{name} must be a finite number ({hint}), got {value!r}")
+        raise ValueError(f"{name} must be a finite number ({hint}), got {value!r}")
     return float(number)
 
 
@@ -76,7 +74,7 @@ def _tolerance(name: str, value, above, hint: str) -> float:
     low_ok = number > 0 if above is not None else number >= 0
     if not (low_ok and number < 1):
         interval = "(0, 1)" if above is not None else "[0, 1) (0: run max_outer iterations)"
-        raise ValueError(f"FPConfig.{name} must lie in {interval} ({hint}), got {value!r}")
+        raise ValueError(f"{name} must lie in {interval} ({hint}), got {value!r}")
     return number
 
 
@@ -86,7 +84,7 @@ def _diffusion(g, T: int):
         return g
     hint = "the diffusion coefficient, e.g. g=0.5; 0 means no diffusion"
     if np.ndim(g) == 0:
-        number = _real("g", g, hint)
+        number = _real("FPConfig.g", g, hint)
         if number < 0:
             raise ValueError(f"FPConfig.g must be >= 0 ({hint}; only g^2 enters), got {g!r}")
         return number
@@ -110,20 +108,156 @@ def _spacing(spacing) -> tuple[float, float]:
     values = list(spacing) if isinstance(spacing, tuple | list | np.ndarray) else ()
     if len(values) != 2:
         raise ValueError(f"FPConfig.spacing must be two finite positive numbers {hint}, got {spacing!r}")
-    numbers_ = tuple(_real("spacing", v, hint) for v in values)
+    numbers_ = tuple(_real("FPConfig.spacing", v, hint) for v in values)
     if min(numbers_) <= 0:
         raise ValueError(f"FPConfig.spacing must be two finite positive numbers {hint}, got {spacing!r}")
     return numbers_
 
 
+def _choice(owner: str, name: str, value, options) -> None:
+    if value not in options:
+        raise ValueError(f"{owner}.{name} must be one of {options}, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Krylov:
+    """The options of a scheme's linear solves (shared by :class:`LogDensity` and :class:`Density`).
+
+    Attributes:
+      solver: ``"bicgstab"`` (``jax.scipy``), ``"bicgstab_counted"`` (same recurrence, reports iteration
+        counts; not differentiable) or ``"gmres"``.
+      tol: relative tolerance of each linear solve, in ``(0, 1)``.
+      maxiter: the cap on Krylov iterations per solve (a positive integer; ``None``: ``10 H W``).
+      preconditioner: ``"dst"`` (the exact fast inverse of ``1/dt - 1/2 g^2 lap``: Krylov iterations per
+        solve stay near 2 from 32x32 to 256x256), ``"none"``, or ``"auto"`` (``"dst"`` on accelerators and
+        for grids of 128 and more a side, ``"none"`` for smaller grids on a CPU, where the transforms cost
+        more than the iterations they save: measured by ``fpjax bench solver``; ``"dst"`` at every size for
+        :class:`Density`, where it is the exact inverse of the zero-drift step). The papers use a direct
+        solver; the preconditioner never changes the solution.
+      transform: how the DST/DCT transforms of the ``"dst"`` preconditioner are applied: ``"auto"``,
+        ``"dense"`` or ``"fft"`` (:func:`fpjax.solver.linsolve.resolve_transform`).
+    """
+
+    solver: linsolve.Solver = "bicgstab"
+    tol: float = 1e-6
+    maxiter: int | None = None
+    preconditioner: linsolve.Preconditioner = "auto"
+    transform: linsolve.Transform = "auto"
+
+    def __post_init__(self):
+        owner = type(self).__name__
+        if self.maxiter is not None:
+            object.__setattr__(self, "maxiter", _count(f"{owner}.maxiter", self.maxiter, "or None for 10 H W"))
+        _choice(owner, "solver", self.solver, linsolve.SOLVERS)
+        _choice(owner, "preconditioner", self.preconditioner, linsolve.PRECONDITIONERS)
+        _choice(owner, "transform", self.transform, linsolve.TRANSFORMS)
+        object.__setattr__(self, "tol", _tolerance(f"{owner}.tol", self.tol, 0.0, "e.g. tol=1e-6"))
+
+
+@dataclasses.dataclass(frozen=True)
+class LogDensity(Krylov):
+    """The papers' scheme: backward Euler on ``m = log p``, a nonlinear equation per step solved by an outer
+    (Picard or Newton) iteration of preconditioned linear solves (:mod:`fpjax.solver.log_density`).
+
+    Attributes:
+      linearization: ``"picard"`` (papers' semi-explicit iteration) or ``"newton"`` (damped, falling back to
+        a Picard update when the line search fails).
+      advection: ``"central"`` (papers' scheme) or ``"upwind"`` (keeps the step matrix an M-matrix where
+        advection dominates).
+      predictor: where the outer iteration of step ``n`` starts: ``"extrapolate"`` (default:
+        ``2 m^(n-1) - m^(n-2)``, second order in ``dt``, used where its nonlinear residual is smaller than
+        that of ``m^(n-1)``) or ``"previous"`` (``m^(n-1)``, the papers' and DESIGN.md's choice). Both
+        iterate to the same discrete equation ``F(m) = 0``; the extrapolated start needs fewer outer
+        iterations (``fpjax bench solver``: 3.2 instead of 3.8 per step at 32x32, 3.3 instead of 4.0 at
+        64x64), which is why it is the default.
+      outer_tol: the outer iteration stops when ``||m_k - m_(k-1)|| / max(||m_k||, floor) <= outer_tol``
+        (``floor``: :func:`fpjax.solver.linsolve.norm_floor`), in ``[0, 1)`` (0 runs ``max_outer``
+        iterations and reports the step unconverged unless it is exact).
+      max_outer: the cap on outer iterations per step (a positive integer).
+      solver, tol, maxiter, preconditioner, transform: the linear solves' options (:class:`Krylov`).
+    """
+
+    linearization: Linearization = "picard"
+    advection: Advection = "central"
+    predictor: Predictor = "extrapolate"
+    outer_tol: float = 1e-5
+    max_outer: int = 50
+
+    name: typing.ClassVar[str] = "log_density"
+
+    def __post_init__(self):
+        super().__post_init__()
+        _choice("LogDensity", "linearization", self.linearization, LINEARIZATIONS)
+        _choice("LogDensity", "advection", self.advection, ADVECTIONS)
+        _choice("LogDensity", "predictor", self.predictor, PREDICTORS)
+        object.__setattr__(self, "max_outer", _count("LogDensity.max_outer", self.max_outer, "e.g. max_outer=50"))
+        outer_tol = _tolerance("LogDensity.outer_tol", self.outer_tol, None, "e.g. outer_tol=1e-5")
+        object.__setattr__(self, "outer_tol", outer_tol)
+
+
+@dataclasses.dataclass(frozen=True)
+class Density(Krylov):
+    """Backward Euler on ``p = exp(m)``, whose equation ``p_t = -div(f p) + 1/2 g^2 lap p`` is linear: one
+    preconditioned linear solve per step, no outer iteration; any drift, both boundaries; central
+    differences of the flux ``f p`` (:mod:`fpjax.solver.linear`).
+
+    Attributes:
+      solver, tol, maxiter, preconditioner, transform: the linear solves' options (:class:`Krylov`).
+    """
+
+    name: typing.ClassVar[str] = "density"
+
+
+@dataclasses.dataclass(frozen=True)
+class Spectral:
+    """Zero drift only: ``p`` then solves the heat equation, which DST-I (zero boundary) or DCT-II (reflect)
+    diagonalises for the five-point Laplacian, so ``m`` at every ``t_n`` is exact in time (no time-stepping
+    error at all): one forward transform of ``p0`` and one inverse transform per time. ``g`` enters only
+    through ``tau(t) = int_0^t 1/2 g^2``, integrated exactly for the rule :func:`diffusion_integral`
+    documents (:mod:`fpjax.solver.linear`).
+
+    Attributes:
+      transform: how the transforms are applied: ``"auto"``, ``"dense"`` or ``"fft"``
+        (:func:`fpjax.solver.linsolve.resolve_transform`).
+    """
+
+    transform: linsolve.Transform = "auto"
+
+    name: typing.ClassVar[str] = "spectral"
+
+    def __post_init__(self):
+        _choice("Spectral", "transform", self.transform, linsolve.TRANSFORMS)
+
+
+SCHEME_TYPES = (LogDensity, Density, Spectral)
+"""The schemes, each a frozen dataclass holding only the options that apply to it."""
+Scheme = LogDensity | Density | Spectral
+SchemeName = Literal["log_density", "density", "spectral"]
+SCHEMES = typing.get_args(SchemeName)
+"""The schemes' names (``FPConfig(scheme="density")`` is shorthand for ``FPConfig(scheme=Density())``)."""
+
+
+def scheme_named(name) -> Scheme:
+    """The default scheme object of ``name`` (one of :data:`SCHEMES`)."""
+    for cls in SCHEME_TYPES:
+        if name == cls.name:
+            return cls()
+    raise ValueError(
+        f"FPConfig.scheme must be a scheme object ({', '.join(c.__name__ for c in SCHEME_TYPES)}) "
+        f"or one of the names {SCHEMES}, got {name!r}"
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class FPConfig:
-    """Settings of the Fokker-Planck solve; hashable, usable as a static argument.
+    """The Fokker-Planck problem and the scheme that solves it; hashable, usable as a static argument.
 
-    Every value is checked here: a bad one raises a one-line ``ValueError`` naming the field and what to
-    pass. Counts (``T``, ``max_outer``, ``maxiter``) are integer-like (a Python, NumPy or JAX integer, or
-    a float with an integer value such as ``10.0``) and stored as ``int``; numbers are stored as Python
-    floats and sequences as tuples, so that equal settings hash equally.
+    The problem (``T``, ``g``, ``drift``, ``boundary``, ``spacing``) is apart from the method
+    (``scheme``: a :class:`LogDensity`, :class:`Density` or :class:`Spectral` object, each holding only the
+    options that apply to it). Every value is checked here and in the scheme: a bad one raises a one-line
+    ``ValueError`` naming the field and what to pass. Counts are integer-like (a Python, NumPy or JAX
+    integer, or a float with an integer value such as ``10.0``) and stored as ``int``; numbers are stored as
+    Python floats and sequences as tuples, so that equal settings hash equally.
 
     Attributes:
       T: number of time steps (a positive integer); ``dt = 1/T``, ``t_n = n dt``.
@@ -136,107 +270,34 @@ class FPConfig:
         returning fields broadcastable to ``(H, W)``.
       boundary: ``"zero"`` (papers' zero padding: ``m = 0``, i.e. ``p = 1``,
         outside the image) or ``"reflect"`` (zero flux).
-      scheme: how the equation is solved (every scheme returns the same
-        :class:`FPSolution`):
-
-        * ``"log_density"`` (default, the papers' scheme): backward Euler on
-          ``m = log p`` with the Picard or Newton outer iteration.
-        * ``"density"``: backward Euler on ``p = exp(m)``, whose equation
-          ``p_t = -div(f p) + 1/2 g^2 lap p`` is linear: one preconditioned
-          linear solve per step, no outer iteration; any drift, both boundaries.
-        * ``"spectral"``: zero drift only. ``p`` then solves the heat equation,
-          which DST-I (zero boundary) or DCT-II (reflect) diagonalises for the
-          five-point Laplacian, so ``m`` at every ``t_n`` is exact in time (no
-          time-stepping error at all): one forward transform of ``p0`` and one
-          inverse transform per time. ``g`` enters only through
-          ``tau(t) = int_0^t 1/2 g^2``, integrated exactly for the rule
-          :func:`diffusion_integral` documents.
-
-      linearization: ``"picard"`` (papers' semi-explicit iteration) or
-        ``"newton"`` (damped, falling back to a Picard update when the line
-        search fails); ``"log_density"`` only.
-      advection: ``"central"`` (papers' scheme) or ``"upwind"`` (keeps the
-        step matrix an M-matrix where advection dominates); ``"log_density"`` only.
-      outer_tol, max_outer: stopping rule of the outer iteration (``"log_density"``):
-        ``||m_k - m_(k-1)|| / max(||m_k||, floor) <= outer_tol`` (``floor``:
-        :func:`fpjax.solver.linsolve.norm_floor`), ``outer_tol`` in ``[0, 1)`` (0 runs
-        ``max_outer`` iterations and reports the step unconverged unless it is exact),
-        ``max_outer`` a positive integer.
-      solver: ``"bicgstab"`` (``jax.scipy``), ``"bicgstab_counted"`` (same
-        recurrence, reports iteration counts; not differentiable) or ``"gmres"``.
-      tol: relative tolerance of each linear solve, in ``(0, 1)``; ``maxiter`` its cap
-        (a positive integer; default ``10 H W``).
-      preconditioner: ``"dst"`` (the exact fast inverse of
-        ``1/dt - 1/2 g^2 lap``: Krylov iterations per solve stay near 2 from
-        32x32 to 256x256), ``"none"``, or ``"auto"`` (default: ``"dst"`` on
-        accelerators and for grids of 128 and more a side, ``"none"`` for
-        smaller grids on a CPU, where the transforms cost more than the
-        iterations they save: measured by ``fpjax bench solver``; ``"dst"`` at
-        every size for ``scheme="density"``, where it is the exact inverse of
-        the zero-drift step). The papers use a direct solver; the
-        preconditioner never changes the solution.
       spacing: ``(hx, hy)``, finite and positive; default ``(1/W, 1/H)`` (the papers' text; their
         script uses ``1/(H-1)``).
-      transform: how DST/DCT transforms are applied (``"dst"`` preconditioner,
-        ``"spectral"`` scheme): ``"auto"``, ``"dense"`` or ``"fft"``.
-      predictor: where the outer iteration of step ``n`` starts
-        (``"log_density"``): ``"extrapolate"`` (default: ``2 m^(n-1) - m^(n-2)``,
-        second order in ``dt``, used where its nonlinear residual is smaller
-        than that of ``m^(n-1)``) or ``"previous"`` (``m^(n-1)``, the papers'
-        and DESIGN.md's choice). Both iterate to the same discrete equation
-        ``F(m) = 0``; the extrapolated start needs fewer outer iterations
-        (``fpjax bench solver``: 3.2 instead of 3.8 per step at 32x32, 3.3
-        instead of 4.0 at 64x64), which is why it is the default.
+      scheme: how the equation is solved, every scheme returning the same :class:`FPSolution`:
+        :class:`LogDensity` (default, the papers' scheme: backward Euler on ``m = log p`` with an outer
+        Picard or Newton iteration), :class:`Density` (backward Euler on the linear equation of
+        ``p = exp(m)``: one linear solve per step) or :class:`Spectral` (zero drift: exact in time). A name
+        (``"log_density"``, ``"density"``, ``"spectral"``) is shorthand for that scheme's defaults.
     """
 
     T: int = 100
     g: float | tuple | Callable = 0.5
     drift: Callable | None = None
     boundary: stencil.Boundary = "zero"
-    linearization: Linearization = "picard"
-    advection: Advection = "central"
-    outer_tol: float = 1e-5
-    max_outer: int = 50
-    solver: linsolve.Solver = "bicgstab"
-    tol: float = 1e-6
-    maxiter: int | None = None
-    preconditioner: linsolve.Preconditioner = "auto"
     spacing: tuple | None = None
-    transform: linsolve.Transform = "auto"
-    predictor: Predictor = "extrapolate"
-    scheme: Scheme = "log_density"
+    scheme: Scheme = LogDensity()
 
     def __post_init__(self):
-        def choice(name, options):
-            if getattr(self, name) not in options:
-                raise ValueError(f"FPConfig.{name} must be one of {options}, got {getattr(self, name)!r}")
-
-        object.__setattr__(self, "T", _count("T", self.T, "the number of time steps, e.g. T=100"))
-        object.__setattr__(self, "max_outer", _count("max_outer", self.max_outer, "e.g. max_outer=50"))
-        if self.maxiter is not None:
-            object.__setattr__(self, "maxiter", _count("maxiter", self.maxiter, "or None for 10 H W"))
-        choice("boundary", stencil.BOUNDARIES)
-        choice("scheme", SCHEMES)
-        choice("linearization", LINEARIZATIONS)
-        choice("advection", ADVECTIONS)
-        choice("solver", linsolve.SOLVERS)
-        choice("preconditioner", linsolve.PRECONDITIONERS)
-        choice("transform", linsolve.TRANSFORMS)
-        choice("predictor", PREDICTORS)
-        if self.scheme == "spectral" and self.drift is not None:
+        object.__setattr__(self, "T", _count("FPConfig.T", self.T, "the number of time steps, e.g. T=100"))
+        _choice("FPConfig", "boundary", self.boundary, stencil.BOUNDARIES)
+        if not isinstance(self.scheme, SCHEME_TYPES):
+            object.__setattr__(self, "scheme", scheme_named(self.scheme))
+        if isinstance(self.scheme, Spectral) and self.drift is not None:
             raise ValueError(
-                "FPConfig(scheme='spectral') solves the zero-drift equation exactly; "
-                "with a drift use scheme='density' (or 'log_density')"
-            )
-        if self.scheme != "log_density" and self.advection != "central":
-            raise ValueError(
-                f"FPConfig.advection={self.advection!r} applies to scheme='log_density'; "
-                f"scheme={self.scheme!r} uses central differences of the flux f p"
+                "FPConfig(scheme=Spectral()) solves the zero-drift equation exactly; "
+                "with a drift use scheme=Density() (or LogDensity())"
             )
         if self.drift is not None and not callable(self.drift):
             raise ValueError(f"FPConfig.drift must be None or a function t -> (f_x, f_y), got {self.drift!r}")
-        object.__setattr__(self, "tol", _tolerance("tol", self.tol, 0.0, "e.g. tol=1e-6"))
-        object.__setattr__(self, "outer_tol", _tolerance("outer_tol", self.outer_tol, None, "e.g. outer_tol=1e-5"))
         object.__setattr__(self, "g", _diffusion(self.g, self.T))
         if self.spacing is not None:
             object.__setattr__(self, "spacing", _spacing(self.spacing))
@@ -436,8 +497,8 @@ def check_solution(solution: FPSolution, config: FPConfig, on_failure: str = "ra
         if on_failure == "raise":
             failed = jnp.any(solution.status != Status.CONVERGED)
             message = (
-                f"Fokker-Planck solve (scheme={config.scheme!r}) did not converge: a step's status is not CONVERGED "
-                "(fpjax.solver.status.Status); pass on_failure='ignore' and read solution.status to see which"
+                f"Fokker-Planck solve (scheme={config.scheme.name!r}) did not converge: a step's status is not "
+                "CONVERGED (fpjax.solver.status.Status); pass on_failure='ignore' and read solution.status to see which"
             )
             m = eqx.error_if(solution.m, failed, message)
             return dataclasses.replace(solution, m=m)
@@ -450,10 +511,11 @@ def check_solution(solution: FPSolution, config: FPConfig, on_failure: str = "ra
     n = int(bad[-1]) + 1
     index = tuple(int(i) for i in bad)
     message = (
-        f"Fokker-Planck solve (scheme={config.scheme!r}) did not converge at step n={n} (t={n * config.dt:.4g})"
+        f"Fokker-Planck solve (scheme={config.scheme.name!r}) did not converge at step n={n} (t={n * config.dt:.4g})"
         + (f" of batch member {index[:-1]}" if len(index) > 1 else "")
-        + f": {describe(step_status[index])}. {int(np.asarray(solution.outer_iterations)[index])} outer iterations "
-        f"(max_outer={config.max_outer}), relative residual {float(np.asarray(solution.residual)[index]):.3g}; "
+        + f": {describe(step_status[index])}. {int(np.asarray(solution.outer_iterations)[index])} outer iterations"
+        + (f" (max_outer={config.scheme.max_outer})" if isinstance(config.scheme, LogDensity) else "")
+        + f", relative residual {float(np.asarray(solution.residual)[index]):.3g}; "
         f"{int(failed.sum())} of {failed.size} steps failed."
     )
     if on_failure == "raise":

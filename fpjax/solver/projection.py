@@ -125,7 +125,7 @@ def seed_bases(m_seed, config: FPConfig, dim: int = 20, g_values=None):
     def one_step(args):
         m_prev, m, t, g = args
         step = step_coefficients(config, t, g, shape, dtype)
-        matvec = fp.picard_operator(m, step, spacing, config.boundary, config.advection)
+        matvec = fp.picard_operator(m, step, spacing, config.boundary, config.scheme.advection)
         return arnoldi(matvec, fp.step_rhs(m_prev, step), dim)
 
     return lax.map(one_step, (m_seed[:-1], m_seed[1:], times, g_values[1:].astype(dtype)))
@@ -139,7 +139,9 @@ def make_guess_fn(mode: str, config: FPConfig):
         basis, hessenberg = guide
         b = fp.step_rhs(m_prev, step)
         if mode == "galerkin":
-            matvec = fp.picard_operator(m_prev, step, spacing_of(m_prev.shape), config.boundary, config.advection)
+            matvec = fp.picard_operator(
+                m_prev, step, spacing_of(m_prev.shape), config.boundary, config.scheme.advection
+            )
             return galerkin_project(basis, matvec, b)
         return project(basis, hessenberg, b)
 

@@ -29,12 +29,12 @@ def solve_field(m0, g, config: FPConfig, guides=None, guess_fn=None, approximate
     log-density scheme (:func:`fpjax.solver.log_density.trajectory`); the linear
     schemes have no nonlinear steps to accelerate and refuse them.
     """
-    if config.scheme == "log_density":
+    if config.scheme.name == "log_density":
         return log_density.trajectory(m0, g, config, guides, guess_fn, approximate)
     if guess_fn is not None:
         raise ValueError(
             f"the cross-matrix projection accelerates the log-density scheme's nonlinear steps; "
-            f"scheme={config.scheme!r} has none to accelerate: use projection='off'"
+            f"scheme={config.scheme.name!r} has none to accelerate: use projection='off'"
         )
     return linear.solve(m0, g, config)
 
@@ -42,7 +42,7 @@ def solve_field(m0, g, config: FPConfig, guides=None, guess_fn=None, approximate
 def _fold_concrete_g(config: FPConfig, g):
     """A concrete ``g`` override of a linear scheme becomes part of the (static) config, so that its
     boundary terms are computed in float64 and the spectral solve keeps only the modes it needs."""
-    if g is None or config.scheme == "log_density" or isinstance(g, jax.core.Tracer):
+    if g is None or config.scheme.name == "log_density" or isinstance(g, jax.core.Tracer):
         return config, g
     values = np.asarray(g, np.float64)
     return dataclasses.replace(config, g=float(values) if values.ndim == 0 else tuple(values.ravel())), None

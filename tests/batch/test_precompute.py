@@ -1,3 +1,4 @@
+import dataclasses
 import os
 import pathlib
 import select
@@ -59,6 +60,33 @@ def test_store_round_trip_and_mismatch(tmp_path):
     assert again.skipped == 3 and again.batch_seconds == []
     with pytest.raises(StoreMismatchError, match="T: store has 6, this run 7|config"):
         precompute(images, fpjax.FPConfig(T=7), store=path)
+
+
+# The config of a store as fpjax wrote it before scheme objects (c366682, `fpjax precompute --T 6 --store`):
+# every option flat, the scheme a name.
+FLAT_CONFIG = {"T": 6, "g": 0.5, "boundary": "zero", "linearization": "picard", "advection": "central",
+               "outer_tol": 1e-05, "max_outer": 50, "solver": "bicgstab", "tol": 1e-06, "maxiter": None,
+               "preconditioner": "auto", "spacing": None, "transform": "auto", "predictor": "extrapolate",
+               "scheme": "log_density"}  # fmt: skip
+
+
+def test_a_store_written_before_scheme_objects_stays_readable_and_resumable(tmp_path):
+    import zarr
+
+    images = _images(2)
+    path = tmp_path / "fp.zarr"
+    first = precompute(images, CONFIG, store=path, batch_size=2)
+    group = zarr.open_group(str(path), mode="a")
+    group.attrs["fpjax"] = {**group.attrs["fpjax"], "config": FLAT_CONFIG}  # as the older fpjax left it
+    again = precompute(images, CONFIG, store=path, batch_size=2)
+    assert again.skipped == 2
+    np.testing.assert_array_equal(np.asarray(again.m[:]), np.asarray(first.m[:]))
+    scheme = zarr.open_group(str(path), mode="r").attrs["fpjax"]["config"]["scheme"]
+    assert scheme == {"type": "LogDensity", **{k: FLAT_CONFIG[k] for k in scheme if k != "type"}}
+    assert set(scheme) - {"type"} == {f.name for f in dataclasses.fields(fpjax.LogDensity)}
+    group.attrs["fpjax"] = {**group.attrs["fpjax"], "config": {**FLAT_CONFIG, "linearization": "newton"}}
+    with pytest.raises(StoreMismatchError, match="config.scheme.linearization: store has 'newton', this run 'picard'"):
+        precompute(images, CONFIG, store=path, batch_size=2)
 
 
 _WORKER = textwrap.dedent(

@@ -99,9 +99,9 @@ def test_generate_has_the_closed_form_law_of_the_reverse_sde():
     shape = (4096, 2, 2, 1)
     n = int(np.prod(shape))
     config = sampling.SamplerConfig(steps=500, clip=False, final_noise=True)
-    out = jax.jit(
-        lambda k: sampling.generate(gaussian_score_image, shape, k, sde_lib.ConstantVE(G), config, mean=0.5)
-    )(jax.random.key(0))
+    out = jax.jit(lambda k: sampling.generate(gaussian_score_image, shape, k, sde_lib.ConstantVE(G), config, mean=0.5))(
+        jax.random.key(0)
+    )
     assert out.shape == shape
     r0 = V0 / (V0 + G**2)
     mean, var = MU + (0.5 - MU) * r0, V0 * (1.0 - r0**2)

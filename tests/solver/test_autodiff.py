@@ -9,19 +9,24 @@ import pytest
 import fpjax
 from fpjax.data import sample_images
 
-VARIANTS = {
-    "log_density, picard": dict(linearization="picard", preconditioner="dst"),
-    "log_density, newton": dict(linearization="newton", preconditioner="dst"),
-    "density": dict(scheme="density"),
-    "spectral": dict(scheme="spectral"),
+VARIANTS = {  # name: (the scheme at its default tolerances, the scheme at float64 tolerances)
+    "log_density, picard": (
+        fpjax.LogDensity(linearization="picard", preconditioner="dst"),
+        fpjax.LogDensity(linearization="picard", preconditioner="dst", tol=1e-12, outer_tol=1e-12, max_outer=100),
+    ),
+    "log_density, newton": (
+        fpjax.LogDensity(linearization="newton", preconditioner="dst"),
+        fpjax.LogDensity(linearization="newton", preconditioner="dst", tol=1e-12, outer_tol=1e-12, max_outer=100),
+    ),
+    "density": (fpjax.Density(), fpjax.Density(tol=1e-12)),
+    "spectral": (fpjax.Spectral(), fpjax.Spectral()),
 }
 T, SHAPE, G0 = 4, (8, 7), 0.6
 
 
 def _config(variant, dtype=np.float64):
-    if dtype == np.float32:  # the default tolerances: float32 cannot reach 1e-12
-        return fpjax.FPConfig(T=T, **VARIANTS[variant])
-    return fpjax.FPConfig(T=T, tol=1e-12, outer_tol=1e-12, max_outer=100, **VARIANTS[variant])
+    default, tight = VARIANTS[variant]  # float32 cannot reach 1e-12: it keeps the default tolerances
+    return fpjax.FPConfig(T=T, scheme=default if dtype == np.float32 else tight)
 
 
 def _m0(dtype=np.float64, index=3):

@@ -6,6 +6,8 @@ Each example compiles its own solve (the configuration is static), so the grid i
 examples few.
 """
 
+import dataclasses
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -36,24 +38,37 @@ FIELDS = {
 }
 
 
+SCHEME_CLASSES = {"log_density": fpjax.LogDensity, "density": fpjax.Density, "spectral": fpjax.Spectral}
+PROBLEM_FIELDS = ("T", "g", "boundary", "spacing", "scheme")
+
+
 @st.composite
 def configs(draw):
-    """``(kwargs, invalid)``: FPConfig keyword arguments and the names of the fields drawn invalid (none in
-    about half the examples, one or two in the others)."""
-    broken = draw(st.one_of(st.just([]), st.lists(st.sampled_from(list(FIELDS)), min_size=1, max_size=2, unique=True)))
-    kwargs, invalid = {}, set(broken)
-    for name, (good, bad) in FIELDS.items():
-        if name in broken:
-            kwargs[name] = draw(st.sampled_from(bad))
-        elif name == "T" or draw(st.booleans()):  # T always: the default T = 100 would make examples slow
-            kwargs[name] = draw(st.sampled_from(good))
-    if kwargs.get("scheme", "log_density") == "log_density":
-        kwargs["advection"] = draw(st.sampled_from(["central", "upwind"]))
+    """``(problem, scheme, invalid)``: FPConfig's keyword arguments but the scheme, a function making the scheme
+    (its class with options drawn among its own fields, or an unknown name), and the names of the fields drawn
+    invalid, each as ``Owner.field`` (none in about half the examples, one or two in the others)."""
+    name = draw(st.sampled_from(FIELDS["scheme"][0] + FIELDS["scheme"][1]))
+    cls = SCHEME_CLASSES.get(name)
+    own = {f.name for f in dataclasses.fields(cls)} if cls else set()
+    allowed = [f for f in FIELDS if (f in PROBLEM_FIELDS and f != "scheme") or f in own]
+    broken = draw(st.one_of(st.just([]), st.lists(st.sampled_from(allowed), min_size=1, max_size=2, unique=True)))
+    problem, options = {}, {}
+    invalid = {("FPConfig." if f in PROBLEM_FIELDS else f"{cls.__name__}.") + f for f in broken}
+    if cls is None:
+        invalid.add("FPConfig.scheme")
+    for field in allowed:
+        target = problem if field in PROBLEM_FIELDS else options
+        if field in broken:
+            target[field] = draw(st.sampled_from(FIELDS[field][1]))
+        elif field == "T" or draw(st.booleans()):  # T always: the default T = 100 would make examples slow
+            target[field] = draw(st.sampled_from(FIELDS[field][0]))
+    if cls is fpjax.LogDensity:
+        options["advection"] = draw(st.sampled_from(["central", "upwind"]))
     if draw(st.integers(0, 3)) == 0:
-        kwargs["drift"] = lambda t: (jnp.asarray(0.3), -0.2 * t)
-        if kwargs.get("scheme") == "spectral":
-            invalid.add("scheme")  # spectral is the zero-drift solve
-    return kwargs, invalid
+        problem["drift"] = lambda t: (jnp.asarray(0.3), -0.2 * t)
+        if cls is fpjax.Spectral:
+            invalid.add("FPConfig(scheme=")  # spectral is the zero-drift solve
+    return problem, (lambda: cls(**options)) if cls else (lambda: name), invalid
 
 
 M0 = jnp.asarray(fpjax.initial_log_density(np.random.default_rng(0).uniform(size=SHAPE + (3,))), jnp.float32)
@@ -62,14 +77,14 @@ M0 = jnp.asarray(fpjax.initial_log_density(np.random.default_rng(0).uniform(size
 @settings(max_examples=30, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(configs())
 def test_every_config_is_refused_clearly_or_solved_with_honest_flags(drawn):
-    kwargs, invalid = drawn
+    problem, scheme, invalid = drawn
     try:
-        config = FPConfig(**kwargs)
+        config = FPConfig(**problem, scheme=scheme())
     except ValueError as error:
         message = str(error)
         assert invalid, f"a valid configuration was refused: {message}"
         assert "\n" not in message
-        assert any(f"FPConfig.{name}" in message or f"FPConfig({name}=" in message for name in invalid), message
+        assert any(name in message for name in invalid), message
         return
     assert not invalid, f"accepted with invalid {invalid}: {config}"
     solution = fpjax.solve(M0, config, on_failure="ignore")

@@ -57,10 +57,9 @@ def test_picard_matches_spsolve_scheme(dtype, bound, boundary):
         config = fpjax.FPConfig(
             T=T,
             boundary=boundary,
-            outer_tol=0.0,
-            predictor="previous",
-            max_outer=outer,
-            tol=1e-7 if dtype == np.float32 else 1e-13,
+            scheme=fpjax.LogDensity(
+                outer_tol=0.0, predictor="previous", max_outer=outer, tol=1e-7 if dtype == np.float32 else 1e-13
+            ),
         )
         sol = fpjax.solve(m0.astype(dtype), config, on_failure="ignore")
         assert sol.m.dtype == dtype
@@ -78,10 +77,7 @@ def test_picard_matches_spsolve_with_drift_and_g_schedule():
         T=T,
         g=tuple(g),
         drift=lambda t: (jnp.asarray(fx), jnp.asarray(fy)),
-        outer_tol=0.0,
-        predictor="previous",
-        max_outer=outer,
-        tol=1e-13,
+        scheme=fpjax.LogDensity(outer_tol=0.0, predictor="previous", max_outer=outer, tol=1e-13),
     )
     sol = fpjax.solve(m0, config, on_failure="ignore")
     hx, hy = 1 / 12, 1 / 9
@@ -107,9 +103,11 @@ def _spsolve_step(m_prev, g, fx, fy, hx, hy, T, outer):
 @pytest.mark.parametrize("boundary", ["zero", "reflect"])
 def test_picard_and_newton_agree_at_convergence(boundary):
     m0 = fpjax.initial_log_density(_test_images(1)[0].astype(np.float64))
-    base = dict(T=10, boundary=boundary, outer_tol=1e-11, tol=1e-12, max_outer=100)
-    picard = fpjax.solve(m0, fpjax.FPConfig(**base))
-    newton = fpjax.solve(m0, fpjax.FPConfig(linearization="newton", **base))
+    tight = dict(outer_tol=1e-11, tol=1e-12, max_outer=100)
+    picard = fpjax.solve(m0, fpjax.FPConfig(T=10, boundary=boundary, scheme=fpjax.LogDensity(**tight)))
+    newton = fpjax.solve(
+        m0, fpjax.FPConfig(T=10, boundary=boundary, scheme=fpjax.LogDensity(linearization="newton", **tight))
+    )
     np.testing.assert_allclose(np.asarray(newton.m), np.asarray(picard.m), rtol=1e-9)
     assert np.asarray(newton.outer_iterations).mean() < np.asarray(picard.outer_iterations).mean()
     assert float(jnp.max(newton.residual)) < 1e-9
@@ -118,8 +116,11 @@ def test_picard_and_newton_agree_at_convergence(boundary):
 @pytest.mark.parametrize("predictor", ["previous", "extrapolate"])
 def test_predictors_reach_the_same_solution(predictor):
     m0 = fpjax.initial_log_density(_test_images(1)[0].astype(np.float64))
-    tight = fpjax.solve(m0, fpjax.FPConfig(T=10, outer_tol=1e-12, tol=1e-13, max_outer=100, predictor="previous"))
-    sol = fpjax.solve(m0, fpjax.FPConfig(T=10, predictor=predictor))
+    tight = fpjax.solve(
+        m0,
+        fpjax.FPConfig(T=10, scheme=fpjax.LogDensity(outer_tol=1e-12, tol=1e-13, max_outer=100, predictor="previous")),
+    )
+    sol = fpjax.solve(m0, fpjax.FPConfig(T=10, scheme=fpjax.LogDensity(predictor=predictor)))
     error = float(jnp.linalg.norm(sol.m - tight.m) / jnp.linalg.norm(tight.m))
     assert error < 1e-5, error
 
@@ -128,10 +129,12 @@ def test_predictors_reach_the_same_solution(predictor):
 @pytest.mark.parametrize("solver", ["bicgstab", "bicgstab_counted", "gmres"])
 def test_float32_agrees_with_float64(linearization, solver):
     image = _test_images(1)[0]
-    config = fpjax.FPConfig(T=10, linearization=linearization, solver=solver, preconditioner="none")
+    config = fpjax.FPConfig(
+        T=10, scheme=fpjax.LogDensity(linearization=linearization, solver=solver, preconditioner="none")
+    )
     m64 = fpjax.solve(
         fpjax.initial_log_density(image.astype(np.float64)),
-        fpjax.FPConfig(T=10, outer_tol=1e-12, tol=1e-13, max_outer=100),
+        fpjax.FPConfig(T=10, scheme=fpjax.LogDensity(outer_tol=1e-12, tol=1e-13, max_outer=100)),
     ).m
     sol32 = fpjax.solve(fpjax.initial_log_density(image), config)
     assert sol32.m.dtype == jnp.float32 and bool(sol32.converged.all())
@@ -159,9 +162,9 @@ def test_dst_preconditioner_inverts_operator_without_advection(boundary):
 @pytest.mark.parametrize("preconditioner", ["none", "dst"])
 def test_preconditioner_changes_iterations_not_solution(preconditioner):
     m0 = fpjax.initial_log_density(_test_images(1)[0].astype(np.float64))
-    config = dict(T=5, outer_tol=1e-12, tol=1e-13, max_outer=60, solver="bicgstab_counted")
-    ref = fpjax.solve(m0, fpjax.FPConfig(preconditioner="none", **config))
-    sol = fpjax.solve(m0, fpjax.FPConfig(preconditioner=preconditioner, **config))
+    tight = dict(outer_tol=1e-12, tol=1e-13, max_outer=60, solver="bicgstab_counted")
+    ref = fpjax.solve(m0, fpjax.FPConfig(T=5, scheme=fpjax.LogDensity(preconditioner="none", **tight)))
+    sol = fpjax.solve(m0, fpjax.FPConfig(T=5, scheme=fpjax.LogDensity(preconditioner=preconditioner, **tight)))
     np.testing.assert_allclose(np.asarray(sol.m), np.asarray(ref.m), rtol=1e-11)
     assert (np.asarray(sol.linear_iterations) > 0).all()
 
@@ -202,7 +205,9 @@ def _central_fd(f, x, direction, eps):
 @pytest.mark.parametrize("linearization", ["picard", "newton"])
 def test_grad_wrt_image_matches_finite_differences(linearization):
     image = np.clip(_test_images(1)[0][:8, :10].astype(np.float64), 0.05, 0.95)
-    config = fpjax.FPConfig(T=4, linearization=linearization, outer_tol=1e-13, tol=1e-13, max_outer=200)
+    config = fpjax.FPConfig(
+        T=4, scheme=fpjax.LogDensity(linearization=linearization, outer_tol=1e-13, tol=1e-13, max_outer=200)
+    )
     weights = _loss_weights((8, 10))
 
     def loss(x):
@@ -220,7 +225,10 @@ def test_grad_wrt_image_matches_finite_differences(linearization):
 def test_grad_wrt_g_matches_finite_differences(advection, preconditioner):
     m0 = fpjax.initial_log_density(_test_images(1)[0][:9, :7].astype(np.float64))
     config = fpjax.FPConfig(
-        T=5, advection=advection, preconditioner=preconditioner, outer_tol=1e-13, tol=1e-13, max_outer=200
+        T=5,
+        scheme=fpjax.LogDensity(
+            advection=advection, preconditioner=preconditioner, outer_tol=1e-13, tol=1e-13, max_outer=200
+        ),
     )
     weights = _loss_weights((9, 7))
     loss = lambda g: jnp.sum(fpjax.solve(m0, config, g=g).m * weights)  # noqa: E731
@@ -233,7 +241,7 @@ def test_grad_wrt_g_matches_finite_differences(advection, preconditioner):
 
 def test_per_example_gradients_under_vmap():
     images = np.clip(_test_images(2)[:, :8, :8].astype(np.float64), 0.05, 0.95)
-    config = fpjax.FPConfig(T=3, outer_tol=1e-13, tol=1e-13, max_outer=200)
+    config = fpjax.FPConfig(T=3, scheme=fpjax.LogDensity(outer_tol=1e-13, tol=1e-13, max_outer=200))
     weights = _loss_weights((8, 8))
     loss = lambda x: jnp.sum(fpjax.solve(fpjax.initial_log_density(x), config).m[-1] * weights)  # noqa: E731
     batched = jax.vmap(jax.grad(loss))(jnp.asarray(images))
@@ -258,7 +266,7 @@ def test_score_and_pixel_score():
 
 def _failing_setup():
     m0 = fpjax.initial_log_density(_test_images(1)[0])
-    return m0, fpjax.FPConfig(T=4, max_outer=1, outer_tol=1e-12)
+    return m0, fpjax.FPConfig(T=4, scheme=fpjax.LogDensity(max_outer=1, outer_tol=1e-12))
 
 
 def test_non_convergence_raises_naming_the_step():
@@ -290,20 +298,41 @@ def test_converged_solve_emits_no_warning():
 
 
 @pytest.mark.parametrize(
-    "kwargs, message",
+    "make, message",
     [
-        (dict(boundary="periodic"), "boundary"),
-        (dict(linearization="anderson"), "linearization"),
-        (dict(advection="weno"), "advection"),
-        (dict(solver="lu"), "solver"),
-        (dict(preconditioner="ilu"), "preconditioner"),
-        (dict(T=0), "T must be"),
-        (dict(T=3, g=(0.5, 0.5)), "T\\+1 = 4"),
+        (lambda: fpjax.FPConfig(boundary="periodic"), "FPConfig.boundary"),
+        (lambda: fpjax.LogDensity(linearization="anderson"), "LogDensity.linearization"),
+        (lambda: fpjax.LogDensity(advection="weno"), "LogDensity.advection"),
+        (lambda: fpjax.Density(solver="lu"), "Density.solver"),
+        (lambda: fpjax.LogDensity(preconditioner="ilu"), "LogDensity.preconditioner"),
+        (lambda: fpjax.FPConfig(T=0), "T must be"),
+        (lambda: fpjax.FPConfig(T=3, g=(0.5, 0.5)), "T\\+1 = 4"),
+    ],
+    ids=["boundary", "linearization", "advection", "solver", "preconditioner", "T", "g"],
+)
+def test_config_errors_are_named(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+@pytest.mark.parametrize(
+    "scheme, option, value",
+    [
+        (fpjax.Density, "linearization", "newton"),
+        (fpjax.Density, "advection", "upwind"),
+        (fpjax.Density, "outer_tol", 1e-3),
+        (fpjax.Spectral, "tol", 1e-3),
+        (fpjax.Spectral, "preconditioner", "dst"),
+        (fpjax.Spectral, "max_outer", 5),
     ],
 )
-def test_config_errors_are_named(kwargs, message):
-    with pytest.raises(ValueError, match=message):
-        fpjax.FPConfig(**kwargs)
+def test_an_option_a_scheme_does_not_use_cannot_be_set(scheme, option, value):
+    """Each scheme holds only its own options: FPConfig(scheme="spectral", linearization="newton") meant nothing
+    and was accepted; now the scheme object refuses the option."""
+    with pytest.raises(TypeError, match=option):
+        scheme(**{option: value})
+    with pytest.raises(TypeError, match=option):
+        fpjax.FPConfig(**{option: value})  # and the problem holds no method options at all
 
 
 def test_config_is_hashable_static_argument():
@@ -319,9 +348,9 @@ def test_upwind_survives_where_central_advection_dominates():
     principle bounds every step by the previous one."""
     yy, xx = np.mgrid[0:12, 0:12]
     m0 = -((xx - 3.0) ** 2 + (yy - 8.0) ** 2) / 2.0  # log of a narrow Gaussian, in pixel units
-    central = fpjax.solve(m0, fpjax.FPConfig(T=10, g=2.0, max_outer=200), on_failure="ignore")
+    central = fpjax.solve(m0, fpjax.FPConfig(T=10, g=2.0, scheme=fpjax.LogDensity(max_outer=200)), on_failure="ignore")
     assert not bool(central.converged.all())
-    sol = fpjax.solve(m0, fpjax.FPConfig(T=10, g=2.0, advection="upwind", max_outer=200))
+    sol = fpjax.solve(m0, fpjax.FPConfig(T=10, g=2.0, scheme=fpjax.LogDensity(advection="upwind", max_outer=200)))
     assert bool(sol.converged.all())
     sup = np.abs(np.asarray(sol.m)).max(axis=(1, 2))
     assert (sup[1:] <= sup[:-1] * (1 + 1e-9)).all()
@@ -339,7 +368,7 @@ def test_auto_preconditioner_choice():
 def test_step_residuals_sit_at_the_solver_tolerance_and_catch_a_wrong_step():
     rng = np.random.default_rng(0)
     image = rng.uniform(0.2, 1.0, (12, 12))
-    config = fpjax.FPConfig(T=10, outer_tol=1e-6)
+    config = fpjax.FPConfig(T=10, scheme=fpjax.LogDensity(outer_tol=1e-6))
     solution = fpjax.solve(jnp.log(image / image.sum()), config)
     r = np.asarray(fp.step_residuals(solution.m, config))
     assert r.shape == (10,) and np.all(r < 1e-4)

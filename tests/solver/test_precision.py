@@ -42,7 +42,11 @@ M0 = fpjax.initial_log_density(IMAGE)
     [
         ("position_kde blur", lambda x: fpjax.initial_log_density(x), (IMAGE,)),
         ("intensity_kde", lambda x: fpjax.initial_log_density(x, "intensity_kde"), (IMAGE,)),
-        ("dst preconditioner", lambda m: fpjax.solve(m, fpjax.FPConfig(T=2, preconditioner="dst")).m, (M0,)),
+        (
+            "dst preconditioner",
+            lambda m: fpjax.solve(m, fpjax.FPConfig(T=2, scheme=fpjax.LogDensity(preconditioner="dst"))).m,
+            (M0,),
+        ),
         ("spectral", lambda m: fpjax.solve(m, fpjax.FPConfig(T=3, scheme="spectral")).m, (M0,)),
         ("density", lambda m: fpjax.solve(m, fpjax.FPConfig(T=2, scheme="density")).m, (M0,)),
         ("arnoldi", lambda m: projection.seed_bases(jnp.stack([m] * 3), fpjax.FPConfig(T=2), 4), (M0,)),

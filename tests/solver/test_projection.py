@@ -60,7 +60,7 @@ def _fields(n=3):
 @pytest.mark.parametrize("mode", ["initial_guess", "galerkin"])
 def test_exact_modes_match_the_plain_solve(mode):
     seed, *targets = _fields()
-    config = fpjax.FPConfig(T=10, outer_tol=1e-10, tol=1e-12, max_outer=100)
+    config = fpjax.FPConfig(T=10, scheme=fpjax.LogDensity(outer_tol=1e-10, tol=1e-12, max_outer=100))
     bases = projection.seed_bases(fpjax.solve(seed, config).m, config, dim=8)
     assert bases[0].shape == (10, 8, 16, 16) and bases[1].shape == (10, 8, 8)
     for target in targets:
@@ -84,7 +84,7 @@ def test_approximate_mode_reports_its_error():
 
 def test_seed_projection_of_the_seed_itself_is_close():
     seed = _fields(1)[0]
-    config = fpjax.FPConfig(T=5, outer_tol=1e-10, tol=1e-12, max_outer=100)
+    config = fpjax.FPConfig(T=5, scheme=fpjax.LogDensity(outer_tol=1e-10, tol=1e-12, max_outer=100))
     sol = fpjax.solve(seed, config)
     bases = projection.seed_bases(sol.m, config, dim=30)
     approx = projection.solve_projected(seed, bases, config, "approximate")
@@ -115,7 +115,7 @@ def test_projected_solves_are_differentiable_in_both_modes(mode):
     """jvp and grad of a projected solve agree with each other and with float64 central differences (the
     approximate mode's derivative is that of its projection map, not zero)."""
     images = sample_images(32)[:2, :10, :10].astype(np.float64)
-    config = fpjax.FPConfig(T=4, tol=1e-12, outer_tol=1e-12)
+    config = fpjax.FPConfig(T=4, scheme=fpjax.LogDensity(tol=1e-12, outer_tol=1e-12))
     m_seed = fpjax.solve(fpjax.initial_log_density(images[0]), config).m
     bases = projection.seed_bases(m_seed, config, 4)
     m0 = fpjax.initial_log_density(images[1])

@@ -15,7 +15,7 @@ def _field(shape=(12, 12), seed=0):
 
 def test_one_outer_iteration_cannot_meet_a_tolerance_of_1e_12():
     # from the predictor the step's solution is not reached in one Picard update: change > 0 >> 1e-12
-    config = fpjax.FPConfig(T=4, max_outer=1, outer_tol=1e-12, predictor="previous")
+    config = fpjax.FPConfig(T=4, scheme=fpjax.LogDensity(max_outer=1, outer_tol=1e-12, predictor="previous"))
     solution = fpjax.solve(_field(), config, on_failure="ignore")
     assert (np.asarray(solution.status) == Status.OUTER_ITERATION_CAP).all()
     assert not np.asarray(solution.converged).any() and int(solution.outcome) == Status.OUTER_ITERATION_CAP
@@ -45,7 +45,7 @@ def test_converged_solves_report_converged_for_every_scheme():
 
 
 def test_on_failure_raise_raises_inside_jit_and_vmap_reports_per_member():
-    config = fpjax.FPConfig(T=4, max_outer=1, outer_tol=1e-12, predictor="previous")
+    config = fpjax.FPConfig(T=4, scheme=fpjax.LogDensity(max_outer=1, outer_tol=1e-12, predictor="previous"))
     jitted = jax.jit(lambda m: fpjax.solve(m, config).m)
     with pytest.raises(Exception, match="did not converge"):
         jax.block_until_ready(jitted(_field()))

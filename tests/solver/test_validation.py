@@ -34,24 +34,33 @@ REJECTED = [
     (dict(spacing=(NAN, 0.1)), r"FPConfig\.spacing must be a finite number"),
     (dict(spacing=(0.1,)), r"FPConfig\.spacing must be two finite positive numbers"),
     (dict(spacing=0.1), r"FPConfig\.spacing must be two finite positive numbers"),
-    (dict(maxiter=0), r"FPConfig\.maxiter must be a positive integer \(or None"),
-    (dict(maxiter=-5), r"FPConfig\.maxiter must be a positive integer"),
-    (dict(max_outer=0), r"FPConfig\.max_outer must be a positive integer"),
-    (dict(tol=0.0), r"FPConfig\.tol must lie in \(0, 1\)"),
-    (dict(tol=-1e-6), r"FPConfig\.tol must lie in \(0, 1\)"),
-    (dict(tol=1.0), r"FPConfig\.tol must lie in \(0, 1\)"),
-    (dict(tol=NAN), r"FPConfig\.tol must be a finite number"),
-    (dict(outer_tol=-1e-5), r"FPConfig\.outer_tol must lie in \[0, 1\)"),
-    (dict(outer_tol=INF), r"FPConfig\.outer_tol must be a finite number"),
+    (dict(scheme=lambda: fpjax.LogDensity(maxiter=0)), r"LogDensity\.maxiter must be a positive integer \(or None"),
+    (dict(scheme=lambda: fpjax.Density(maxiter=-5)), r"Density\.maxiter must be a positive integer"),
+    (dict(scheme=lambda: fpjax.LogDensity(max_outer=0)), r"LogDensity\.max_outer must be a positive integer"),
+    (dict(scheme=lambda: fpjax.LogDensity(tol=0.0)), r"LogDensity\.tol must lie in \(0, 1\)"),
+    (dict(scheme=lambda: fpjax.Density(tol=-1e-6)), r"Density\.tol must lie in \(0, 1\)"),
+    (dict(scheme=lambda: fpjax.LogDensity(tol=1.0)), r"LogDensity\.tol must lie in \(0, 1\)"),
+    (dict(scheme=lambda: fpjax.LogDensity(tol=NAN)), r"LogDensity\.tol must be a finite number"),
+    (dict(scheme=lambda: fpjax.LogDensity(outer_tol=-1e-5)), r"LogDensity\.outer_tol must lie in \[0, 1\)"),
+    (dict(scheme=lambda: fpjax.LogDensity(outer_tol=INF)), r"LogDensity\.outer_tol must be a finite number"),
     (dict(drift="upwards"), r"FPConfig\.drift must be None or a function"),
-    (dict(scheme="implicit"), r"FPConfig\.scheme must be one of"),
+    (dict(scheme="implicit"), r"FPConfig\.scheme must be a scheme object"),
+    (dict(scheme=lambda: fpjax.LogDensity(linearization="exact")), r"LogDensity\.linearization must be one of"),
+    (dict(scheme=lambda: fpjax.Spectral(transform="wavelet")), r"Spectral\.transform must be one of"),
+    (dict(scheme="spectral", drift=lambda t: (0.1, 0.0)), r"FPConfig\(scheme=Spectral\(\)\) solves the zero-drift"),
 ]
 
 
-@pytest.mark.parametrize("kwargs, message", REJECTED, ids=[str(k) for k, _ in REJECTED])
+def _id(kwargs: dict, message: str) -> str:
+    """A test id the same in every process (pytest-xdist): no function addresses."""
+    return ",".join(f"{k}=" + ("<fn>" if callable(v) else repr(v)) for k, v in kwargs.items()) + ":" + message[:24]
+
+
+@pytest.mark.parametrize("kwargs, message", REJECTED, ids=[_id(k, m) for k, m in REJECTED])
 def test_config_rejects(kwargs, message):
+    """A scheme's option is refused by the scheme (given as a function: it raises when called)."""
     with pytest.raises(ValueError, match=message) as error:
-        FPConfig(**kwargs)
+        FPConfig(**{k: v() if k == "scheme" and callable(v) else v for k, v in kwargs.items()})
     assert "\n" not in str(error.value)
 
 
@@ -63,9 +72,12 @@ def test_integer_like_T_is_accepted_as_int(T):
 
 
 def test_integer_like_counts_and_numpy_numbers_are_normalised():
-    config = FPConfig(max_outer=np.int64(7), maxiter=40.0, g=np.float32(0.25), tol=np.float64(1e-5))
-    assert (config.max_outer, config.maxiter, config.g, config.tol) == (7, 40, 0.25, 1e-5)
-    assert all(type(v) in (int, float) for v in (config.max_outer, config.maxiter, config.g, config.tol))
+    config = FPConfig(
+        g=np.float32(0.25), scheme=fpjax.LogDensity(max_outer=np.int64(7), maxiter=40.0, tol=np.float64(1e-5))
+    )
+    values = (config.scheme.max_outer, config.scheme.maxiter, config.g, config.scheme.tol)
+    assert values == (7, 40, 0.25, 1e-5)
+    assert all(type(v) in (int, float) for v in values)
     assert FPConfig(spacing=np.array([0.1, 0.2])).spacing == (0.1, 0.2)
     hash(FPConfig(T=4, g=np.linspace(0.1, 0.5, 5)))  # a schedule becomes a tuple: still hashable
 
