@@ -56,8 +56,22 @@ def inputs(tmp_path_factory):
     batches.mkdir()
     with open(batches / "test_batch", "wb") as f:
         pickle.dump({b"something": 1}, f)
+    crafted = root / "crafted" / "cifar-10-batches-py"
+    crafted.mkdir(parents=True)
+    with open(crafted / "test_batch", "wb") as f:  # unpickling it with pickle.load would create the file
+        pickle.dump({b"data": _CreatesAFile(str(root / "created-by-the-pickle"))}, f)
     (root / "afile").write_text("a file, not a folder\n")
     return root
+
+
+class _CreatesAFile:
+    """Pickles as a call of ``open(path, "w")``: loading it with ``pickle.load`` creates ``path``."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (self.path, "w")
 
 
 # (arguments, exit status, words the message must contain); {d} is the inputs folder
@@ -72,6 +86,11 @@ CASES = {
     "text-as-npz": ("precompute --data cifar10:{d}/notes.npz", 1, ["notes.npz", "not a CIFAR-10 npz"]),
     "npz-other-arrays": ("precompute --data cifar10:{d}/other.npz", 1, ["other.npz", "'images'", "'labels'"]),
     "bad-cifar-batch": ("precompute --data cifar10:{d}/cifar-10-batches-py", 1, ["test_batch", "CIFAR-10 batch"]),
+    "crafted-pickle": (
+        "precompute --data cifar10:{d}/crafted/cifar-10-batches-py",
+        1,
+        ["test_batch", "io.open", "never holds"],
+    ),
     "empty-class": ("precompute --data cifar10:{d}/trucks.npz:cat", 1, ["trucks.npz", "no image of class cat"]),
     "missing-cifar": ("precompute --data cifar10:{d}/nothing.npz", 1, ["nothing.npz", "does not exist"]),
     "out-is-a-file": ("precompute --out {d}/afile", 1, ["afile", "folder"]),
@@ -86,6 +105,7 @@ def test_console_script_reports_a_user_error_in_one_line(case, inputs, tmp_path)
     result = fpjax(shlex.split(argv.format(d=inputs)), cwd=tmp_path)
     assert result.returncode == status, result.stderr
     assert_one_line_error(result.stderr, *words)
+    assert not (inputs / "created-by-the-pickle").exists(), "a crafted CIFAR-10 batch ran its code"
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")

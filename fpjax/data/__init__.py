@@ -6,6 +6,7 @@ licences are listed in ``fpjax/data/ATTRIBUTION.md``.
 
 from __future__ import annotations
 
+import codecs
 import functools
 import os
 import pathlib
@@ -159,6 +160,31 @@ def _read_cifar_npz(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
+# What a CIFAR-10 python batch holds: a dict of bytes, lists of ints and bytes, and one uint8 array. The release
+# (Python 2, NumPy 1.x) rebuilds the array through numpy.core.multiarray._reconstruct, ndarray and dtype; a
+# batch pickled again under Python 3 may also name _codecs.encode (bytes at protocol 2) or NumPy's _frombuffer
+# (protocol 5). Each is resolved here to NumPy's own function, whatever module name the file gives.
+_CIFAR_PICKLE_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"): np.zeros(0).__reduce__()[0],
+    ("numpy._core.multiarray", "_reconstruct"): np.zeros(0).__reduce__()[0],
+    ("numpy.core.numeric", "_frombuffer"): np.zeros(1).__reduce_ex__(5)[0],
+    ("numpy._core.numeric", "_frombuffer"): np.zeros(1).__reduce_ex__(5)[0],
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): codecs.encode,
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler that builds only what a CIFAR-10 batch holds: anything else (a function to call, a class
+    to build) is refused before it runs, so a crafted file cannot run code (``pickle.load`` would)."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _CIFAR_PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(f"it asks to build {module}.{name}, which a CIFAR-10 batch never holds")
+        return _CIFAR_PICKLE_GLOBALS[module, name]
+
+
 def _read_cifar_batches(folder: pathlib.Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     """The pickled batches of the python release's ``cifar-10-batches-py`` folder, checked."""
     if split not in ("test", "train"):
@@ -171,7 +197,9 @@ def _read_cifar_batches(folder: pathlib.Path, split: str) -> tuple[np.ndarray, n
             raise FileNotFoundError(f"{path} does not exist: expected {_CIFAR_FORMS}")
         try:
             with open(path, "rb") as f:
-                batch = pickle.load(f, encoding="bytes")
+                batch = _CifarUnpickler(f, encoding="bytes").load()
+            if not isinstance(batch, dict):
+                raise TypeError(f"it holds a {type(batch).__name__}, not a dict")
             raw, batch_labels = np.asarray(batch[b"data"], np.uint8), np.asarray(batch[b"labels"])
             images.append(raw.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
         except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError) as error:
