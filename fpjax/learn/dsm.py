@@ -56,9 +56,19 @@ def dsm_loss(score, x0, key, sde, t_min: float):
     return jnp.mean((jnp.sqrt(sde.variance(t))[:, None] * score(x, t) + z) ** 2)
 
 
-def _loss(graphdef, params, x0, key, sde, config: DSMConfig):
+STEP_KEYS = ("batch", "dsm", "regulariser", "regulariser_t", "regulariser_x")
+
+
+def step_keys(key, step) -> dict:
+    """The keys training step ``step`` uses, by purpose (:data:`STEP_KEYS`): one split of ``fold_in(key, step)``,
+    so no key serves two purposes (``fold_in(k, 1)`` beside ``split(k, 4)`` gave the batch and the regulariser
+    the same key: with JAX's keys ``fold_in(k, i)`` and ``split(k, n)[i]`` coincide)."""
+    return dict(zip(STEP_KEYS, jax.random.split(jax.random.fold_in(key, step), len(STEP_KEYS)), strict=True))
+
+
+def _loss(graphdef, params, x0, keys: dict, sde, config: DSMConfig):
     score = score_function(graphdef, params, sde)
-    k_dsm, k_reg, k_t, k_x = jax.random.split(key, 4)
+    k_dsm, k_reg, k_t, k_x = (keys[name] for name in STEP_KEYS[1:])
     loss = dsm_loss(score, x0, k_dsm, sde, config.t_min)
     if config.reg is not None:
         t = jax.random.uniform(k_t, x0.shape[:1], x0.dtype, config.t_min + config.reg.config.h_s, 1.0)
@@ -81,9 +91,9 @@ def train_score(data, sde: SDE, key, config: DSMConfig = DSMConfig(), progress: 
     def chunk(params, opt_state, start):
         def step(carry, i):
             params, opt_state = carry
-            k = jax.random.fold_in(key, i)
-            batch = data[jax.random.randint(jax.random.fold_in(k, 1), (config.batch_size,), 0, data.shape[0])]
-            loss_fn = lambda p: _loss(graphdef, p, batch, k, sde, config)
+            keys = step_keys(key, i)
+            batch = data[jax.random.randint(keys["batch"], (config.batch_size,), 0, data.shape[0])]
+            loss_fn = lambda p: _loss(graphdef, p, batch, keys, sde, config)
             params, opt_state, loss = optim.gradient_step(optimizer, loss_fn, params, opt_state)
             return (params, opt_state), loss
 

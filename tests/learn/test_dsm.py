@@ -47,3 +47,14 @@ def test_dsm_loss_of_the_exact_score_is_the_closed_form_minimum():
 def test_bad_data_shape_is_refused():
     with pytest.raises(ValueError, match=r"\(N, D\)"):
         dsm.train_score(jnp.ones((4, 2, 2)), SDE, jax.random.key(0))
+
+
+def test_no_key_serves_two_purposes_in_a_step_or_across_steps():
+    """Every key of the first steps, by purpose, is distinct from every other (the batch's and the
+    regulariser's were the same key: fold_in(k, 1) == split(k, 4)[1] with JAX's keys)."""
+    key = jax.random.key(0)
+    keys = [k for step in range(4) for k in dsm.step_keys(key, step).values()]
+    data = {tuple(np.asarray(jax.random.key_data(k)).ravel()) for k in keys}
+    assert len(data) == len(keys) == 4 * len(dsm.STEP_KEYS)
+    old_batch, old_reg = jax.random.fold_in(key, 1), jax.random.split(key, 4)[1]
+    assert np.array_equal(jax.random.key_data(old_batch), jax.random.key_data(old_reg))  # the collision fixed
