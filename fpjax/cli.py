@@ -40,6 +40,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+import fpjax
 from fpjax import pipeline, provenance
 from fpjax.batch.precompute import ON_FAILURE, precompute
 from fpjax.batch.seeding import SEED_RULES
@@ -607,7 +608,7 @@ def _add_precompute_parser(sub) -> None:
     pre.add_argument("--store", help="zarr store to stream to (resumable); without it: fp_solutions.npz + figures")
     pre.add_argument("--per-channel", action="store_true", help="one density per channel")
     pre.add_argument("--component", choices=SCORE_COMPONENTS, default="sum", help="pixel score shown")
-    pre.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    pre.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="precision of the solves")
     add_options(pre, PRECOMPUTE_OPTIONS, "fpjax.precompute")
     add_dataclass_options(pre, FPConfig)
     pre.set_defaults(func=precompute_command)
@@ -645,6 +646,7 @@ class CommandParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = CommandParser(prog="fpjax", description=__doc__, formatter_class=argparse.RawTextHelpFormatter, top=True)
+    parser.add_argument("--version", action="version", version=f"fpjax {fpjax.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run_parser(sub)
     _add_precompute_parser(sub)

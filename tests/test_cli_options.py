@@ -97,3 +97,29 @@ def test_help_names_the_schemes_an_option_applies_to():
     assert "[--scheme log_density] (default: picard)" in text
     assert "[--scheme log_density | density] (default: 1e-06; > 0)" in text
     assert "[--scheme log_density | density | spectral] (default: auto)" in text
+
+
+def _parsers(parser, path=("fpjax",)):
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action.choices, dict):  # a subcommand's parsers
+            for name, sub in action.choices.items():
+                yield from _parsers(sub, path + (name,))
+
+
+def test_every_option_of_every_command_has_its_own_help_text():
+    for path, parser in _parsers(cli.build_parser()):
+        texts = {}
+        for action in parser._actions:
+            if not action.option_strings or action.help == "==SUPPRESS==":
+                continue
+            assert action.help, f"{' '.join(path)} {action.option_strings[0]} has no help text"
+            texts.setdefault(action.help.split(" (default")[0], []).append(action.option_strings[0])
+        shared = {text: flags for text, flags in texts.items() if len(flags) > 1}
+        assert not shared, f"{' '.join(path)}: options share one help text: {shared}"
+
+
+def test_version():
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--version"])
+    assert exit_.value.code == 0

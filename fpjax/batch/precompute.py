@@ -153,7 +153,10 @@ def precompute(
       projection: ``"off"`` (each step warm-starts from the predictor), ``"initial_guess"``
         (cross-matrix projection, the paper's method), ``"approximate"`` (projected solution, no
         iterations; its error shows in ``residual``) or ``"galerkin"``.
-      dim, cycle: Krylov basis size and images per seed (the paper's 20, 50).
+      dim: the Krylov basis size of the cross-matrix projection (the paper's 20): the basis each seed's
+        solve leaves for the images that follow it (a positive integer; with ``projection != "off"``).
+      cycle: images per seed under ``seeds="cycle"`` (the paper's 50): a new seed is solved in full every
+        ``cycle`` images (a positive integer; with ``projection != "off"``).
       batch_size: images per vmapped batch (rounded up to a multiple of the device count; the last
         batch is padded). Results differ in their last bits between batch sizes: a store records it.
       store: path of a zarr store to stream to or ``None``; ``ids``: its image names. Rerunning resumes;

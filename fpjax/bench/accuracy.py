@@ -61,12 +61,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--times", type=float, nargs="+", default=[0.1, 0.5, 1.0], help="times the error is measured at"
     )
-    parser.add_argument("--schemes", nargs="+", choices=SCHEMES, default=list(SCHEMES))
+    parser.add_argument("--schemes", nargs="+", choices=SCHEMES, default=list(SCHEMES), help="schemes measured")
     parser.add_argument("--spectral-T", type=int, default=100, help="time levels of the spectral run (exact in time)")
     parser.add_argument("--repeats", type=int, help="timed runs per configuration after the first (default 3)")
     parser.add_argument("--budget", type=float, default=60.0, help="stop repeating a configuration after this many s")
     parser.add_argument("--quick", action="store_true", help="grids 15 31, reference 127, T 25 100 (a CLI test)")
-    parser.add_argument("--out", default="bench_accuracy.json")
+    parser.add_argument("--out", default="bench_accuracy.json", help="JSON file written")
     parser.add_argument("--figure", help="PNG: error versus T (finest grid) and versus h (each T)")
 
 

@@ -27,14 +27,14 @@ PAPER = {32: (51.7, 43.5), 64: (244.7, 171.9), 128: (1222.6, 688.7)}  # spsolve 
 
 
 def add_arguments(parser):
-    parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 128])
-    parser.add_argument("--n", type=int, default=100)
-    parser.add_argument("--T", type=int, default=100)
-    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 128], help="image sizes")
+    parser.add_argument("--n", type=int, default=100, help="images per size (the paper's Table 4: 100)")
+    parser.add_argument("--T", type=int, default=100, help="time steps")
+    parser.add_argument("--batch", type=int, default=16, help="images per vmapped batch")
     parser.add_argument(
         "--cifar", help="CIFAR-10 npz/pickle folder (trucks); default: the shared subset under $FPJAX_DATA_ROOT"
     )
-    parser.add_argument("--out", default="bench_projection.json")
+    parser.add_argument("--out", default="bench_projection.json", help="JSON file written")
 
 
 def _runs(T: int, batch: int):

@@ -50,8 +50,8 @@ DEFAULT_SPSOLVE_IMAGES = {32: 4, 64: 2, 128: 1, 256: 0}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 128, 256])
-    parser.add_argument("--T", type=int, default=100)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 128, 256], help="image sizes")
+    parser.add_argument("--T", type=int, default=100, help="time steps")
     parser.add_argument("--images", type=int, default=4, help="images timed per fpjax variant")
     parser.add_argument(
         "--spsolve-images",
@@ -70,7 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="a few minutes: sizes 32 and 64, 2 images, 2 repeats, spsolve on 1 image per size, batch of 4",
     )
-    parser.add_argument("--out", default="bench_solver.json")
+    parser.add_argument("--out", default="bench_solver.json", help="JSON file written")
 
 
 QUICK = dict(sizes=[32, 64], images=2, repeats=2, spsolve_images=[1, 1], batch=4)

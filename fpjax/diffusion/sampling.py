@@ -62,7 +62,8 @@ class SamplerConfig:
     method: ``"sde"`` (eq. 30) or ``"ode"`` (probability flow).
     schedule: ``"uniform"`` times, or ``"quadratic"`` (``tau = t_end + (t_start - t_end) (1 - k/K)^2``:
       finer steps near ``t_end``).
-    t_start, t_end: the time interval, ``1 >= t_start > t_end >= 0``.
+    t_start: where the reverse process starts (``1 >= t_start > t_end``; 1: from the prior).
+    t_end: where it stops (``t_start > t_end >= 0``; 0: at the data).
     final_noise: whether the last SDE step adds noise.
     tweedie: noise variance of a final Tweedie denoising step (``None``: no such step).
     clip: clip the result to ``[0, 1]``.

@@ -114,9 +114,9 @@ def run(args) -> int:
 def add_arguments(parser) -> None:
     parser.add_argument("which", choices=["exp1", "exp2", "exp3", "pds", "pds-exact", "score-fpe", "ablation", "all"])
     parser.add_argument("--quick", action="store_true", help="small settings: a smoke test in a few minutes")
-    parser.add_argument("--sizes", type=int, nargs="+")
+    parser.add_argument("--sizes", type=int, nargs="+", help="image sizes to run (default: each experiment's own)")
     parser.add_argument("--images", type=int, help="images per size (exp1)")
     parser.add_argument("--budget", type=float, help="seconds per method (exp3)")
     parser.add_argument("--max-seconds", type=float, help="seconds per image and method (exp1)")
     parser.add_argument("--cifar", help="CIFAR-10 npz (default ../shared/data/cifar10_subset.npz)")
-    parser.add_argument("--out", default="fpjax_experiments")
+    parser.add_argument("--out", default="fpjax_experiments", help="output folder (created if missing)")
