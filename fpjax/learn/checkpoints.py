@@ -3,15 +3,28 @@
 A checkpoint carries a *fingerprint* of the run (data shapes and checksum, network, training configuration
 including the objective and its SDE, mode), so that a directory holding another run's checkpoints is refused
 rather than resumed into a mixture of the two.
+
+Each checkpoint is *verified*: after orbax has finished writing it, a SHA-256 digest of the state's leaves
+(shapes, dtypes and bytes) and of the progress JSON is written beside it (``DIGEST_FILE`` in the step's folder,
+atomically), and checked on restore. A checkpoint that cannot be read, whose digest differs, or that has no
+digest (a save killed before it was written) is reported in one warning naming it, and the newest intact one
+is used instead; with none intact the restore refuses, saying how to start afresh.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import pathlib
+import warnings
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+DIGEST_FILE = "fpjax_digest.json"
+"""The digest of a checkpoint, in its step's folder (``CHECKPOINT_DIR/<step>/``)."""
 
 
 def fingerprint(images, trajectories, unet_config, config, mode: str) -> dict:
@@ -39,21 +52,61 @@ class Checkpoints:
         )
 
     def save(self, evaluations: int, state, progress: dict) -> None:
-        """Write ``state`` (a pytree) and ``progress`` (JSON) as checkpoint number ``evaluations``."""
-        args = ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            progress=ocp.args.JsonSave({**progress, "fingerprint": self.fingerprint}),
-        )
+        """Write ``state`` (a pytree) and ``progress`` (JSON) as checkpoint number ``evaluations``, then its digest."""
+        progress = {**progress, "fingerprint": self.fingerprint}
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress))
         self.manager.save(evaluations, args=args, force=True)
         self.manager.wait_until_finished()
+        digest = {"state": state_digest(state), "progress": progress_digest(progress)}
+        _write_atomically(self._step_dir(evaluations) / DIGEST_FILE, json.dumps(digest))
+
+    def _step_dir(self, step: int) -> pathlib.Path:
+        return pathlib.Path(self.manager.directory) / str(step)
 
     def restore(self, template):
-        """``(state, progress)`` of the latest checkpoint (``state`` shaped like ``template``), or ``None`` if there
-        is none; a checkpoint of another run raises ``ValueError``. ``progress`` has no fingerprint."""
-        step = self.manager.latest_step()
-        if step is None:
-            return None
-        progress = self.manager.restore(step, args=ocp.args.Composite(progress=ocp.args.JsonRestore()))["progress"]
+        """``(state, progress)`` of the newest intact checkpoint (``state`` shaped like ``template``), or ``None`` if
+        there is none. A damaged newer one is skipped with a warning naming it; ``progress`` has no fingerprint.
+
+        Raises:
+          ValueError: the checkpoints belong to another run, or every checkpoint is damaged (naming each).
+        """
+        damaged = []
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                state, progress = self._verified(step, template)
+            except CheckpointDamagedError as error:
+                damaged.append(f"checkpoint {step}: {error}")
+                continue
+            if damaged:
+                warnings.warn(
+                    f"{'; '.join(damaged)} in {self.manager.directory}: resuming from checkpoint {step}, the newest "
+                    "intact one",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+            return state, progress
+        if damaged:
+            raise ValueError(
+                f"no intact checkpoint in {self.manager.directory} ({'; '.join(damaged)}); delete that folder to "
+                "train from the start"
+            )
+        return None
+
+    def _verified(self, step: int, template):
+        """``(state, progress)`` of checkpoint ``step`` if its digest holds, else :class:`CheckpointDamagedError`."""
+        try:
+            recorded = json.loads((self._step_dir(step) / DIGEST_FILE).read_text())
+        except FileNotFoundError:
+            raise CheckpointDamagedError("it has no digest (its save was cut short)") from None
+        except (OSError, ValueError) as error:
+            raise CheckpointDamagedError(f"its digest is unreadable ({type(error).__name__})") from None
+        try:
+            restored = self.manager.restore(step, args=ocp.args.Composite(progress=ocp.args.JsonRestore()))
+            progress = dict(restored["progress"])
+        except Exception as error:  # noqa: BLE001 - orbax and tensorstore raise many kinds: each means unreadable
+            raise CheckpointDamagedError(f"its progress cannot be read ({_first_line(error)})") from None
+        if progress_digest(progress) != recorded.get("progress"):
+            raise CheckpointDamagedError("its progress does not match its digest (altered)")
         if progress.get("fingerprint") != self.fingerprint:
             raise ValueError(
                 f"the checkpoint in {self.manager.directory} belongs to another run "
@@ -61,5 +114,48 @@ class Checkpoints:
             )
         progress.pop("fingerprint")
         abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), template)
-        restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
-        return restored["state"], progress
+        try:
+            state = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+            state = state["state"]
+        except Exception as error:  # noqa: BLE001
+            raise CheckpointDamagedError(f"its state cannot be read ({_first_line(error)})") from None
+        if state_digest(state) != recorded.get("state"):
+            raise CheckpointDamagedError("its state does not match its digest (bytes altered)")
+        return state, progress
+
+
+class CheckpointDamagedError(ValueError):
+    """A checkpoint that cannot be read or does not match its digest (the message says which and how)."""
+
+
+def state_digest(state) -> str:
+    """SHA-256 over the leaves of ``state`` in tree order: each leaf's shape, dtype and bytes (PRNG keys as their
+    key data), so a changed value, shape or dtype changes it."""
+    digest = hashlib.sha256()
+    for leaf in jax.tree.leaves(state):
+        if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            leaf = jax.random.key_data(leaf)
+        array = np.ascontiguousarray(np.asarray(leaf))
+        digest.update(f"{array.shape}{array.dtype.str}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def progress_digest(progress: dict) -> str:
+    """SHA-256 of ``progress`` as canonical JSON (sorted keys)."""
+    return hashlib.sha256(json.dumps(progress, sort_keys=True).encode()).hexdigest()
+
+
+def _write_atomically(path: pathlib.Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    text = lines[0] if lines else ""
+    return f"{type(error).__name__}: {text[:120]}"
