@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from fpjax import provenance
+from fpjax import files, provenance
 from fpjax.batch.precompute import precompute
 from fpjax.batch.store import listed
 from fpjax.diffusion import sampling
@@ -135,7 +135,7 @@ def run(
     report = _report(names, stats, precompute_seconds, result, final, clean, settings)
     if generated is not None:
         report["generated"] = _generated_report(generated, clean, names)
-    (out / "metrics.json").write_text(json.dumps(report, indent=1))
+    files.write_json(out / "metrics.json", report)
     return report
 
 
@@ -159,7 +159,7 @@ def _precompute_stage(images, names, fp_config: FPConfig, out: pathlib.Path, pro
     previous = json.loads(timing_path.read_text())["seconds"] if timing_path.exists() else 0.0
     # A resumed run adds the time of the images it solved now, not the store look-up of finished ones.
     seconds = previous + (result.seconds if result.skipped < len(images) else 0.0)
-    timing_path.write_text(json.dumps({"seconds": seconds, "images": len(images)}))
+    files.write_json(timing_path, {"seconds": seconds, "images": len(images)})
     start = time.perf_counter()
     m = finite_solutions(result.m[...], names, out / "fp_store.zarr")  # read back checked: checksums, digests
     trajectories = jax.jit(lambda x, m: embed(x, m, fp_config))(jnp.asarray(images), jnp.asarray(m))
@@ -210,10 +210,12 @@ def _generate_stage(result: training.TrainResult, shape, count: int, key):
 def _save_figures(out: pathlib.Path, rows, final, log, target_ssim: float, precompute_seconds: float) -> None:
     """``denoising.png`` (``rows``: noisy, denoised, clean, generated or ``None``) and ``ssim_vs_time.png``."""
     noisy, denoised, clean, generated = rows
-    figures.plot_denoising(noisy, denoised, clean, generated, scores=final["ssim"]).savefig(
-        out / "denoising.png", dpi=130
+    files.save_figure(
+        figures.plot_denoising(noisy, denoised, clean, generated, scores=final["ssim"]), out / "denoising.png", dpi=130
     )
-    figures.plot_ssim_vs_time(log, target_ssim, precompute_seconds).savefig(out / "ssim_vs_time.png", dpi=130)
+    files.save_figure(
+        figures.plot_ssim_vs_time(log, target_ssim, precompute_seconds), out / "ssim_vs_time.png", dpi=130
+    )
 
 
 def _report(names, stats, precompute_seconds, result, final, clean, settings: dict) -> dict:

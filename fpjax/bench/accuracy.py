@@ -30,7 +30,6 @@ ahead of time; median of the runs after the first).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 
@@ -40,6 +39,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import fpjax
+from fpjax import files
 from fpjax.provenance import machine
 from fpjax.solver.linear import spectral_solve
 
@@ -342,7 +342,7 @@ def write_figure(result: dict, path: str) -> None:
     n = result["reference"]
     fig.suptitle(f"zero drift, g = {G}, zero boundary, float64; reference: spectral (exact in time) on {n}x{n}")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    files.save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -402,8 +402,7 @@ def run(args) -> int:
         orders_dt=orders_in_dt(rows),
     )
     print(markdown(result))
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
+    files.write_json(args.out, result, indent=2)
     print(f"wrote {args.out}")
     if args.figure:
         write_figure(result, args.figure)

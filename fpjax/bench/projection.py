@@ -11,12 +11,12 @@ mean outer and linear iterations per step.
 
 from __future__ import annotations
 
-import json
 import time
 
 import numpy as np
 
 import fpjax
+from fpjax import files
 from fpjax.batch.precompute import precompute
 from fpjax.bench.baseline import solve_spsolve
 from fpjax.data import benchmark_images
@@ -101,8 +101,7 @@ def run(args) -> int:
         records.extend(rows)
     result = dict(n=args.n, T=args.T, data=source, machine=machine(), rows=records, paper=PAPER,
                   command=f"fpjax bench projection --sizes {' '.join(map(str, args.sizes))} --n {args.n}")  # fmt: skip
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
+    files.write_json(args.out, result, indent=2)
     print(markdown(records))
     print(f"wrote {args.out}")
     return 0

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import time
 
 import jax
@@ -24,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import fpjax
+from fpjax import files
 from fpjax.bench.baseline import solve_spsolve
 from fpjax.data import benchmark_images
 from fpjax.provenance import machine
@@ -212,8 +212,7 @@ def run(args) -> int:
     options = " ".join(f"--{k} {v}" for k, v in vars(args).items() if k in ("sizes", "T", "images", "repeats", "batch"))
     result = dict(command=f"fpjax bench solver {options}", machine=machine(), T=args.T, rows=records)
     _print_growth(records)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
+    files.write_json(args.out, result, indent=2)
     print(f"wrote {args.out}")
     return 0
 

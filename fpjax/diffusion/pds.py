@@ -31,10 +31,13 @@ low frequencies then keep much of the prior's noise).
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from fpjax import files
 
 
 def normalise(mask, alpha: float):
@@ -117,12 +120,27 @@ class Preconditioner:
 
     def save(self, path) -> None:
         arrays = {k: np.asarray(v) for k, v in (("r_f", self.r_f), ("r_p", self.r_p)) if v is not None}
-        np.savez(path, **arrays)
+        path = pathlib.Path(path)
+        path = path if path.suffix == ".npz" else path.with_name(path.name + ".npz")  # as np.savez names it
+        with files.atomic(path) as (temporary,):
+            np.savez(temporary, **arrays)
 
     @classmethod
     def load(cls, path) -> Preconditioner:
+        """The preconditioner :meth:`save` wrote; a file with other arrays (which would load as the identity),
+        none of ``r_f``/``r_p``, or non-finite masks is refused naming the file."""
         with np.load(path) as data:
-            return cls(**{k: jnp.asarray(data[k]) for k in ("r_f", "r_p") if k in data})
+            names = set(data.files)
+            if not names or not names <= {"r_f", "r_p"}:
+                raise ValueError(
+                    f"{path} is not a PDS preconditioner: it holds arrays {sorted(names)}, expected 'r_f' and/or "
+                    "'r_p' (as Preconditioner.save writes them)"
+                )
+            masks = {k: np.asarray(data[k]) for k in sorted(names)}
+        bad = [k for k, v in masks.items() if v.dtype.kind not in "fiu" or not np.isfinite(v).all()]
+        if bad:
+            raise ValueError(f"{path}: the preconditioner's {', '.join(bad)} must be finite real numbers")
+        return cls(**{k: jnp.asarray(v) for k, v in masks.items()})
 
 
 def as_preconditioner(preconditioner: Preconditioner | None) -> Preconditioner:

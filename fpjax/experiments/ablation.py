@@ -18,7 +18,6 @@ PSNR / MSE, medians and ranges over images and seeds, and SSIM against wall time
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 
 import jax
@@ -26,6 +25,7 @@ import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 
+from fpjax import files
 from fpjax.experiments.common import Settings, embedded, first_reach, load_images
 from fpjax.learn import ddpm as dd
 from fpjax.learn import trainer as training
@@ -131,8 +131,8 @@ def run_experiment(
     result = dict(experiment="ablation", source=source, machine=machine(), settings=dataclasses.asdict(settings),
                   rows=rows, summary=summarise(rows, settings))  # fmt: skip
     _plot(curves, settings, out / "ablation_ssim_vs_time.png")
-    (out / "ablation.json").write_text(json.dumps(result, indent=1))
-    (out / "report.md").write_text(markdown(result))
+    files.write_json(out / "ablation.json", result)
+    files.write_text(out / "report.md", markdown(result))
     return result
 
 
@@ -204,4 +204,4 @@ def _plot(curves, settings: AblationSettings, path):
     ax.set_ylabel("denoising SSIM")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    files.save_figure(fig, path, dpi=120)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 
+from fpjax import files
 from fpjax.experiments import ablation, pds_exact
 from fpjax.experiments import fpe as fpe_experiment
 from fpjax.experiments.common import QUICK, Settings, resolved
@@ -60,7 +61,7 @@ def write_report(out: pathlib.Path, results: dict, settings: Settings, command: 
     if "score-fpe" in results:
         parts += ["## Score Fokker-Planck equation (FP-Diffusion)\n", fpe_experiment.markdown(results["score-fpe"])]
     path = out / "report.md"
-    path.write_text("\n".join(parts) + "\n")
+    files.write_text(path, "\n".join(parts) + "\n")
     return path
 
 

@@ -17,7 +17,6 @@ Four parts, each written to ``report.md`` / ``score_fpe.json`` with figures:
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 import time
 
@@ -26,6 +25,7 @@ import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 
+from fpjax import files
 from fpjax.batch.precompute import precompute
 from fpjax.data import sample_images
 from fpjax.diffusion import likelihood, mixtures
@@ -120,7 +120,7 @@ def _plot_curves(curves, times, path, title="2-D mixture"):
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    files.save_figure(fig, path, dpi=120)
 
 
 def _plot_densities(models, mixture, sde, grid, t_min, path):
@@ -139,7 +139,7 @@ def _plot_densities(models, mixture, sde, grid, t_min, path):
         ax.set_xticks([])
         ax.set_yticks([])
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    files.save_figure(fig, path, dpi=120)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -235,7 +235,7 @@ def run_experiment(out: pathlib.Path, settings: FPESettings, parts=("mixture", "
         result["digits"] = digits_part(settings)
     if "images" in parts:
         result["images"] = image_part(settings, out)
-    (out / "score_fpe.json").write_text(json.dumps(result, indent=1))
+    files.write_json(out / "score_fpe.json", result)
     return result
 
 

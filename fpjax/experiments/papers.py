@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 
+from fpjax import files
 from fpjax.bench import projection
 from fpjax.diffusion import sampling
 from fpjax.eval import metrics
@@ -105,7 +106,7 @@ def exp1(out: pathlib.Path, settings: Settings, progress=True) -> dict:
     result = dict(experiment="exp1", source=source, machine=machine(), settings=dataclasses.asdict(settings),
                   fp=jsonable(fp_config), unet=jsonable(unet), rows=rows, summary=summary)  # fmt: skip
     _plot_curves(curves, settings, out / "exp1_ssim_vs_time.png")
-    (out / "exp1.json").write_text(json.dumps(result, indent=1))
+    files.write_json(out / "exp1.json", result)
     return result
 
 
@@ -185,7 +186,7 @@ def _plot_curves(curves, settings, path):
         ax.set_title(f"exp1: {size}x{size}, one line per image")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    files.save_figure(fig, path, dpi=120)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -247,7 +248,7 @@ def exp3(out: pathlib.Path, settings: Settings, progress=True) -> dict:
         )
         np.save(out / f"exp3_generated_{name}.npy", np.asarray(generated))
     _plot_exp3(images, generated_ours, generated_ddpm, result, out / "exp3_generated.png")
-    (out / "exp3.json").write_text(json.dumps(result, indent=1))
+    files.write_json(out / "exp3.json", result)
     return result
 
 
@@ -267,7 +268,7 @@ def _plot_exp3(images, ours, ddpm, result, path):
         fontsize=9,
     )
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    files.save_figure(fig, path, dpi=120)
 
 
 def exp3_markdown(result) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 
 import jax
@@ -12,6 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import tqdm
 
+from fpjax import files
 from fpjax.diffusion import pds, sampling
 from fpjax.eval import metrics
 from fpjax.experiments.common import Settings, embedded, load_images, median_seconds, resolved, train_config
@@ -84,7 +84,7 @@ def exp_pds(out: pathlib.Path, settings: Settings, progress=True, step_counts=(5
                   fpjax_train_seconds=ours.log[-1]["train_seconds"],
                   ddpm_train_seconds=base.log[-1]["train_seconds"])  # fmt: skip
     _plot_pds(rows, out / "pds_quality_vs_steps.png")
-    (out / "pds.json").write_text(json.dumps(result, indent=1))
+    files.write_json(out / "pds.json", result)
     return result
 
 
@@ -162,7 +162,7 @@ def _plot_pds(rows, path):
             ax.set_title(method)
     axes[0, 0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    files.save_figure(fig, path, dpi=120)
 
 
 def pds_markdown(result) -> str:

@@ -18,7 +18,6 @@ Writes ``report.md``, ``pds_exact.json`` and ``pds_exact_kl_vs_steps.png``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 
 import jax
@@ -26,6 +25,7 @@ import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 
+from fpjax import files
 from fpjax.data import cifar_subset, load_cifar10
 from fpjax.diffusion import exact, pds, sampling
 from fpjax.diffusion.sde import VESDE
@@ -259,7 +259,7 @@ def _plot(curves, settings: ExactSettings, path):
         ax.legend(fontsize=6)
     axes[0].set_ylabel("KL to the data Gaussian (nats)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    files.save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -278,7 +278,7 @@ def run_experiment(out: pathlib.Path, settings: ExactSettings) -> dict:
     images, source = load_trucks(settings)
     if images is None:
         result = dict(experiment="pds-exact", skipped="the CIFAR-10 subset is absent (FPJAX_DATA_ROOT)")
-        (out / "report.md").write_text(markdown(result))
+        files.write_text(out / "report.md", markdown(result))
         return result
     sde = VESDE(settings.sigma_min, settings.sigma_max)
     with jax.enable_x64(True):  # the closed forms in float64: KL down to 1e-3 nats over 3072 modes
@@ -290,8 +290,8 @@ def run_experiment(out: pathlib.Path, settings: ExactSettings) -> dict:
                       masks=masks(model, images, sde, settings))  # fmt: skip
     result["mixture"] = mixture_rows(images.astype(np.float32), sde, settings)
     _plot(curves, settings, out / "pds_exact_kl_vs_steps.png")
-    (out / "pds_exact.json").write_text(json.dumps(result, indent=1))
-    (out / "report.md").write_text(markdown(result))
+    files.write_json(out / "pds_exact.json", result)
+    files.write_text(out / "report.md", markdown(result))
     return result
 
 

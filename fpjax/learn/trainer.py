@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import pathlib
 import time
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
@@ -37,6 +35,7 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
+from fpjax import files
 from fpjax.diffusion import sampling
 from fpjax.diffusion import sde as sde_lib
 from fpjax.eval import metrics
@@ -490,4 +489,4 @@ def _account(
 
 def save_log(result: TrainResult, path) -> None:
     """The evaluation log and the per-image summaries as JSON."""
-    pathlib.Path(path).write_text(json.dumps({"log": result.log, "images": result.images}, indent=1))
+    files.write_json(path, {"log": result.log, "images": result.images})

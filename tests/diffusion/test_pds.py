@@ -1,3 +1,5 @@
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -69,6 +71,23 @@ def test_radial_mask_and_saving(tmp_path):
     loaded = pds.Preconditioner.load(tmp_path / "pds.npz")
     np.testing.assert_array_equal(loaded.r_f, m.r_f)
     np.testing.assert_array_equal(loaded.r_p, m.r_p)
+    m.save(tmp_path / "no_suffix")  # named as np.savez names it
+    np.testing.assert_array_equal(pds.Preconditioner.load(tmp_path / "no_suffix.npz").r_f, m.r_f)
+
+
+@pytest.mark.parametrize(
+    "arrays, words",
+    [
+        (dict(mask=np.ones((8, 8, 3))), "holds arrays ['mask']"),
+        (dict(), "holds arrays []"),
+        (dict(r_f=np.ones((8, 8, 3)), extra=np.ones(2)), "holds arrays ['extra', 'r_f']"),
+        (dict(r_f=np.full((8, 8, 3), np.nan)), "r_f must be finite"),
+    ],
+)
+def test_a_preconditioner_file_with_other_arrays_is_refused_not_read_as_the_identity(tmp_path, arrays, words):
+    np.savez(tmp_path / "p.npz", **arrays)
+    with pytest.raises(ValueError, match=re.escape(words)):
+        pds.Preconditioner.load(tmp_path / "p.npz")
 
 
 @pytest.mark.parametrize("omega", [0.0, 5.0])
