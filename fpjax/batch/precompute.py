@@ -31,7 +31,7 @@ from fpjax.batch.store import STATS, FPStore, MemoryStore, StoreDamagedError, li
 from fpjax.provenance import jsonable
 from fpjax.solver import projection as krylov
 from fpjax.solver.initial import check_images, initial_log_density
-from fpjax.solver.problem import ConvergenceError, FPConfig
+from fpjax.solver.problem import ConvergenceError, FPConfig, function_digest
 
 STAT_NAMES = tuple(STATS)
 ON_FAILURE = ("raise", "warn", "ignore")
@@ -67,7 +67,10 @@ class PrecomputeResult:
 def _metadata(config, *, density, per_channel, projection, dim, cycle, batch_size, ids, shape, dtype):
     """The settings a store's results depend on; reopening it with others raises StoreMismatchError."""
     settings = jsonable(config)
+    functions = function_digest(config, shape)  # a function's repr holds its address: record its values instead
+    settings.update({"g": {"function": functions["g"]}} if "g" in functions else {})
     drift = settings.pop("drift")  # beside the config, as stores written before provenance.jsonable have it
+    drift = {"function": functions["drift"]} if "drift" in functions else drift
     return dict(
         config=settings,
         drift=drift,

@@ -9,6 +9,7 @@ layer they share, so that neither imports the other's internals.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import typing
 import warnings
@@ -522,3 +523,43 @@ def check_solution(solution: FPSolution, config: FPConfig, on_failure: str = "ra
         raise ConvergenceError(message)
     warnings.warn(message, RuntimeWarning, stacklevel=3)
     return solution
+
+
+FUNCTION_DIGITS = 9
+"""Significant digits of a callable ``g``'s or drift's values that :func:`function_digest` keeps: the same
+function evaluated by another process, or another machine whose last bits differ, gives the same digest."""
+
+
+def function_digest(config: FPConfig, shape) -> dict:
+    """What identifies ``config``'s callable ``g`` and ``drift`` across processes (a store's metadata records
+    this instead of the functions' ``repr``, which holds a memory address): for each one that is a function, a
+    SHA-256 of its values at every time the solvers read it, in float64, rounded to :data:`FUNCTION_DIGITS`
+    significant digits. Two functions are "the same" when they agree there: ``g`` at ``t_n`` (``n = 0..T``) and
+    at the Gauss-Legendre nodes of every step (the spectral scheme's quadrature); the drift ``(f_x, f_y)`` on the
+    ``(H, W)`` grid at every ``t_n``. ``{}`` when neither is a function."""
+    recorded = {}
+    with jax.enable_x64(True), jax.ensure_compile_time_eval():
+        if callable(config.g):
+            times = jnp.arange(config.T + 1, dtype=jnp.float64) * config.dt
+            nodes, _ = np.polynomial.legendre.leggauss(_GAUSS_LEGENDRE_POINTS)
+            inner = (times[:-1, None] + jnp.asarray((nodes + 1) / 2 * config.dt)[None, :]).ravel()
+            values = jnp.concatenate([times, inner])
+            recorded["g"] = _values_digest(jnp.broadcast_to(jnp.asarray(config.g(values), jnp.float64), values.shape))
+        if config.drift is not None:
+            times = jnp.arange(config.T + 1, dtype=jnp.float64) * config.dt
+            fields = jax.vmap(lambda t: drift_fields(config, t, tuple(shape), jnp.float64)[0])(times)
+            recorded["drift"] = _values_digest(fields)
+    return recorded
+
+
+def _values_digest(values) -> str:
+    """SHA-256 of ``values`` rounded to :data:`FUNCTION_DIGITS` significant digits (their decimal mantissas and
+    exponents, so that the rounding is exact), with the shape."""
+    values = np.asarray(values, np.float64)
+    if not np.isfinite(values).all():
+        return "non-finite"
+    nonzero = values != 0
+    exponent = np.where(nonzero, np.floor(np.log10(np.abs(np.where(nonzero, values, 1.0)))), 0).astype(np.int64)
+    mantissa = np.round(values * 10.0 ** (FUNCTION_DIGITS - 1 - exponent)).astype(np.int64)
+    payload = mantissa.tobytes() + exponent.tobytes() + str(values.shape).encode()
+    return "sha256:" + hashlib.sha256(payload).hexdigest()

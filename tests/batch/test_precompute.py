@@ -271,3 +271,36 @@ def test_memory_and_zarr_sinks_share_one_interface(tmp_path):
         np.testing.assert_array_equal(np.asarray(sink.m[1]), m)
         for name in STATS:
             np.testing.assert_allclose(sink.stats(name)[1], np.asarray(stats[name]), rtol=1e-7)
+
+
+_FUNCTIONS_WORKER = textwrap.dedent(
+    """
+    import sys, jax.numpy as jnp, fpjax
+    from fpjax.data import sample_images
+    g = lambda t: 0.3 + 0.4 * t
+    drift = lambda t: (0.2 * t, jnp.zeros((16, 16)))
+    config = fpjax.FPConfig(T=4, g=g, drift=drift, scheme="density")
+    print("skipped", fpjax.precompute(sample_images(32)[:2, :16, :16], config, store=sys.argv[1]).skipped)
+    """
+)
+
+
+def test_a_store_of_a_callable_g_and_drift_resumes_in_another_process_and_refuses_other_functions(tmp_path):
+    """The store records the functions' values on the solver's times (their repr holds a memory address)."""
+    path = tmp_path / "fp.zarr"
+    config = fpjax.FPConfig(
+        T=4, g=lambda t: 0.3 + 0.4 * t, drift=lambda t: (0.2 * t, jnp.zeros((16, 16))), scheme="density"
+    )
+    first = precompute(_images(2), config, store=path)
+    script = tmp_path / "worker.py"
+    script.write_text(_FUNCTIONS_WORKER)
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, str(script), str(path)], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split()[-2:] == ["skipped", "2"], out.stdout + out.stderr
+    other_g = dataclasses.replace(config, g=lambda t: 0.3 + 0.5 * t)
+    with pytest.raises(StoreMismatchError, match=r"config\.g\.function: store has 'sha256:"):
+        precompute(_images(2), other_g, store=path)
+    other_drift = dataclasses.replace(config, drift=lambda t: (0.2 * t + 1e-3, jnp.zeros((16, 16))))
+    with pytest.raises(StoreMismatchError, match=r"drift\.function"):
+        precompute(_images(2), other_drift, store=path)
+    np.testing.assert_array_equal(np.asarray(precompute(_images(2), config, store=path).m[:]), np.asarray(first.m[:]))

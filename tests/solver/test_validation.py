@@ -199,3 +199,15 @@ def test_shape_checks_under_jit():
     with pytest.raises(ValueError, match="looks channel-first"):
         jax.jit(fpjax.initial_log_density)(jnp.asarray(_image((3, 16, 16))))
     assert jax.jit(fpjax.initial_log_density)(jnp.asarray(_image(), jnp.float16)).dtype == jnp.float32
+
+
+def test_function_digest_identifies_a_function_by_its_values_not_the_object():
+    from fpjax.solver.problem import function_digest
+
+    digest = lambda **kw: function_digest(FPConfig(T=5, **kw), (8, 8))  # noqa: E731
+    assert digest(g=lambda t: 0.3 + 0.4 * t) == digest(g=lambda t: (4 * t + 3) / 10)  # equal to the last bits
+    assert digest(g=lambda t: 0.3 + 0.4 * t) != digest(g=lambda t: 0.3 + 0.4 * t + 1e-6)
+    # "the same" is the same at every time the solvers read: t_n and the Gauss-Legendre nodes, not t = 0.55
+    assert digest(g=lambda t: 0.3 + 0.4 * t) == digest(g=lambda t: 0.3 + 0.4 * t * (t != 0.55))
+    assert digest(g=0.5) == {} and set(digest(drift=lambda t: (t, 0.0))) == {"drift"}
+    assert digest(drift=lambda t: (t, 0.0)) != digest(drift=lambda t: (0.0, t))
