@@ -467,11 +467,24 @@ def drift_fields(config: FPConfig, t, shape, dtype, spacing=None):
     if config.drift is None:
         drift = jnp.zeros((2,) + tuple(shape), dtype)
     else:
-        fx, fy = config.drift(t)
-        drift = jnp.stack(
-            [jnp.broadcast_to(jnp.asarray(fx, dtype), shape), jnp.broadcast_to(jnp.asarray(fy, dtype), shape)]
-        )
+        drift = jnp.stack([jnp.asarray(f, dtype) for f in _drift_pair(config.drift(t), tuple(shape))])
     return drift, stencil.divergence(drift, spacing, config.boundary)
+
+
+def _drift_pair(value, shape):
+    """The two drift components broadcast to ``shape``, or a ``ValueError`` naming the drift and the shapes."""
+    hint = f"FPConfig.drift(t) must return two fields (f_x, f_y), each broadcastable to the grid (H, W) = {shape}"
+    if hasattr(value, "shape") and jnp.ndim(value) >= 1 and jnp.shape(value)[0] == 2:
+        value = (value[0], value[1])  # a (2, ...) array: its two components
+    if not isinstance(value, tuple | list) or len(value) != 2:
+        kind = f"{len(value)} values" if isinstance(value, tuple | list) else f"a {type(value).__name__}"
+        kind = f"an array of shape {jnp.shape(value)}" if hasattr(value, "shape") else kind
+        raise ValueError(f"{hint}; it returned {kind}")
+    shapes = [jnp.shape(f) for f in value]
+    try:
+        return [jnp.broadcast_to(f, shape) for f in value]
+    except (ValueError, TypeError):
+        raise ValueError(f"{hint}; it returned fields of shapes {shapes[0]} and {shapes[1]}") from None
 
 
 def step_coefficients(config: FPConfig, t, g, shape, dtype) -> StepCoefficients:

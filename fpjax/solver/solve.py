@@ -57,6 +57,8 @@ def _checked_field(m0):
     if min(jnp.shape(m0)) < 3:
         raise ValueError(f"grid {jnp.shape(m0)} is too small; fpjax needs at least 3x3")
     m0 = jnp.asarray(m0)
+    if jnp.iscomplexobj(m0):  # astype would drop the imaginary part silently
+        raise ValueError(f"m0 is complex ({m0.dtype}); a log-density is real: pass its real part if that is meant")
     if not jnp.issubdtype(m0.dtype, jnp.floating) or jnp.dtype(m0.dtype).itemsize < 4:
         m0 = m0.astype(jnp.float32)
     if not isinstance(m0, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(m0))):

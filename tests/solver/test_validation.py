@@ -211,3 +211,32 @@ def test_function_digest_identifies_a_function_by_its_values_not_the_object():
     assert digest(g=lambda t: 0.3 + 0.4 * t) == digest(g=lambda t: 0.3 + 0.4 * t * (t != 0.55))
     assert digest(g=0.5) == {} and set(digest(drift=lambda t: (t, 0.0))) == {"drift"}
     assert digest(drift=lambda t: (t, 0.0)) != digest(drift=lambda t: (0.0, t))
+
+
+@pytest.mark.parametrize(
+    "drift, words",
+    [
+        (lambda t: (jnp.zeros((8, 8)), jnp.zeros((8, 8)), 0.0), "it returned 3 values"),
+        (lambda t: (jnp.zeros((5, 8)), 0.0), "shapes (5, 8) and ()"),
+        (lambda t: jnp.zeros((3, 8, 8)), "an array of shape (3, 8, 8)"),
+    ],
+)
+def test_a_drift_of_the_wrong_shape_is_named(drift, words):
+    with pytest.raises(ValueError, match=r"FPConfig\.drift\(t\) must return two fields .*\(H, W\) = \(8, 8\)") as e:
+        fpjax.solve(jnp.zeros((8, 8)), FPConfig(T=2, drift=drift))
+    assert words in str(e.value)
+
+
+def test_a_drift_array_of_two_components_is_its_fields():
+    """(2, H, W) is read as (f_x, f_y): the same solve as the pair (float64 reference: the pair's solve)."""
+    fx = np.random.default_rng(0).normal(size=(8, 8)) * 0.1
+    pair = fpjax.solve(jnp.zeros((8, 8)), FPConfig(T=3, drift=lambda t: (fx, -fx), scheme="density"))
+    stacked = fpjax.solve(jnp.zeros((8, 8)), FPConfig(T=3, drift=lambda t: jnp.stack([fx, -fx]), scheme="density"))
+    np.testing.assert_array_equal(np.asarray(stacked.m), np.asarray(pair.m))
+
+
+def test_complex_input_is_refused_not_truncated():
+    with pytest.raises(ValueError, match="m0 is complex"):
+        fpjax.solve(jnp.zeros((8, 8)) + 5j, FPConfig(T=2))
+    with pytest.raises(ValueError, match="dtype complex"):
+        fpjax.solve_image(np.full((8, 8, 3), 0.5 + 0.1j), FPConfig(T=2))
