@@ -34,6 +34,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fpjax.diffusion import sampling
 from fpjax.diffusion import sde as sde_lib
@@ -152,6 +153,19 @@ class EmbeddedDenoising:
 
         return score
 
+    def check_weights(self, T: int) -> None:
+        """Refuse an SDE whose ``g`` is zero (or not finite) at a step time ``t_n = n / T``: eq. 29 weights the
+        loss by ``1 / (2 g(t_n)^2)`` there, which would make it infinite."""
+        times = np.arange(T + 1) / T
+        g = np.asarray(self._bound_sde().g(jnp.asarray(times, jnp.float32)), np.float64)
+        bad = np.flatnonzero(~(np.isfinite(g) & (g > 0)))
+        if bad.size:
+            raise ValueError(
+                f"the diffusion g is {g[bad[0]]:g} at t = {times[bad[0]]:g} ({bad.size} of the {T + 1} step times): "
+                "the embedded denoising loss weights by 1 / (2 g^2) there; train on trajectories of a g > 0 at "
+                "every time (FPConfig.g)"
+            )
+
     def loss(self, net, key, data: TrainData, config):
         x, t, z, labels = trajectory_batch(key, data, config)
         g_t = self._bound_sde().g(t)
@@ -188,6 +202,10 @@ class FPRegularised:
 
     def with_sde(self, sde: sde_lib.SDE) -> FPRegularised:
         return dataclasses.replace(self, objective=self.objective.with_sde(sde))
+
+    def check_weights(self, T: int) -> None:
+        """The wrapped objective's check (:meth:`EmbeddedDenoising.check_weights`)."""
+        self.objective.check_weights(T)
 
     def score(self, net, labels, config):
         return self.objective.score(net, labels, config)

@@ -389,6 +389,8 @@ def train(
     config = bind_sde(config, sde)
     if config.objective.sde is None:
         raise ValueError(f"{config.objective} needs the SDE of the trajectories: pass their FP config as sde")
+    if hasattr(config.objective, "check_weights"):  # an objective that weights by the SDE's g: finite weights
+        config.objective.check_weights(trajectories.shape[1] - 1)
     count, use_labels = images.shape[0], unet_config.num_images > 0
     model_key, run_key, check_key = jax.random.split(jax.random.key(0) if key is None else _typed(key), 3)
     graphdef, params = create_model(unet_config, images.shape[-1], images.shape[1], model_key)

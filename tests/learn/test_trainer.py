@@ -1,3 +1,5 @@
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -160,6 +162,16 @@ def test_bad_inputs_are_named():
         training.train(images, trajectories, g, unet_config=TINY, mode="batched", progress=False)
     with pytest.raises(ValueError, match="parametrization"):
         training.TrainConfig(parametrization="eps")
+
+
+@pytest.mark.parametrize(
+    "g, where", [(0.0, "g is 0 at t = 0 (11 of the 11"), (jnp.linspace(0.0, 0.5, T + 1), "g is 0 at t = 0 (1 of")]
+)
+def test_a_g_that_is_zero_at_a_step_time_is_refused_before_training(g, where):
+    """Eq. 29 weights by 1 / (2 g(t_n)^2): FPConfig(g=0) is accepted (no diffusion) but cannot be trained on."""
+    images, trajectories, _ = _data(1)
+    with pytest.raises(ValueError, match=re.escape(where) + ".*1 / \\(2 g\\^2\\)"):
+        training.train(images, trajectories, FPConfig(T=T, g=g), unet_config=TINY, progress=False)
 
 
 def test_replay_draws_earlier_images_in_the_stated_fraction():
