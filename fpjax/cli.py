@@ -94,14 +94,15 @@ def positive_float(text: str) -> float:
 POSITIVE_OPTIONS = frozenset(
     {
         # FPConfig and fpjax.precompute
-        "T", "g", "outer_tol", "max_outer", "tol", "maxiter", "dim", "cycle", "batch_size",
+        "T", "max_outer", "tol", "maxiter", "dim", "cycle", "batch_size",
         # TrainConfig, its sampler, UNetConfig
         "learning_rate", "grad_clip", "steps_per_call", "max_steps", "max_seconds", "max_total_seconds",
         "checkpoint_every", "noise_level", "sampler_steps", "channels", "channel_mult", "num_res_blocks",
         "attention_resolutions", "num_heads", "groups",
     }
 )  # fmt: skip
-"""Generated options (by ``dest``) whose values must be > 0; every generated float must be finite."""
+"""Generated options (by ``dest``) whose values must be > 0 (each one the library refuses at 0 too: ``g = 0``
+and ``outer_tol = 0`` mean something there, so they are not here); every generated float must be finite."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -288,7 +289,7 @@ def dataclass_from_args(cls, args: argparse.Namespace, *, defaults=None, prefix:
     try:
         return dataclasses.replace(defaults, **values) if defaults is not None else cls(**values)
     except (TypeError, ValueError) as error:
-        raise ConfigError(f"{cls.__name__}: {error}") from error
+        raise _refused(cls, error, prefix) from error
 
 
 def _variant_from_args(name: str, variants, default, args: argparse.Namespace, prefix: str = ""):
@@ -318,7 +319,17 @@ def _variant_from_args(name: str, variants, default, args: argparse.Namespace, p
     try:
         return dataclasses.replace(base, **given)
     except (TypeError, ValueError) as error:
-        raise ConfigError(f"{cls.__name__}: {error}") from error
+        raise _refused(cls, error, prefix) from error
+
+
+def _refused(cls, error: Exception, prefix: str = "") -> ConfigError:
+    """``error`` of ``cls`` as a :class:`ConfigError` that starts with the option it is about (``--g: FPConfig.g
+    must be >= 0 ...``), found by the ``Class.field`` the message names."""
+    message = str(error)
+    fields = [f.name for f in dataclasses.fields(cls)]
+    named = [name for name in fields if re.search(rf"\b{cls.__name__}\.{name}\b", message)]
+    flag = f"--{prefix}{named[0]}".replace("_", "-") + ": " if named else ""
+    return ConfigError(f"{flag}{message}" if named else f"{cls.__name__}: {message}")
 
 
 def kwargs_from_args(options, args: argparse.Namespace) -> dict:
@@ -424,10 +435,14 @@ def output_folder(path) -> pathlib.Path:
 
 
 def _load_images(args):
+    if args.images is not None and args.data is not None:
+        raise ConfigError(f"--images {args.images} and --data {args.data} both name the images: give one")
     if args.images is not None:
         images, names = load_image_folder(args.images, args.size)
+        if args.n is not None and args.n > len(images):
+            raise ValueError(f"{args.images} has {len(images)} images, fewer than --n {args.n}")
         return images[: args.n], names[: args.n]
-    return load_dataset(args.data, args.size, args.n)
+    return load_dataset(args.data or "samples", args.size, args.n)
 
 
 def precompute_command(args) -> int:
@@ -583,7 +598,7 @@ def run_command(args) -> int:
 
 def _add_input_options(parser, size_help: str, size_default=None) -> None:
     parser.add_argument(
-        "--data", default="samples", help="samples | cifar10:PATH[:CLASS] | folder:PATH (CelebA layout)"
+        "--data", help="samples (default) | cifar10:PATH[:CLASS] | folder:PATH (CelebA layout); or --images"
     )
     parser.add_argument("--images", help="folder of PNG/JPEG images of one shape (alternative to --data)")
     parser.add_argument("--size", type=positive_int, default=size_default, help=size_help)

@@ -19,6 +19,8 @@ import pytest
 from fpjax import cli
 from fpjax.cli import main
 from fpjax.data import sample_images
+from fpjax.learn.trainer import TrainConfig
+from fpjax.solver.problem import FPConfig
 
 _SCRIPT = pathlib.Path(sys.executable).with_name("fpjax")
 COMMAND = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "fpjax.cli"]
@@ -160,7 +162,7 @@ def test_debug_shows_the_traceback(tmp_path):
         (["precompute", "--T", "2.5"], ["--T", "expected a positive integer"]),
         (["precompute", "--size", "-4"], ["--size"]),
         (["precompute", "--g", "inf"], ["--g", "finite"]),
-        (["precompute", "--g", "-0.5"], ["--g", "positive"]),
+        (["precompute", "--g", "-0.5"], ["--g", "FPConfig.g must be >= 0"]),
         (["precompute", "--tol", "0"], ["--tol"]),
         (["precompute", "--maxiter", "0"], ["--maxiter"]),
         (["precompute", "--dim", "0"], ["--dim"]),
@@ -170,6 +172,8 @@ def test_debug_shows_the_traceback(tmp_path):
         (["run", "--sampler-steps", "0"], ["--sampler-steps"]),
         (["run", "--dropout", "nan"], ["--dropout", "finite"]),
         (["run", "--n", "0"], ["--n"]),
+        (["run", "--target-ssim", "2"], ["target_ssim", "(-1, 1]"]),
+        (["precompute", "--images", "x", "--data", "samples"], ["--images", "--data", "give one"]),
         (["precompute", "--scheme", "spectral", "--tol", "1e-3"], ["--tol", "log_density or density", "spectral"]),
         (["precompute", "--scheme", "density", "--predictor", "previous"], ["--predictor", "log_density"]),
     ],
@@ -179,6 +183,22 @@ def test_option_values_are_checked_where_they_are_parsed(argv, words, capsys):
         main(argv)
     assert exit_.value.code == 2
     assert_one_line_error(capsys.readouterr().err, *words)
+
+
+def test_more_images_than_there_are_is_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["precompute", "--n", "1000", "--T", "2"])
+    assert exit_.value.code == 1
+    assert_one_line_error(capsys.readouterr().err, "samples has 16 images, fewer than the 1000 asked for")
+
+
+def test_values_the_library_accepts_the_command_line_accepts():
+    """g = 0 (no diffusion) and outer_tol = 0 (run max_outer iterations) mean what FPConfig says they mean."""
+    args = cli.build_parser().parse_args(["precompute", "--g", "0", "--outer-tol", "0"])
+    config = cli.dataclass_from_args(FPConfig, args)
+    assert config.g == 0.0 and config.scheme.outer_tol == 0.0
+    args = cli.build_parser().parse_args(["run", "--target-ssim", "none"])
+    assert cli.dataclass_from_args(TrainConfig, args, defaults=None).target_ssim is None
 
 
 def test_none_and_valid_values_still_parse():

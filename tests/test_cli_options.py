@@ -123,3 +123,21 @@ def test_version():
     with pytest.raises(SystemExit) as exit_:
         cli.main(["--version"])
     assert exit_.value.code == 0
+
+
+def test_an_option_checked_positive_at_parse_time_is_one_the_library_refuses_at_zero():
+    """The parse-time checks repeat the library's, never contradict them (--g 0 was refused, FPConfig takes it)."""
+    checked = 0
+    for cls in CONFIGS:
+        for option in cli.dataclass_options(cls):
+            if option.dest not in cli.POSITIVE_OPTIONS or option.sequence:
+                continue
+            owner = cls
+            if option.variants:  # a scheme's option: its scheme class
+                owner = next(c for c in SCHEME_CLASSES if c.name == option.variants[0])
+            elif len(option.path) == 2:  # a nested config (TrainConfig.sampler)
+                owner = type(getattr(cls(), option.path[0]))
+            with pytest.raises((ValueError, TypeError)):
+                owner(**{option.path[-1]: 0})
+            checked += 1
+    assert checked >= 8

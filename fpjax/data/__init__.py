@@ -262,10 +262,11 @@ def load_celeba_folder(folder, size: int = 64, n: int | None = None) -> tuple[np
 def load_dataset(spec: str, size: int | None = None, n: int | None = None) -> tuple[np.ndarray, list[str]]:
     """``"samples"``, ``"cifar10:PATH[:CLASS]"`` or ``"folder:PATH"`` -> (NHWC float32 images, ids).
 
-    ``n``: only the first ``n`` images (a positive count; ``None``: all).
+    ``n``: only the first ``n`` images (a positive count, at most the number there is; ``None``: all).
 
     Raises:
-      ValueError: an unknown ``spec``, ``n`` or ``size`` not positive, or no image selected;
+      ValueError: an unknown ``spec``, ``n`` or ``size`` not positive, more images asked for than there are, or
+        no image selected;
       FileNotFoundError: the path does not exist (and the loaders' errors, which name the file).
     """
     _check_size(size)
@@ -285,6 +286,10 @@ def load_dataset(spec: str, size: int | None = None, n: int | None = None) -> tu
         raise ValueError(f"data must be samples, cifar10:PATH[:CLASS] or folder:PATH, got {spec!r}")
     if len(images) == 0:
         raise ValueError(f"{spec} selects no image")
+    if n is not None and n > len(images):
+        raise ValueError(
+            f"{spec} has {len(images)} images, fewer than the {n} asked for: ask for {len(images)} or fewer"
+        )
     return images[:n], list(ids)[:n]
 
 

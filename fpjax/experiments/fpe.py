@@ -191,7 +191,7 @@ def image_part(settings: FPESettings, out: pathlib.Path) -> dict:
     key = jax.random.key(settings.seed + 2)
     curves = {}
     for name, objective in (("fpjax (embedded, eq. 29)", EmbeddedDenoising()), ("DDPM (DSM)", dd.DDPM())):
-        config = training.TrainConfig(objective=objective, target_ssim=2.0, max_steps=10**9, batch_size=8,
+        config = training.TrainConfig(objective=objective, target_ssim=None, max_steps=10**9, batch_size=8,
                                       max_total_seconds=settings.image_budget, checkpoint_every=10**9)  # fmt: skip
         result = training.train(images, trajectories, fp_config if name.startswith("fpjax") else None,
                                 unet_config=unet, config=config, key=key, mode="mixed", progress=False)  # fmt: skip

@@ -80,7 +80,7 @@ def exp1(out: pathlib.Path, settings: Settings, progress=True) -> dict:
     for size in settings.sizes:
         images, source = load_images(settings, size, settings.images)
         for name, objective in methods.items():  # warm-up: compile both methods' programs for this size
-            config = train_config(settings, objective, target_ssim=2.0, max_steps=1, steps_per_call=1)
+            config = train_config(settings, objective, target_ssim=None, max_steps=1, steps_per_call=1)
             fit(images[:1], fp_config, unet, config, name, settings.seed)
         for i, image in enumerate(images):
             for name, objective in methods.items():
@@ -229,7 +229,7 @@ def exp3(out: pathlib.Path, settings: Settings, progress=True) -> dict:
     generated_ours = sampling.generate(ours.score(labels), (settings.generate,) + images.shape[1:],
                                        jax.random.fold_in(key, 1), ours.sde, ours_config.sampler)  # fmt: skip
     # DDPM: mixed training on all images for the same budget.
-    ddpm_config = train_config(settings, dd.DDPM(), target_ssim=2.0, max_steps=10**9, max_seconds=settings.budget)
+    ddpm_config = train_config(settings, dd.DDPM(), target_ssim=None, max_steps=10**9, max_seconds=settings.budget)
     ddpm_unet = UNetConfig(channels=settings.channels)
     base = training.train(images, jnp.asarray(images)[:, None], None, unet_config=ddpm_unet,
                           config=ddpm_config, key=key, mode="mixed", progress=progress)  # fmt: skip

@@ -47,7 +47,7 @@ def exp_pds(out: pathlib.Path, settings: Settings, progress=True, step_counts=(5
     unet = UNetConfig(channels=settings.channels, num_images=len(images))
     ours = training.train(images, trajectories, fp_config, unet_config=unet, config=ours_config, key=key,
                           progress=progress)  # fmt: skip
-    ddpm_config = train_config(settings, dd.DDPM(), target_ssim=2.0, max_steps=10**9, max_seconds=settings.budget)
+    ddpm_config = train_config(settings, dd.DDPM(), target_ssim=None, max_steps=10**9, max_seconds=settings.budget)
     base = training.train(images, jnp.asarray(images)[:, None], None,
                           unet_config=UNetConfig(channels=settings.channels), config=ddpm_config, key=key,
                           mode="mixed", progress=progress)  # fmt: skip

@@ -66,7 +66,8 @@ class TrainConfig:
         fixed output scale that spares the last layer a 1/lambda gain) or ``"score"``
         (the network is ``s``).
       steps_per_call: steps fused per jitted call; also the evaluation interval.
-      target_ssim: early-stopping target of the denoising SSIM.
+      target_ssim: early-stopping target of the denoising SSIM, in ``(-1, 1]`` (SSIM's range); ``None``: no early
+        stopping (train to ``max_steps`` or the time limits).
       max_steps: step budget per image (per run for mixed training).
       max_seconds: wall-time budget per image (``None``: none).
       max_total_seconds: wall-time budget of the whole run, pre-computation included (``None``: none);
@@ -91,7 +92,7 @@ class TrainConfig:
     replay: float = 0.0
     parametrization: Literal["noise", "score"] = "noise"
     steps_per_call: int = 25
-    target_ssim: float = 0.9
+    target_ssim: float | None = 0.9
     max_steps: int = 2000
     max_seconds: float | None = None
     max_total_seconds: float | None = None
@@ -104,10 +105,17 @@ class TrainConfig:
     def __post_init__(self):
         if self.parametrization not in ("noise", "score"):
             raise ValueError(f"parametrization must be 'noise' or 'score', got {self.parametrization!r}")
-        if self.batch_size < 1 or self.steps_per_call < 1 or self.max_steps < 1:
-            raise ValueError("batch_size, steps_per_call and max_steps must be positive")
+        for name in ("learning_rate", "grad_clip", "batch_size", "steps_per_call", "max_steps", "max_seconds",
+                     "max_total_seconds", "noise_level", "checkpoint_every"):  # fmt: skip
+            value = getattr(self, name)
+            if value is not None and not value > 0:  # NaN too
+                raise ValueError(f"TrainConfig.{name} must be positive, got {value!r}")
         if self.objective is None:
             object.__setattr__(self, "objective", EmbeddedDenoising())
+        if self.target_ssim is not None and not -1.0 < self.target_ssim <= 1.0:
+            raise ValueError(
+                f"target_ssim must be in (-1, 1] (an SSIM), got {self.target_ssim}; None trains without early stopping"
+            )
         if not 0.0 <= self.replay < 1.0:
             raise ValueError(f"replay must be in [0, 1), got {self.replay}")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
@@ -471,7 +479,7 @@ def _account(
         "wall_seconds": precompute_seconds + progress_record["train_seconds"],
     }
     progress_record["log"].append(record)
-    reached = quality["ssim"] >= config.target_ssim
+    reached = config.target_ssim is not None and quality["ssim"] >= config.target_ssim
     image_seconds = progress_record["train_seconds"] - progress_record["image_started"]
     run_seconds = precompute_seconds + progress_record["train_seconds"]
     progress_record["out_of_time"] = config.max_total_seconds is not None and run_seconds >= config.max_total_seconds

@@ -52,6 +52,11 @@ class UNetConfig:
     def __post_init__(self):
         if self.time_embedding not in ("sinusoidal", "linear"):
             raise ValueError(f"time_embedding must be 'sinusoidal' or 'linear', got {self.time_embedding!r}")
+        for name in ("channels", "num_heads", "groups", "num_res_blocks"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"UNetConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
+        if not all(m > 0 for m in self.channel_mult) or not all(r > 0 for r in self.attention_resolutions):
+            raise ValueError("UNetConfig.channel_mult and attention_resolutions must hold positive integers")
         widths = [self.channels * m for m in self.channel_mult]
         if any(w % self.groups for w in widths):
             raise ValueError(f"groups={self.groups} must divide every level width {widths}")
