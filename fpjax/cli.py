@@ -28,6 +28,7 @@ import errno
 import functools
 import inspect
 import json
+import logging
 import os
 import pathlib
 import re
@@ -712,6 +713,9 @@ def explain(error: BaseException, command: str) -> tuple[int, str, str | None] |
         return INPUT_ERROR, f"{error.strerror}" + (f": {path}" if path else ""), _FIXES[error.errno]
     if isinstance(error, _PATH_ERRORS + (TimeoutError, ConvergenceError)) and error.args:
         return INPUT_ERROR, _one_line(error), None
+    full = _full_disk(error)
+    if full is not None:  # tensorstore (orbax's checkpoints) says so in words, not with an errno
+        return INPUT_ERROR, f"{os.strerror(errno.ENOSPC)}" + (f": {full}" if full else ""), _FIXES[errno.ENOSPC]
     if isinstance(error, RuntimeError) and "RESOURCE_EXHAUSTED" in str(error):  # XLA's out of memory
         first = str(error).strip().splitlines()[0]
         return INPUT_ERROR, f"out of memory ({first})", "lower --batch-size (or --size), or use a larger device"
@@ -720,6 +724,16 @@ def explain(error: BaseException, command: str) -> tuple[int, str, str | None] |
         hint = None if where == "fpjax" else f"raised inside {where}: rerun with --debug for the traceback"
         return INPUT_ERROR, _one_line(error), hint
     return None
+
+
+def _full_disk(error: BaseException) -> str | None:
+    """The path a write failed on for a full disk reported in a message (tensorstore's ``RESOURCE_EXHAUSTED ...
+    No space left on device [os_error_code='28']``), ``""`` if it names none, ``None`` if it is another error."""
+    text = str(error)
+    if isinstance(error, OSError) or not ("os_error_code='28'" in text or "No space left on device" in text):
+        return None
+    match = re.search(r'local file "([^"]+)"', text)
+    return re.sub(r"\.orbax-checkpoint-tmp.*$", "", match.group(1)) if match else ""
 
 
 def _one_line(error: BaseException) -> str:
@@ -749,8 +763,12 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     formatwarning = warnings.formatwarning
+    absl, absl_level = logging.getLogger("absl"), logging.getLogger("absl").level
     if not args.debug:  # a warning is a line for the user, not a source location
         warnings.formatwarning = lambda message, category, *_: f"fpjax {args.command}: {category.__name__}: {message}\n"
+        # orbax's writer threads log each failure with its traceback (a full disk: hundreds of lines) before the
+        # main thread raises it; the one line below reports it, --debug shows the threads' logs
+        absl.setLevel(logging.CRITICAL)
     try:
         return args.func(args) or 0
     except Exception as error:
@@ -768,6 +786,7 @@ def main(argv=None) -> int:
         raise SystemExit(130) from None
     finally:
         warnings.formatwarning = formatwarning
+        absl.setLevel(absl_level)
 
 
 if __name__ == "__main__":

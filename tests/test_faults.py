@@ -158,3 +158,36 @@ def test_sigkill_then_second_writer_refused_then_stale_lock_taken_over_and_resum
     assert resumed.skipped == 5 and resumed.repaired == 0
     precompute(images, store=clean, **settings)
     _assert_same_store(killed, _arrays(clean))
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 512 KiB file system (a tmpfs: needs permission to mount, else the test is skipped)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("needs permission to mount a small tmpfs")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_full_disk_under_orbax_is_one_line_without_its_threads_tracebacks(full_disk, monkeypatch, capfd):
+    """orbax's writer threads log every failed write with a traceback; the command prints one line, naming the
+    checkpoint folder, with the documented exit status."""
+    from fpjax import cli
+    from fpjax.learn.checkpoints import Checkpoints
+
+    def command(args):  # what fpjax run does when it checkpoints, onto the full disk
+        Checkpoints(full_disk / "checkpoint", {"run": 1}).save(
+            1, {"w": np.random.default_rng(0).normal(size=(512, 512)).astype(np.float32)}, {}
+        )
+
+    monkeypatch.setattr(cli, "run_command", command)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["run", "--out", str(full_disk / "out")])
+    assert exit_.value.code == 1
+    err = capfd.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert "Traceback" not in err and len(lines) == 2, err
+    assert lines[0].startswith("fpjax run: error: No space left on device: ") and "checkpoint" in lines[0], err
+    assert "free some disk space" in lines[1]
