@@ -11,6 +11,10 @@ The public surface, by the job it does (the README's "Architecture" maps the pac
 * The forward SDE and sampling: :func:`sde_from_fp_config`, :func:`denoise`, :func:`generate`,
   :class:`SamplerConfig`; PDS: :mod:`fpjax.diffusion.pds`; the score FPE: :mod:`fpjax.diffusion.score_fpe`.
 
+Trajectories of images keep the channels last, ``(N, T+1, H, W, C)``, from :func:`solve_images` through
+:func:`precompute` and its store to :func:`embed`; scores carry their component last, ``x`` first, in pixel
+units: ``docs/conventions.md`` has the layouts.
+
 The solver names are imported eagerly; the learning and sampling ones on first use (they pull in Flax,
 Optax and Orbax, which ``import fpjax`` alone should not pay for).
 """

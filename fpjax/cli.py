@@ -509,12 +509,12 @@ def _print_summary(result, count: int) -> None:
 
 
 def _save_solutions(out: pathlib.Path, images, names, result, config: FPConfig, args) -> None:
-    """``fp_solutions.npz`` (``m`` ``(N, T+1, H, W, K)``, ``score`` ``(N, T+1, H, W, K, 2)``), and two figures."""
+    """``fp_solutions.npz`` (``m`` ``(N, T+1, H, W, K)``, ``score`` ``(N, T+1, H, W, K, 2)``: the layouts of
+    ``docs/conventions.md``), and two figures."""
     out.mkdir(parents=True, exist_ok=True)
     k = result.stats["converged"].shape[1]
     m = np.asarray(result.m)[..., :k]  # K = 1 where one density serves all channels
-    fields = np.moveaxis(m, -1, 2)  # (N, T+1, K, H, W): what fpjax.score and the figures take
-    scores = np.moveaxis(np.asarray(score(fields, config.boundary)), 2, -2)  # (N, T+1, H, W, K, 2)
+    scores = np.asarray(score(m, config.boundary, channel_axis=-1))  # (N, T+1, H, W, K, 2)
     path = out / "fp_solutions.npz"
     try:
         _write_solutions(path, m, scores, names, result, config, args.density)
@@ -523,7 +523,7 @@ def _save_solutions(out: pathlib.Path, images, names, result, config: FPConfig, 
         raise
     shown = min(len(images), 4)
     title = f"log-density m and pixel score ({args.density})"
-    fig = plot_solutions(images[:shown], fields[:shown, :, 0], names[:shown], boundary=config.boundary,
+    fig = plot_solutions(images[:shown], m[:shown, ..., 0], names[:shown], boundary=config.boundary,
                          component=args.component, title=title)  # fmt: skip
     fig.savefig(out / "precompute.png", dpi=110)
     fig = plot_convergence(result.stats["outer_iterations"][:, 0], result.stats["residual"][:, 0], names)

@@ -54,7 +54,7 @@ cells = [
     nbf.v4.new_code_cell(
         "images = sample_images(32)[:8]\n"
         "batch = fpjax.solve_images(images, fpjax.FPConfig(T=100))\n"
-        "print('m', batch.m.shape, '(N, C, T+1, H, W); converged:', bool(batch.converged.all()))"
+        "print('m', batch.m.shape, '(N, T+1, H, W, C); converged:', bool(batch.converged.all()))"
     ),
     nbf.v4.new_markdown_cell(
         "## Differentiating through the solver\n\n"

@@ -47,8 +47,11 @@ def test_precompute_reads_an_image_folder_per_channel(tmp_path):
     args = ["precompute", "--images", str(folder), "--T", "3", "--density", "intensity", "--per-channel"]
     assert main(args + ["--out", str(out)]) == 0
     data = np.load(out / "fp_solutions.npz")
-    assert data["m"].shape == (2, 4, 16, 20, 3)
+    assert data["m"].shape == (2, 4, 16, 20, 3) and data["score"].shape == (2, 4, 16, 20, 3, 2)
     assert not bool(data["channels_shared"])
+    padded = np.pad(data["m"], [(0, 0), (0, 0), (1, 1), (1, 1), (0, 0)])  # each channel's own field, zero boundary
+    np.testing.assert_allclose(data["score"][..., 0], (padded[:, :, 1:-1, 2:] - padded[:, :, 1:-1, :-2]) / 2, atol=1e-6)
+    np.testing.assert_allclose(data["score"][..., 1], (padded[:, :, 2:, 1:-1] - padded[:, :, :-2, 1:-1]) / 2, atol=1e-6)
 
 
 def test_precompute_to_store_resumes(tmp_path, capsys):

@@ -32,6 +32,7 @@ from fpjax.provenance import jsonable
 from fpjax.solver import projection as krylov
 from fpjax.solver.initial import check_images, initial_log_density
 from fpjax.solver.problem import ConvergenceError, FPConfig, function_digest
+from fpjax.solver.solve import channels_last
 
 STAT_NAMES = tuple(STATS)
 ON_FAILURE = ("raise", "warn", "ignore")
@@ -88,11 +89,12 @@ def _metadata(config, *, density, per_channel, projection, dim, cycle, batch_siz
 
 @functools.partial(jax.jit, static_argnames=("config", "mode"))
 def _solve_batch(m0s, bases, config, mode):
-    """``m0s`` ``(B, K, H, W)``, bases with leading ``K`` (or ``None``) -> FPSolution with leading ``(B, K)``."""
+    """``m0s`` ``(B, K, H, W)``, bases with leading ``K`` (or ``None``) -> FPSolution in the store's layout:
+    ``m`` ``(B, T+1, H, W, K)``, the statistics ``(B, K, T)``."""
     mode = mode if bases is not None else "off"  # a seed is solved without bases
     per_field = lambda m0, b: krylov.solve_projected(m0, b, config, mode)  # noqa: E731
     over_channels = jax.vmap(per_field, in_axes=(0, 0 if bases is not None else None))
-    return jax.vmap(over_channels, in_axes=(0, None))(m0s, bases)
+    return channels_last(jax.vmap(over_channels, in_axes=(0, None))(m0s, bases))
 
 
 @functools.partial(jax.jit, static_argnames=("density", "per_channel"))
@@ -367,7 +369,7 @@ def _seed_bases(plan, pending, m0s, sink, done, config, dim, on_batch):
     if plan.seed is None:
         return None
     if done[plan.seed]:
-        m_seed = jnp.moveaxis(jnp.asarray(sink.m[plan.seed]), -1, 0)  # (K, T+1, H, W)
+        m_seed = jnp.asarray(sink.m[plan.seed])  # (T+1, H, W, K), as written
     elif pending or plan.writes_seed:
         tick = time.perf_counter()
         sol = _solve_batch(m0s[plan.seed][None], None, config, "off")
@@ -376,11 +378,12 @@ def _seed_bases(plan, pending, m0s, sink, done, config, dim, on_batch):
         m_seed = sol.m[0]
     if not pending:
         return None
-    return jax.vmap(lambda m: krylov.seed_bases(m, config, dim))(m_seed)
+    return jax.vmap(lambda m: krylov.seed_bases(m, config, dim), in_axes=-1)(m_seed)
 
 
 def _write(sink, done, batch, sol, on_batch, tick: float) -> float:
-    """Write the first ``len(batch)`` rows of a NumPy ``sol`` (leading ``(B, K)``); returns the batch's seconds.
+    """Write the first ``len(batch)`` rows of a NumPy ``sol`` (``m`` ``(B, T+1, H, W, K)``, statistics
+    ``(B, K, T)``); returns the batch's seconds.
 
     Images of the batch already finished (a batch recomputed for a damaged member) are neither
     rewritten nor passed to ``on_batch``.
@@ -388,7 +391,7 @@ def _write(sink, done, batch, sol, on_batch, tick: float) -> float:
     seconds = time.perf_counter() - tick
     rows = np.flatnonzero(~done[batch])
     for row in rows:
-        sink.write(batch[row], np.moveaxis(sol.m[row], 0, -1), {name: getattr(sol, name)[row] for name in STAT_NAMES})
+        sink.write(batch[row], sol.m[row], {name: getattr(sol, name)[row] for name in STAT_NAMES})
     done[batch] = True
     if on_batch is not None:
         on_batch(batch[rows], {name: getattr(sol, name)[rows] for name in STAT_NAMES}, seconds)

@@ -4,6 +4,8 @@ Both sinks have one interface: ``m`` (indexable ``(N, T+1, H, W, K)``),
 ``stats(name)`` / ``all_stats()`` (``(N, K, T)``), ``done()`` (``(N,)`` bool),
 ``verify(done)`` and ``write(index, m, stats)``; :class:`MemoryStore` holds
 NumPy arrays, :class:`FPStore` a zarr group, one chunk per image and channel.
+These are fpjax's image-trajectory layouts (``docs/conventions.md``); ``write``
+checks them, so an image in another layout is refused, not broadcast.
 
 Layout (zarr v3 group, every chunk zstd-compressed and crc32c-checksummed)::
 
@@ -115,6 +117,21 @@ def digest(array) -> np.ndarray:
     return np.frombuffer(h.digest(), np.uint8)
 
 
+def check_row(m, stats: dict, shape) -> None:
+    """Refuse one image's ``m`` unless it is ``(T+1, H, W, K) == shape``, or statistics that are not ``(K, T)``
+    (a one-line ``ValueError`` naming the expected layout)."""
+    shape = tuple(shape)
+    if np.shape(m) != shape:
+        raise ValueError(
+            f"expected one image's m as (T+1, H, W, K) = {shape} (channels last, docs/conventions.md), "
+            f"got shape {np.shape(m)}"
+        )
+    per_step = (shape[-1], shape[0] - 1)
+    for name in STATS:
+        if np.shape(stats[name]) != per_step:
+            raise ValueError(f"expected one image's {name} as (K, T) = {per_step}, got shape {np.shape(stats[name])}")
+
+
 class MemoryStore:
     """:class:`FPStore`'s interface over NumPy arrays (``precompute`` without a store path)."""
 
@@ -151,7 +168,9 @@ class MemoryStore:
         self._done[np.asarray(indices, int)] = False
 
     def write(self, index: int, m, stats: dict) -> None:
-        """Write image ``index``: ``m`` ``(T+1, H, W, K)`` and its ``(K, T)`` statistics, then mark it done."""
+        """Write image ``index``: ``m`` ``(T+1, H, W, K)`` and its ``(K, T)`` statistics (checked), then mark it
+        done."""
+        check_row(m, stats, self.m.shape[1:])
         self.m[index] = m
         for name in STATS:
             self._stats[name][index] = stats[name]
@@ -556,12 +575,11 @@ class FPStore:
             self.array("done")[int(i)] = False
 
     def write(self, index: int, m, stats: dict) -> None:
-        """Write image ``index``: ``m`` ``(T+1, H, W, K)``, its ``(K, T)`` statistics and digest, then mark it done."""
+        """Write image ``index``: ``m`` ``(T+1, H, W, K)``, its ``(K, T)`` statistics (both checked) and digest,
+        then mark it done."""
+        check_row(m, stats, self.array("m").shape[1:])
         values = {"m": m, **{name: stats[name] for name in STATS}}
-        values = {
-            name: np.broadcast_to(np.asarray(values[name], self.array(name).dtype), self.array(name).shape[1:])
-            for name in ARRAYS
-        }
+        values = {name: np.asarray(values[name], self.array(name).dtype) for name in ARRAYS}
         for name in ARRAYS:
             self.array(name)[index] = values[name]
         self.array("digest")[index] = np.stack([digest(values[name]) for name in ARRAYS])

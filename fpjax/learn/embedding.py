@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fpjax.solver.problem import FPConfig, diffusion_schedule, drift_fields
+from fpjax.solver.problem import FPConfig, FPSolution, diffusion_schedule, drift_fields
 from fpjax.solver.scores import pixel_score
 
 
@@ -54,27 +54,58 @@ def embed_field(channel, m, config: FPConfig, component: str = "sum", g=None):
     return jnp.concatenate([channel[None], channel[None] + steps])
 
 
+def _solution_field(m, config: FPConfig):
+    """``m`` itself, or an image solution's ``m`` once its layout and boundary are checked against ``config``."""
+    if not isinstance(m, FPSolution):
+        return m
+    if m.channel_axis != -1:
+        raise ValueError(
+            f"expected an image solution (fpjax.solve_images: m (N, T+1, H, W, C)), got a field solution with m of "
+            f"shape {jnp.shape(m.m)}"
+        )
+    if m.boundary != config.boundary:
+        raise ValueError(
+            f"the solution was solved with boundary={m.boundary!r}, config.boundary is {config.boundary!r}: "
+            "pass the config it was solved with"
+        )
+    return m.m
+
+
+def _check_layout(images, m, config: FPConfig) -> None:
+    """A one-line ``ValueError`` unless ``images`` is ``(N, H, W, C)`` and ``m`` ``(N, T+1, H, W, C or 1)``."""
+    if images.ndim != 4:
+        raise ValueError(f"expected images of shape (N, H, W, C), got shape {images.shape}")
+    n, height, width, channels = images.shape
+    expected = (n, config.T + 1, height, width, channels)
+    if m.ndim != 5 or m.shape[:4] != expected[:4] or m.shape[4] not in (1, channels):
+        raise ValueError(
+            f"expected m of shape (N, T+1, H, W, C) = {expected} (C = 1 for a shared density; channels last, "
+            f"docs/conventions.md) for images of shape {images.shape} and T = {config.T}, got shape {m.shape}"
+        )
+
+
 def embed(images, m, config: FPConfig, component: str = "sum", g=None):
     """Score-embedded trajectories of NHWC images.
 
     Args:
       images: ``(N, H, W, C)`` in ``[0, 1]``.
       m: ``(N, T+1, H, W, K)`` log-densities with ``K = C`` (per channel) or
-        ``K = 1`` (one shared density), as :func:`fpjax.precompute` returns
-        them; a zarr array from the store is read into memory.
+        ``K = 1`` (one shared density), channels last as :func:`fpjax.precompute`
+        and :func:`fpjax.solve_images` return them (``docs/conventions.md``); a
+        zarr array from the store is read into memory; an :class:`fpjax.FPSolution`
+        of :func:`fpjax.solve_images` is taken with its ``m`` (its boundary must be
+        ``config``'s). Another layout is refused with a ``ValueError``.
       config: the FP configuration of ``m``.
     Returns:
       ``(N, T+1, H, W, C)`` trajectories (jittable and differentiable in
       ``images``, ``m`` and ``g``).
     """
+    m = _solution_field(m, config)
     if not isinstance(m, jax.Array | np.ndarray):
         m = np.asarray(m[...])  # a zarr array (the store)
     images, m = jnp.asarray(images), jnp.asarray(m)
-    if images.ndim != 4 or m.ndim != 5:
-        raise ValueError(f"need images (N, H, W, C) and m (N, T+1, H, W, K); got {images.shape} and {m.shape}")
-    channels, k = images.shape[-1], m.shape[-1]
-    if k not in (1, channels) or m.shape[0] != images.shape[0] or m.shape[2:4] != images.shape[1:3]:
-        raise ValueError(f"m of shape {m.shape} does not fit images of shape {images.shape}")
+    _check_layout(images, m, config)
+    channels = images.shape[-1]
     m = jnp.broadcast_to(m, m.shape[:-1] + (channels,)).astype(jnp.result_type(m.dtype, images.dtype))
     per_channel = jax.vmap(lambda x, mm: embed_field(x, mm, config, component, g), in_axes=(-1, -1), out_axes=-1)
     return jax.vmap(per_channel)(images, m)

@@ -316,10 +316,13 @@ class FPConfig:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class FPSolution:
-    """Solution of :func:`fpjax.solve`; a pytree, so it passes through ``jit`` and ``vmap``.
+    """Solution of :func:`fpjax.solve`, :func:`fpjax.solve_image` or :func:`fpjax.solve_images`; a pytree, so
+    it passes through ``jit`` and ``vmap``. The layouts are in ``docs/conventions.md``.
 
     Attributes:
-      m: ``(T+1, H, W)`` log-density trajectory, ``m[0] = m0``.
+      m: ``(T+1, H, W)`` log-density trajectory of one field, ``m[0] = m0`` (:func:`fpjax.solve`); an image's
+        keeps its channels last, ``(T+1, H, W, C)`` (``(N, T+1, H, W, C)`` from :func:`fpjax.solve_images`).
+        The statistics below are per field, ``(T,)`` (an image's ``(C, T)``, a batch's ``(N, C, T)``).
       outer_iterations: ``(T,)`` int: outer iterations of each step
         (``"log_density"``); 1 for ``"density"`` (one linear solve, nothing
         iterates outside it); 0 for ``"spectral"`` (nothing iterates).
@@ -351,6 +354,8 @@ class FPSolution:
       boundary, spacing: the grid the solve ran on (static, not leaves): ``config.boundary`` and
         ``(hx, hy)``. :meth:`score` and :meth:`pixel_score` read the boundary from here, so a
         ``"reflect"`` solve's scores use the reflect stencil without being told.
+      channel_axis: the layout of ``m`` (static): ``None``, a field's (grid on the last two axes), or ``-1``,
+        an image's (channels last, grid on axes ``(-3, -2)``). :meth:`score` and :meth:`pixel_score` read it.
 
     Properties: ``converged`` (``status == 0``, ``(T,)`` bool) and ``outcome`` (the solve's status: the
     first failed step's code, ``0`` when every step converged; ``()`` int32, ``(...)`` under ``vmap``).
@@ -363,6 +368,7 @@ class FPSolution:
     status: jax.Array
     boundary: str = dataclasses.field(default="zero", metadata=dict(static=True))
     spacing: tuple = dataclasses.field(default=(1.0, 1.0), metadata=dict(static=True))
+    channel_axis: int | None = dataclasses.field(default=None, metadata=dict(static=True))
 
     @property
     def converged(self) -> jax.Array:
@@ -377,13 +383,14 @@ class FPSolution:
         return jnp.take_along_axis(self.status, index[..., None], axis=-1)[..., 0]
 
     def score(self):
-        """Score ``grad m`` in pixel units on this solve's boundary: ``(..., H, W) -> (..., H, W, 2)``
-        (:func:`fpjax.score`)."""
-        return scores.score(self.m, self.boundary)
+        """Score ``grad m`` in pixel units on this solve's boundary and in its layout (:func:`fpjax.score`):
+        ``(..., H, W) -> (..., H, W, 2)`` for a field, ``(..., H, W, C) -> (..., H, W, C, 2)`` for an image."""
+        return scores.score(self.m, self.boundary, channel_axis=self.channel_axis)
 
     def pixel_score(self, component: str = "sum"):
-        """Scalar pixel score on this solve's boundary: ``(..., H, W) -> (..., H, W)`` (:func:`fpjax.pixel_score`)."""
-        return scores.pixel_score(self.m, component, self.boundary)
+        """Scalar pixel score on this solve's boundary and in its layout (:func:`fpjax.pixel_score`): the shape
+        of ``m``."""
+        return scores.pixel_score(self.m, component, self.boundary, channel_axis=self.channel_axis)
 
 
 class StepCoefficients(NamedTuple):

@@ -2,8 +2,10 @@
 
 The public entry points: :func:`solve` (one ``(H, W)`` field), :func:`solve_image` (every channel of an
 ``(H, W, C)`` image), :func:`solve_images` (an NHWC batch), and :func:`solve_field`, the jitted dispatch
-the batch and projection layers call. The schemes live in :mod:`fpjax.solver.log_density` (the papers')
-and :mod:`fpjax.solver.linear` (the density and spectral ones).
+the batch and projection layers call (per field, ``(T+1, H, W)``). Image trajectories keep the channels
+last (``docs/conventions.md``): :func:`channels_last` turns per-field solutions stacked over channels into
+that layout. The schemes live in :mod:`fpjax.solver.log_density` (the papers') and
+:mod:`fpjax.solver.linear` (the density and spectral ones).
 """
 
 from __future__ import annotations
@@ -37,6 +39,15 @@ def solve_field(m0, g, config: FPConfig, guides=None, guess_fn=None, approximate
             f"scheme={config.scheme.name!r} has none to accelerate: use projection='off'"
         )
     return linear.solve(m0, g, config)
+
+
+def channels_last(fields: FPSolution) -> FPSolution:
+    """Per-field solutions stacked over channels (every leaf ``(..., C, ...)``: ``m`` ``(..., C, T+1, H, W)``,
+    the statistics ``(..., C, T)``) in the image layout: ``m`` ``(..., T+1, H, W, C)``, the statistics as they
+    are, ``channel_axis=-1`` (``docs/conventions.md``). Only an axis moves: the values are the same bits."""
+    if fields.channel_axis is not None:
+        raise ValueError("the solution is in the image layout already (channel_axis=-1)")
+    return dataclasses.replace(fields, m=jnp.moveaxis(fields.m, -4, -1), channel_axis=-1)
 
 
 def _fold_concrete_g(config: FPConfig, g):
@@ -108,8 +119,11 @@ def solve_image(
 
     The initial log-density comes from :func:`fpjax.initial_log_density`
     (``density``, ``per_channel``). A shared field is solved once and
-    broadcast, so the result always has a leading channel axis: ``m`` is
-    ``(C, T+1, H, W)`` and the statistics ``(C, T)``.
+    broadcast, so the result always has every channel, last as in the image
+    (``docs/conventions.md``): ``m`` is ``(T+1, H, W, C)``, the statistics
+    ``(C, T)``; :meth:`FPSolution.score` is then ``(T+1, H, W, C, 2)``.
+    Channel ``c`` is ``solve(initial_log_density(image)[c])`` (the shared
+    field for every ``c``): ``m[..., c]`` equals its ``m``.
     """
     image = check_image(image, allow_constant=True)  # shape and dtype; the values are checked just below
     channels = jnp.shape(image)[-1]
@@ -118,11 +132,12 @@ def solve_image(
     config, g = _fold_concrete_g(config, g)
     solution = jax.vmap(lambda f: solve_field(f, g, config))(fields)
     solution = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (channels,) + a.shape[1:]), solution)
-    return check_solution(solution, config, on_failure)
+    return check_solution(channels_last(solution), config, on_failure)
 
 
 def solve_images(images, config: FPConfig = FPConfig(), **kwargs) -> FPSolution:
-    """:func:`solve_image` vmapped over an NHWC batch: ``m`` is ``(N, C, T+1, H, W)``."""
+    """:func:`solve_image` vmapped over an NHWC batch: ``m`` is ``(N, T+1, H, W, C)``, the statistics
+    ``(N, C, T)``, as :func:`fpjax.precompute` and its store keep them (``docs/conventions.md``)."""
     on_failure = kwargs.pop("on_failure", "raise")
     images = check_images(images)  # value checks need concrete images: under vmap solve_image cannot make them
     solution = jax.vmap(lambda im: solve_image(im, config, on_failure="ignore", **kwargs))(jnp.asarray(images))

@@ -36,6 +36,20 @@ def test_batched_precompute_equals_one_solve_per_image():
     assert result.stats["converged"].all()
 
 
+def test_precompute_and_solve_images_share_one_layout():
+    """precompute's m and statistics are laid out as solve_images' ((N, T+1, H, W, C), (N, C, T)): the same numbers
+    at the same indices, no axes to move between them; each channel is its own field's solve."""
+    images = _images(3)
+    result = precompute(images, CONFIG, per_channel=True, density="intensity", batch_size=2)
+    solved = fpjax.solve_images(images, CONFIG, per_channel=True, density="intensity")
+    assert result.m.shape == solved.m.shape == (3, 7, 16, 16, 3)
+    np.testing.assert_allclose(result.m, np.asarray(solved.m), rtol=2e-6, atol=1e-6)
+    for name in ("outer_iterations", "converged"):
+        np.testing.assert_array_equal(result.stats[name], np.asarray(getattr(solved, name)), err_msg=name)
+    fields = fpjax.initial_log_density(images[2], "intensity", per_channel=True)
+    np.testing.assert_allclose(result.m[2, ..., 1], np.asarray(fpjax.solve(fields[1], CONFIG).m), rtol=2e-6, atol=1e-6)
+
+
 def test_per_channel_and_projection_modes():
     images = _images(4)
     plain = precompute(images, CONFIG, per_channel=True, density="intensity")

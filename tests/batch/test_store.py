@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import socket
@@ -19,6 +20,7 @@ from fpjax.batch.store import (
     LOCK_FILE,
     STATS,
     FPStore,
+    MemoryStore,
     StoreCorruptError,
     StoreError,
     StoreLockedError,
@@ -43,9 +45,9 @@ def _values(i):
     return m, stats
 
 
-def _store(path, lock="exclusive", **changes):
+def _store(path, lock="exclusive", channels=1, **changes):
     return FPStore.open(
-        path, metadata=dict(META, **changes), n=N, T=T, shape=SHAPE, channels=1, lock=lock
+        path, metadata=dict(META, **changes), n=N, T=T, shape=SHAPE, channels=channels, lock=lock
     )  # fmt: skip
 
 
@@ -112,6 +114,34 @@ def test_a_damaged_chunk_raises_naming_store_image_array_and_fix(full, damage, a
     assert info.value.index == 2 and info.value.array == array
     assert set(store.verify()) == {2}  # the others still read
     np.testing.assert_array_equal(store.m[3], _values(3)[0])
+
+
+@pytest.mark.parametrize("sink", ["memory", "zarr"])
+def test_an_image_in_another_layout_is_refused_not_broadcast(tmp_path, sink):
+    """write takes one image's m as (T+1, H, W, K) and statistics as (K, T); anything else is refused."""
+    sink = MemoryStore(N, T, SHAPE, 2) if sink == "memory" else _store(tmp_path / "s.zarr", channels=2)
+    with sink as store:
+        m, stats = _values(0)  # K = 1: a store of K = 2 would broadcast it
+        m2 = np.concatenate([m, m], axis=-1)
+        stats2 = {name: np.concatenate([v, v]) for name, v in stats.items()}
+        wrong = {
+            "(2, 4, 4, 5)": np.moveaxis(m2, -1, 0),  # channel-first
+            "(4, 4, 5, 1)": m,  # one field where the store has two
+            "(4, 5, 4, 2)": np.swapaxes(m2, 1, 2),  # H and W swapped
+            "(4, 4, 5)": m2[..., 0],  # no channel axis
+        }
+        for shape, values in wrong.items():
+            with pytest.raises(ValueError, match=r"expected one image's m as \(T\+1, H, W, K\) = \(4, 4, 5, 2\) "
+                               r"\(channels last, docs/conventions.md\), got shape " + re.escape(shape)):  # fmt: skip
+                store.write(0, values, stats2)
+        with pytest.raises(
+            ValueError, match=r"expected one image's residual as \(K, T\) = \(2, 3\), got shape \(3, 2\)"
+        ):
+            store.write(0, m2, dict(stats2, residual=stats2["residual"].T))
+        assert not store.done().any()  # nothing was marked written
+        store.write(1, m2, stats2)
+        np.testing.assert_array_equal(np.asarray(store.m[1]), m2)
+        np.testing.assert_array_equal(store.done(), [False, True, False, False])
 
 
 def test_a_deleted_chunk_never_reads_as_the_fill_value(full):

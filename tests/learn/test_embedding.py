@@ -1,3 +1,5 @@
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -79,8 +81,54 @@ def test_shape_errors_are_named():
     config = fpjax.FPConfig(T=4)
     with pytest.raises(ValueError, match="T\\+1 = 5"):
         embed_field(np.zeros((4, 4)), jnp.zeros((3, 4, 4)), config)
-    with pytest.raises(ValueError, match="does not fit"):
+    with pytest.raises(ValueError, match=r"expected m of shape \(N, T\+1, H, W, C\) = \(2, 5, 4, 4, 3\).*got shape "
+                       r"\(2, 5, 4, 4, 2\)"):  # fmt: skip
         embed(np.zeros((2, 4, 4, 3)), np.zeros((2, 5, 4, 4, 2)), config)
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        (2, 3, 5, 4, 6),  # channel-first (N, C, T+1, H, W): solve_images' old layout
+        (2, 4, 4, 6, 3),  # no time axis where T+1 = 5 belongs
+        (2, 6, 4, 6, 3),  # another T
+        (5, 4, 6, 3),  # one image's trajectory, no batch axis
+        (3, 5, 4, 6, 3),  # another N
+        (2, 5, 6, 4, 3),  # H and W swapped
+    ],
+)
+def test_a_trajectory_in_another_layout_is_refused_naming_the_expected_one(shape):
+    config, images = fpjax.FPConfig(T=4), np.zeros((2, 4, 6, 3))
+    expected = r"expected m of shape \(N, T\+1, H, W, C\) = \(2, 5, 4, 6, 3\)"
+    with pytest.raises(ValueError, match=expected + r".*" + r"got shape " + re.escape(str(shape))):
+        embed(images, np.zeros(shape), config)
+    with pytest.raises(ValueError, match=expected):  # under jit too: the shapes are static
+        jax.jit(lambda x, m: embed(x, m, config))(images, np.zeros(shape))
+    with pytest.raises(ValueError, match=r"expected images of shape \(N, H, W, C\), got shape \(4, 6, 3\)"):
+        embed(images[0], np.zeros((2, 5, 4, 6, 3)), config)
+
+
+def test_embed_takes_an_image_solution_and_checks_it():
+    images = sample_images(32)[:2, :8, :7].astype(np.float64)
+    config = fpjax.FPConfig(T=4, scheme="spectral")
+    solution = fpjax.solve_images(images, config, density="intensity", per_channel=True)
+    ours = np.asarray(embed(images, solution, config))
+    assert ours.shape == (2, 5, 8, 7, 3)
+    for i, image in enumerate(images):  # independent reference: each channel's own solve, transported step by step
+        fields = fpjax.initial_log_density(image, "intensity", per_channel=True)
+        for c in range(3):
+            m = np.asarray(fpjax.solve(fields[c], config).m)
+            np.testing.assert_allclose(ours[i, ..., c], _loop_reference(image[..., c], m, [0.5] * 5, 4), rtol=1e-9,
+                                       atol=1e-12)  # fmt: skip
+    with pytest.raises(ValueError, match=r"solved with boundary='zero', config.boundary is 'reflect'"):
+        embed(images, solution, fpjax.FPConfig(T=4, scheme="spectral", boundary="reflect"))
+    field = fpjax.solve(fpjax.initial_log_density(images[0]), config)
+    with pytest.raises(ValueError, match=r"expected an image solution .*got a field solution with m of shape \(5, 8"):
+        embed(images[:1], field, config)
+    one = fpjax.solve_image(images[0], config)  # one image's solution: (T+1, H, W, C), no batch axis
+    with pytest.raises(ValueError, match=r"expected m of shape \(N, T\+1, H, W, C\) = \(1, 5, 8, 7, 3\).*got shape "
+                       r"\(5, 8, 7, 3\)"):  # fmt: skip
+        embed(images[:1], one, config)
 
 
 def test_zero_score_embedding_is_the_identity():

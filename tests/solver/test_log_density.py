@@ -178,19 +178,20 @@ def test_vmap_equals_loop_and_jit():
         single = fpjax.solve(m0, config)
         np.testing.assert_allclose(np.asarray(batched.m[i]), np.asarray(single.m), rtol=2e-6, atol=1e-6)
         np.testing.assert_array_equal(np.asarray(batched.converged[i]), np.asarray(single.converged))
-    via_images = fpjax.solve_images(images, config)
-    assert via_images.m.shape == (3, 3, 9, 16, 16)
-    np.testing.assert_allclose(np.asarray(via_images.m[:, 1]), np.asarray(batched.m), rtol=2e-6, atol=1e-6)
+    via_images = fpjax.solve_images(images, config)  # channels last, the statistics (N, C, T)
+    assert via_images.m.shape == (3, 9, 16, 16, 3) and via_images.residual.shape == (3, 3, 8)
+    np.testing.assert_allclose(np.asarray(via_images.m[..., 1]), np.asarray(batched.m), rtol=2e-6, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(via_images.converged[:, 1]), np.asarray(batched.converged))
 
 
 def test_solve_image_per_channel():
     image = _test_images(1)[0]
     sol = fpjax.solve_image(image, fpjax.FPConfig(T=4), density="intensity", per_channel=True)
-    assert sol.m.shape == (3, 5, 16, 16) and sol.converged.shape == (3, 4)
+    assert sol.m.shape == (5, 16, 16, 3) and sol.converged.shape == (3, 4)
     m0 = fpjax.initial_log_density(image, "intensity")
     for c in range(3):
         np.testing.assert_allclose(
-            np.asarray(sol.m[c]), np.asarray(fpjax.solve(m0[c], fpjax.FPConfig(T=4)).m), rtol=1e-6
+            np.asarray(sol.m[..., c]), np.asarray(fpjax.solve(m0[c], fpjax.FPConfig(T=4)).m), rtol=1e-6
         )
 
 
