@@ -43,16 +43,17 @@ from tqdm import tqdm
 
 import fpjax
 from fpjax import pipeline, provenance
-from fpjax.batch.precompute import ON_FAILURE, precompute
+from fpjax.batch.precompute import ON_FAILURE, check_memory, precompute
 from fpjax.batch.seeding import SEED_RULES
 from fpjax.bench import accuracy as accuracy_bench
 from fpjax.bench import projection as projection_bench
 from fpjax.bench import solver as solver_bench
-from fpjax.data import load_dataset, load_image_folder
+from fpjax.data import image_paths, image_shape, load_dataset, load_image_folder
 from fpjax.eval.figures import plot_convergence, plot_solutions
 from fpjax.experiments import command as experiment_command
 from fpjax.learn.models.unet import UNetConfig
 from fpjax.learn.trainer import TrainConfig
+from fpjax.memory import InsufficientMemoryError
 from fpjax.solver.initial import METHODS
 from fpjax.solver.problem import ConvergenceError, FPConfig
 from fpjax.solver.projection import MODES
@@ -439,11 +440,33 @@ def _load_images(args):
     if args.images is not None and args.data is not None:
         raise ConfigError(f"--images {args.images} and --data {args.data} both name the images: give one")
     if args.images is not None:
+        if args.size is None:  # before decoding: a large image is refused with the fix (--size), not loaded
+            _check_image_sizes(args)
         images, names = load_image_folder(args.images, args.size)
         if args.n is not None and args.n > len(images):
             raise ValueError(f"{args.images} has {len(images)} images, fewer than --n {args.n}")
         return images[: args.n], names[: args.n]
     return load_dataset(args.data or "samples", args.size, args.n)
+
+
+def _check_image_sizes(args) -> None:
+    """The memory a folder's images would need at their own size (from their headers), checked before decoding."""
+    paths = image_paths(args.images)
+    shapes = [shape for shape in map(image_shape, paths) if shape is not None]
+    if not shapes:
+        return
+    height, width = max(shapes, key=lambda hw: hw[0] * hw[1])
+    count = min(len(paths), args.n or len(paths))
+    store = getattr(args, "store", None)
+    per_channel = True if getattr(args, "per_channel", False) else None
+    try:
+        config, batch_size = dataclass_from_args(FPConfig, args), getattr(args, "batch_size", 16)
+        check_memory((count, height, width, 3), config, batch_size=batch_size, in_memory=store is None,
+                     per_channel=per_channel)  # fmt: skip
+    except InsufficientMemoryError as error:
+        raise InsufficientMemoryError(
+            f"{error}; or pass --size 64 (or 128) to resize the images as they are read"
+        ) from None
 
 
 def precompute_command(args) -> int:
@@ -716,6 +739,8 @@ def explain(error: BaseException, command: str) -> tuple[int, str, str | None] |
     full = _full_disk(error)
     if full is not None:  # tensorstore (orbax's checkpoints) says so in words, not with an errno
         return INPUT_ERROR, f"{os.strerror(errno.ENOSPC)}" + (f": {full}" if full else ""), _FIXES[errno.ENOSPC]
+    if isinstance(error, InsufficientMemoryError):  # estimated before allocating: the message holds the fix
+        return INPUT_ERROR, _one_line(error), None
     if isinstance(error, RuntimeError) and "RESOURCE_EXHAUSTED" in str(error):  # XLA's out of memory
         first = str(error).strip().splitlines()[0]
         return INPUT_ERROR, f"out of memory ({first})", "lower --batch-size (or --size), or use a larger device"

@@ -241,6 +241,9 @@ def _library_value(instance, path):
     return instance
 
 
+SCHEME_CLASSES = (fpjax.LogDensity, fpjax.Density, fpjax.Spectral)
+
+
 def test_every_generated_option_defaults_to_the_library_or_a_documented_override():
     parser = cli.build_parser()
     run, pre = parser.parse_args(["run"]), parser.parse_args(["precompute"])
@@ -255,13 +258,19 @@ def test_every_generated_option_defaults_to_the_library_or_a_documented_override
     checked = 0
     for args, instance, override in library:
         for option in cli.dataclass_options(type(instance)):  # without overrides: the library's defaults
-            expected = override.get(option.path[0], _library_value(instance, option.path))
-            assert getattr(args, option.dest) == expected, f"{option.flag} drifted from {type(instance).__name__}"
+            if option.variants:  # a scheme's option: absent unless given, the scheme's default then
+                scheme = next(c for c in SCHEME_CLASSES if c.name == option.variants[0])
+                assert not hasattr(args, option.dest) and option.default == getattr(scheme(), option.path[1])
+            elif option.path == ("scheme",):  # --scheme chooses by name
+                assert getattr(args, option.dest) == instance.scheme.name
+            else:
+                expected = override.get(option.path[0], _library_value(instance, option.path))
+                assert getattr(args, option.dest) == expected, f"{option.flag} drifted from {type(instance).__name__}"
             checked += 1
     signature = inspect.signature(fpjax.precompute).parameters
     for option in cli.PRECOMPUTE_OPTIONS:
         assert getattr(pre, option.dest) == signature[option.path[0]].default, f"{option.flag} drifted"
-    assert checked > 40 and {"solver", "replay", "max_steps", "sampler_steps", "sampler_method"} <= set(vars(run))
+    assert checked > 40 and {"scheme", "replay", "max_steps", "sampler_steps", "sampler_method"} <= set(vars(run))
     # the same, end to end: the configurations the commands build from no options
     build = functools.partial(cli.dataclass_from_args, args=run)
     assert build(fpjax.FPConfig) == fpjax.FPConfig() and build(UNetConfig) == UNetConfig()

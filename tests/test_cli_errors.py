@@ -277,3 +277,26 @@ def test_explain_tells_a_users_error_from_a_bug(make, status, words):
     assert code == status and "\n" not in message
     for word in words:
         assert word in message + " " + (hint or "")
+
+
+def test_a_large_image_without_size_is_refused_before_it_is_decoded(tmp_path, monkeypatch, capsys):
+    """A 3000x3000 JPEG without --size grew to 20.8 GB and was killed: now its header is read, not its pixels."""
+    import PIL.Image
+
+    from fpjax import data
+    from fpjax import memory as fpjax_memory
+
+    folder = tmp_path / "big"
+    folder.mkdir()
+    PIL.Image.new("RGB", (3000, 3000), (120, 60, 30)).save(folder / "big.jpg")
+
+    def no_decoding(path):
+        raise AssertionError(f"{path} was decoded")
+
+    monkeypatch.setattr(data, "read_image", no_decoding)
+    for name in ("available_host_bytes", "available_device_bytes"):  # the same on a machine of any size
+        monkeypatch.setattr(fpjax_memory, name, lambda *args: 16 * 2**30)
+    with pytest.raises(SystemExit) as exit_:
+        main(["precompute", "--images", str(folder), "--out", str(tmp_path / "out")])
+    assert exit_.value.code == 1
+    assert_one_line_error(capsys.readouterr().err, "3000x3000 with T=100 needs", "--size 64")

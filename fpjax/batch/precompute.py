@@ -16,6 +16,7 @@ and writes every solved batch to a sink with one interface, in memory
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import time
@@ -26,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
+from fpjax import memory
 from fpjax.batch.seeding import SEED_RULES, seed_groups
 from fpjax.batch.store import STATS, FPStore, MemoryStore, StoreDamagedError, listed
 from fpjax.provenance import jsonable
@@ -183,8 +185,10 @@ def precompute(
     config = FPConfig() if config is None else config
     process = (jax.process_index(), jax.process_count()) if process is None else process
     _check_settings(config, projection, on_failure, seeds, several_without_store=process[1] > 1 and store is None)
-    images = _checked_images(images)
-    ids = list(range(len(images))) if ids is None else list(ids)
+    _check_counts(dim=dim, cycle=cycle, batch_size=batch_size)
+    images, ids = _checked_images(images), _checked_ids(ids, len(images))
+    check_memory(images.shape, config, batch_size=batch_size, in_memory=store is None, per_channel=per_channel,
+                 dtype=images.dtype)  # fmt: skip
     start = time.perf_counter()
     m0s = _initial_fields(jnp.asarray(images), density, per_channel)
     m0s = m0s[:, None] if m0s.ndim == 3 else m0s  # (N, K, H, W)
@@ -285,6 +289,43 @@ def _check_settings(config: FPConfig, projection: str, on_failure: str, seeds: s
         raise ValueError(f"on_failure must be one of {ON_FAILURE}, got {on_failure!r}")
     if seeds not in SEED_RULES:
         raise ValueError(f"seeds must be one of {SEED_RULES}, got {seeds!r}")
+
+
+def _check_counts(**counts) -> None:
+    for name, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _checked_ids(ids, count: int) -> list:
+    """``ids`` as a list of ``count`` distinct names (``0..count-1`` when ``None``), or a one-line ValueError."""
+    ids = list(range(count)) if ids is None else list(ids)
+    if len(ids) != count:
+        raise ValueError(f"ids has {len(ids)} names for {count} images: give one name per image")
+    repeated = [name for name, times in collections.Counter(ids).items() if times > 1]
+    if repeated:
+        raise ValueError(f"ids must name each image once: {repeated[:3]} appear more than once")
+    return ids
+
+
+def check_memory(
+    shape, config: FPConfig, *, batch_size: int = 16, in_memory: bool = True, per_channel=None, dtype=np.float32
+) -> None:
+    """Refuse, before any work, a :func:`precompute` of images of ``shape`` ``(N, H, W, C)`` whose batch cannot fit
+    on the device, or whose results cannot fit on the host (``in_memory``: no store, every trajectory held there),
+    naming the size and the fix (:func:`fpjax.memory.require`). The command line calls it with the images'
+    header sizes, before decoding them."""
+    count, height, width, channels = shape
+    fields = 1 if per_channel is False else channels  # a shared density is one field: the estimate is an upper bound
+    one = memory.trajectory_bytes(config.T, (height, width), fields, dtype)
+    batch = min(batch_size, count)
+    what = f"a batch of {batch} images {height}x{width} with T={config.T}"
+    memory.require(2 * batch * one, what, "lower batch_size (--batch-size), T or the image size (--size)")
+    if in_memory:
+        every = memory.trajectory_bytes(config.T, (height, width), count * channels, np.float32)
+        what = f"the trajectories of {count} images {height}x{width} with T={config.T}"
+        fix = "stream them to a store (store=PATH, --store), or lower T or the image size"
+        memory.require(every, what, fix, device=False)
 
 
 def _checked_images(images) -> np.ndarray:

@@ -15,6 +15,7 @@ import zipfile
 
 import matplotlib.image as mpimg
 import numpy as np
+import PIL.Image
 
 _FILE = pathlib.Path(__file__).with_name("sample_images.npz")
 SIZES = (32, 64, 128)
@@ -65,6 +66,17 @@ def image_paths(folder) -> list[pathlib.Path]:
     if not paths:
         raise ValueError(f"no .png/.jpg images in {folder}")
     return paths
+
+
+def image_shape(path) -> tuple[int, int] | None:
+    """``(H, W)`` of a PNG/JPEG from its header, without decoding it; ``None`` where the header cannot be read
+    (:func:`read_image` then names the problem)."""
+    try:
+        with PIL.Image.open(path) as image:
+            width, height = image.size
+    except (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError):
+        return None
+    return height, width
 
 
 def read_image(path) -> np.ndarray:

@@ -16,7 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fpjax.solver.problem import FPConfig, FPSolution, diffusion_schedule, drift_fields
+from fpjax import memory
+from fpjax.solver.initial import check_images
+from fpjax.solver.problem import FPConfig, FPSolution, diffusion_schedule, drift_fields, is_concrete
 from fpjax.solver.scores import pixel_score
 
 
@@ -84,6 +86,23 @@ def _check_layout(images, m, config: FPConfig) -> None:
         )
 
 
+def _check_values(images, m, config: FPConfig) -> None:
+    """The images as :func:`fpjax.precompute` takes them (finite, in ``[0, 1]``), a finite ``m`` (naming the images
+    that are not), and room for the trajectories (:func:`fpjax.memory.require`)."""
+    check_images(images, allow_constant=True)
+    finite = np.isfinite(np.asarray(m)).reshape(m.shape[0], -1).all(axis=1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        raise ValueError(
+            f"m is not finite for {bad.size} of {m.shape[0]} images (the first: image {int(bad[0])}): embed a solve "
+            "whose steps converged (FPSolution.status, or precompute's stats['converged'])"
+        )
+    count, height, width, channels = images.shape
+    nbytes = 2 * memory.trajectory_bytes(config.T, (height, width), count * channels, images.dtype)
+    what = f"the embedded trajectories of {count} images {height}x{width} with T={config.T}"
+    memory.require(nbytes, what, "embed fewer images at a time, or lower T or the image size")
+
+
 def embed(images, m, config: FPConfig, component: str = "sum", g=None):
     """Score-embedded trajectories of NHWC images.
 
@@ -105,6 +124,8 @@ def embed(images, m, config: FPConfig, component: str = "sum", g=None):
         m = np.asarray(m[...])  # a zarr array (the store)
     images, m = jnp.asarray(images), jnp.asarray(m)
     _check_layout(images, m, config)
+    if is_concrete((images, m)):  # under jit the values cannot be read: the layout alone is checked
+        _check_values(images, m, config)
     channels = images.shape[-1]
     m = jnp.broadcast_to(m, m.shape[:-1] + (channels,)).astype(jnp.result_type(m.dtype, images.dtype))
     per_channel = jax.vmap(lambda x, mm: embed_field(x, mm, config, component, g), in_axes=(-1, -1), out_axes=-1)

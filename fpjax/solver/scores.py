@@ -9,6 +9,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from fpjax.solver import stencil
+from fpjax.solver.initial import MIN_GRID
 
 SCORE_COMPONENTS = ("sum", "x", "y")
 CHANNEL_AXES = (None, -1)
@@ -23,10 +24,23 @@ def _fields(m, channel_axis):
             f"got {channel_axis!r}"
         )
     if channel_axis is None:
+        shape = jnp.shape(m)
+        if len(shape) >= 3 and _looks_channels_last(shape):
+            raise ValueError(
+                f"m of shape {shape} ends in an axis of {shape[-1]}, a channel axis rather than a grid's: a "
+                "trajectory of images, channels last (as precompute returns it)? pass channel_axis=-1 "
+                "(docs/conventions.md)"
+            )
         return m
     if jnp.ndim(m) < 3:
         raise ValueError(f"channel_axis=-1: expected m of shape (..., H, W, C), got shape {jnp.shape(m)}")
     return jnp.moveaxis(m, -1, -3)
+
+
+def _looks_channels_last(shape) -> bool:
+    """A last axis of 1 to 4 (the channels of an image) after a grid axis four or more times as long: no grid fpjax
+    solves has that shape (at least ``MIN_GRID`` a side), every channels-last trajectory of images does."""
+    return shape[-1] < MIN_GRID or (shape[-1] <= 4 and shape[-2] >= 4 * shape[-1])
 
 
 def score(m, boundary: str = "zero", *, channel_axis: int | None = None):

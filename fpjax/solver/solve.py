@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fpjax import memory
 from fpjax.solver import linear, log_density
 from fpjax.solver.initial import check_image, check_images, initial_log_density
 from fpjax.solver.problem import FPConfig, FPSolution, check_solution
@@ -80,6 +81,14 @@ def _checked_field(m0):
     return m0
 
 
+def _check_memory(config: FPConfig, shape, fields: int, dtype) -> None:
+    """Refuse, before compiling, trajectories that cannot fit: ``fields`` of ``(T+1, H, W)``, twice (the solve's
+    output and its copy where it is read), against the device's available memory (:mod:`fpjax.memory`)."""
+    nbytes = 2 * memory.trajectory_bytes(config.T, shape, fields, dtype)
+    what = f"a solve of {fields} field{'s' if fields > 1 else ''} {shape[0]}x{shape[1]} with T={config.T}"
+    memory.require(nbytes, what, "use a smaller T or grid, or fewer fields at a time (fpjax.precompute streams them)")
+
+
 def solve(m0, config: FPConfig = FPConfig(), *, g=None, on_failure: str = "raise") -> FPSolution:
     """Solve the log-density Fokker-Planck equation from ``m0`` over ``t in [0, 1]``.
 
@@ -100,6 +109,7 @@ def solve(m0, config: FPConfig = FPConfig(), *, g=None, on_failure: str = "raise
       :class:`FPSolution` with ``m`` of shape ``(T+1, H, W)``.
     """
     m0 = _checked_field(m0)
+    _check_memory(config, jnp.shape(m0), 1, m0.dtype)
     config, g = _fold_concrete_g(config, g)
     solution = solve_field(m0, g, config)
     return check_solution(solution, config, on_failure)
@@ -127,6 +137,8 @@ def solve_image(
     """
     image = check_image(image, allow_constant=True)  # shape and dtype; the values are checked just below
     channels = jnp.shape(image)[-1]
+    if not isinstance(image, jax.core.Tracer):  # under solve_images' vmap: it checked the whole batch
+        _check_memory(config, jnp.shape(image)[:2], channels, image.dtype)
     m0 = initial_log_density(image, density, per_channel=per_channel)
     fields = m0[None] if m0.ndim == 2 else m0
     config, g = _fold_concrete_g(config, g)
@@ -140,5 +152,7 @@ def solve_images(images, config: FPConfig = FPConfig(), **kwargs) -> FPSolution:
     ``(N, C, T)``, as :func:`fpjax.precompute` and its store keep them (``docs/conventions.md``)."""
     on_failure = kwargs.pop("on_failure", "raise")
     images = check_images(images)  # value checks need concrete images: under vmap solve_image cannot make them
+    if not isinstance(images, jax.core.Tracer):
+        _check_memory(config, jnp.shape(images)[1:3], jnp.shape(images)[0] * jnp.shape(images)[-1], images.dtype)
     solution = jax.vmap(lambda im: solve_image(im, config, on_failure="ignore", **kwargs))(jnp.asarray(images))
     return check_solution(solution, config, on_failure)

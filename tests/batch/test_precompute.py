@@ -1,6 +1,7 @@
 import dataclasses
 import os
 import pathlib
+import re
 import select
 import signal
 import subprocess
@@ -318,3 +319,26 @@ def test_a_store_of_a_callable_g_and_drift_resumes_in_another_process_and_refuse
     with pytest.raises(StoreMismatchError, match=r"drift\.function"):
         precompute(_images(2), other_drift, store=path)
     np.testing.assert_array_equal(np.asarray(precompute(_images(2), config, store=path).m[:]), np.asarray(first.m[:]))
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        (dict(batch_size=-1), "batch_size must be a positive integer, got -1"),
+        (dict(batch_size=0), "batch_size must be a positive integer"),
+        (dict(dim=0, projection="initial_guess"), "dim must be a positive integer"),
+        (dict(cycle=-2, projection="initial_guess"), "cycle must be a positive integer"),
+        (dict(ids=["a", "b"]), "ids has 2 names for 3 images"),
+        (dict(ids=["a", "a", "b"]), "ids must name each image once: ['a']"),
+    ],
+)
+def test_settings_are_checked_before_any_work(kwargs, words):
+    """batch_size=-1 returned an all-zero m and a misleading warning; wrong ids were accepted without a store."""
+    with pytest.raises(ValueError, match=re.escape(words)):
+        precompute(_images(3), CONFIG, **kwargs)
+
+
+def test_a_precompute_that_cannot_fit_is_refused_naming_the_fix():
+    images = np.random.default_rng(0).uniform(size=(2, 128, 128, 3)).astype(np.float32)
+    with pytest.raises(MemoryError, match=r"a batch of 2 images 128x128 with T=1000000 needs .*--batch-size"):
+        precompute(images, fpjax.FPConfig(T=10**6))

@@ -156,3 +156,16 @@ def test_embedding_of_a_solution_is_differentiable_with_respect_to_the_image(sch
     forward = jax.jvp(loss, (image,), (v,))[1]
     np.testing.assert_allclose(forward, central, rtol=1e-6)
     np.testing.assert_allclose(jnp.vdot(jax.grad(loss)(image), v), forward, rtol=1e-9)
+
+
+def test_embed_checks_its_images_and_refuses_a_non_finite_m_naming_the_image():
+    """A NaN in m gave 68% NaN output; images * 255 were accepted (precompute refuses both)."""
+    images = np.asarray(sample_images(32)[:3, :8, :8])
+    config = fpjax.FPConfig(T=2)
+    m = np.zeros((3, 3, 8, 8, 1), np.float32)
+    bad = m.copy()
+    bad[1, 2, 3, 3, 0] = np.nan
+    with pytest.raises(ValueError, match=r"m is not finite for 1 of 3 images \(the first: image 1\)"):
+        fpjax.embed(images, bad, config)
+    with pytest.raises(ValueError, match=r"image 0: .*outside \[0, 1\]"):
+        fpjax.embed(images * 255, m, config)

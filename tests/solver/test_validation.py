@@ -240,3 +240,21 @@ def test_complex_input_is_refused_not_truncated():
         fpjax.solve(jnp.zeros((8, 8)) + 5j, FPConfig(T=2))
     with pytest.raises(ValueError, match="dtype complex"):
         fpjax.solve_image(np.full((8, 8, 3), 0.5 + 0.1j), FPConfig(T=2))
+
+
+def test_a_solve_that_cannot_fit_in_memory_is_refused_before_it_starts():
+    """T = 10**6 on 128x128 is 131 GB of trajectory (it hung in the allocation): refused in one line."""
+    with pytest.raises(MemoryError, match=r"a solve of 1 field 128x128 with T=1000000 needs 131 GB.*smaller T"):
+        fpjax.solve(jnp.zeros((128, 128), jnp.float32), FPConfig(T=10**6))
+    with pytest.raises(MemoryError, match=r"a solve of 3 fields 128x128 with T=1000000"):
+        fpjax.solve_image(np.full((128, 128, 3), 0.5, np.float32), FPConfig(T=10**6))
+
+
+def test_score_refuses_a_channels_last_trajectory_read_as_fields():
+    """precompute's (N, T+1, H, W, K) read as fields would take (W, K) for the grid: refused, naming the fix."""
+    m = np.zeros((2, 4, 16, 16, 3), np.float32)
+    for function in (fpjax.score, fpjax.pixel_score):
+        with pytest.raises(ValueError, match="pass channel_axis=-1"):
+            function(m)
+    assert fpjax.score(m, channel_axis=-1).shape == (2, 4, 16, 16, 3, 2)
+    assert fpjax.score(np.zeros((4, 5, 4))).shape == (4, 5, 4, 2)  # a 5x4 grid is a grid
