@@ -42,7 +42,7 @@ import numpy as np
 from tqdm import tqdm
 
 import fpjax
-from fpjax import pipeline, provenance
+from fpjax import files, pipeline, provenance
 from fpjax.batch.precompute import ON_FAILURE, check_memory, precompute
 from fpjax.batch.seeding import SEED_RULES
 from fpjax.bench import accuracy as accuracy_bench
@@ -538,19 +538,19 @@ def _save_solutions(out: pathlib.Path, images, names, result, config: FPConfig, 
     k = result.stats["converged"].shape[1]
     m = np.asarray(result.m)[..., :k]  # K = 1 where one density serves all channels
     scores = np.asarray(score(m, config.boundary, channel_axis=-1))  # (N, T+1, H, W, K, 2)
-    path = out / "fp_solutions.npz"
-    try:
-        _write_solutions(path, m, scores, names, result, config, args.density)
-    except OSError as error:  # a full disk fails on close, without a file name: name it
-        error.filename = path if error.filename is None else error.filename
-        raise
+    path, figure_paths = out / "fp_solutions.npz", (out / "precompute.png", out / "convergence.png")
     shown = min(len(images), 4)
     title = f"log-density m and pixel score ({args.density})"
-    fig = plot_solutions(images[:shown], m[:shown, ..., 0], names[:shown], boundary=config.boundary,
-                         component=args.component, title=title)  # fmt: skip
-    fig.savefig(out / "precompute.png", dpi=110)
-    fig = plot_convergence(result.stats["outer_iterations"][:, 0], result.stats["residual"][:, 0], names)
-    fig.savefig(out / "convergence.png", dpi=110)
+    figures = (
+        plot_solutions(images[:shown], m[:shown, ..., 0], names[:shown], boundary=config.boundary,
+                       component=args.component, title=title),
+        plot_convergence(result.stats["outer_iterations"][:, 0], result.stats["residual"][:, 0], names),
+    )  # fmt: skip
+    # all three, or none: a failed write (a full disk) leaves an earlier run's files as they were, never a mixture
+    with files.atomic(path, *figure_paths) as (npz, *pngs):
+        _write_solutions(npz, m, scores, names, result, config, args.density)
+        for figure, png in zip(figures, pngs, strict=True):
+            figure.savefig(png, dpi=110)
     print(f"wrote {path} (m {m.shape}, score {scores.shape}), {out / 'precompute.png'}, {out / 'convergence.png'}")
 
 

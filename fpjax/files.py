@@ -30,10 +30,10 @@ def atomic(*paths) -> Iterator[list[pathlib.Path]]:
             _flush(temporary)
         for temporary, final in zip(temporaries, finals, strict=True):
             os.replace(temporary, final)
-    except OSError as error:
-        for temporary, final in zip(temporaries, finals, strict=True):
-            if error.filename in (None, str(temporary), temporary):
-                error.filename = str(final)
+    except OSError as error:  # name the final path (the first, where the error names no file: a full disk on close)
+        names = {str(t): str(f) for t, f in zip(temporaries, finals, strict=True)}
+        if error.filename is None or str(error.filename) in names:
+            error.filename = names.get(str(error.filename), str(finals[0]))
         raise
     finally:
         for temporary in temporaries:

@@ -110,14 +110,23 @@ def test_console_script_reports_a_user_error_in_one_line(case, inputs, tmp_path)
     assert not (inputs / "created-by-the-pickle").exists(), "a crafted CIFAR-10 batch ran its code"
 
 
-@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
-def test_console_script_reports_a_full_disk(tmp_path):
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "fp_solutions.npz").symlink_to("/dev/full")  # every write: ENOSPC
-    result = fpjax(["precompute", "--n", "1", "--T", "3", "--out", str(out)], cwd=tmp_path)
-    assert result.returncode == 1, result.stderr
-    assert_one_line_error(result.stderr, "No space left on device", "fp_solutions.npz", "free some disk space")
+def test_console_script_reports_a_full_disk_and_keeps_the_earlier_results(tmp_path):
+    """On a full disk the npz and both figures are written together or not at all: the earlier run's stay whole."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("needs permission to mount a small tmpfs")
+    try:
+        out = disk / "out"
+        earlier = fpjax(["precompute", "--n", "1", "--T", "2", "--out", str(out)], cwd=tmp_path)
+        assert earlier.returncode == 0, earlier.stderr
+        before = {p.name: p.read_bytes() for p in out.iterdir()}
+        result = fpjax(["precompute", "--n", "4", "--T", "8", "--out", str(out)], cwd=tmp_path)
+        assert result.returncode == 1, result.stderr
+        assert_one_line_error(result.stderr, "No space left on device", "fp_solutions.npz", "free some disk space")
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
 
 
 def test_console_script_names_the_settings_that_differ_from_a_store(tmp_path, capsys):
