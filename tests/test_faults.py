@@ -175,6 +175,7 @@ def test_a_full_disk_under_orbax_is_one_line_without_its_threads_tracebacks(full
     """orbax's writer threads log every failed write with a traceback; the command prints one line, naming the
     checkpoint folder, with the documented exit status."""
     from fpjax import cli
+    from fpjax.cli import commands
     from fpjax.learn.checkpoints import Checkpoints
 
     def command(args):  # what fpjax run does when it checkpoints, onto the full disk
@@ -182,7 +183,7 @@ def test_a_full_disk_under_orbax_is_one_line_without_its_threads_tracebacks(full
             1, {"w": np.random.default_rng(0).normal(size=(512, 512)).astype(np.float32)}, {}
         )
 
-    monkeypatch.setattr(cli, "run_command", command)
+    monkeypatch.setattr(commands, "run_command", command)
     with pytest.raises(SystemExit) as exit_:
         cli.main(["run", "--out", str(full_disk / "out")])
     assert exit_.value.code == 1

@@ -160,10 +160,8 @@ def precompute(
       projection: ``"off"`` (each step warm-starts from the predictor), ``"initial_guess"``
         (cross-matrix projection, the paper's method), ``"approximate"`` (projected solution, no
         iterations; its error shows in ``residual``) or ``"galerkin"``.
-      dim: the Krylov basis size of the cross-matrix projection (the paper's 20): the basis each seed's
-        solve leaves for the images that follow it (a positive integer; with ``projection != "off"``).
-      cycle: images per seed under ``seeds="cycle"`` (the paper's 50): a new seed is solved in full every
-        ``cycle`` images (a positive integer; with ``projection != "off"``).
+      dim: the projection's Krylov basis size, left by each seed for its images (the paper's 20; positive).
+      cycle: images per seed under ``seeds="cycle"`` (the paper's 50; positive): a seed solved in full every ``cycle``.
       batch_size: images per vmapped batch (rounded up to a multiple of the device count; the last
         batch is padded). Results differ in their last bits between batch sizes: a store records it.
       store: path of a zarr store to stream to or ``None``; ``ids``: its image names. Rerunning resumes;
@@ -185,10 +183,7 @@ def precompute(
     config = FPConfig() if config is None else config
     process = (jax.process_index(), jax.process_count()) if process is None else process
     _check_settings(config, projection, on_failure, seeds, several_without_store=process[1] > 1 and store is None)
-    _check_counts(dim=dim, cycle=cycle, batch_size=batch_size)
-    images, ids = _checked_images(images), _checked_ids(ids, len(images))
-    check_memory(images.shape, config, batch_size=batch_size, in_memory=store is None, per_channel=per_channel,
-                 dtype=images.dtype)  # fmt: skip
+    images, ids = _checked_inputs(images, ids, config, (dim, cycle, batch_size), store is None, per_channel)
     start = time.perf_counter()
     m0s = _initial_fields(jnp.asarray(images), density, per_channel)
     m0s = m0s[:, None] if m0s.ndim == 3 else m0s  # (N, K, H, W)
@@ -289,6 +284,17 @@ def _check_settings(config: FPConfig, projection: str, on_failure: str, seeds: s
         raise ValueError(f"on_failure must be one of {ON_FAILURE}, got {on_failure!r}")
     if seeds not in SEED_RULES:
         raise ValueError(f"seeds must be one of {SEED_RULES}, got {seeds!r}")
+
+
+def _checked_inputs(images, ids, config: FPConfig, counts, in_memory: bool, per_channel):
+    """The counts ``(dim, cycle, batch_size)`` positive, the images checked (:func:`_checked_images`), their ids
+    (:func:`_checked_ids`), and room for them (:func:`check_memory`)."""
+    dim, cycle, batch_size = counts
+    _check_counts(dim=dim, cycle=cycle, batch_size=batch_size)
+    images = _checked_images(images)
+    check_memory(images.shape, config, batch_size=batch_size, in_memory=in_memory, per_channel=per_channel,
+                 dtype=images.dtype)  # fmt: skip
+    return images, _checked_ids(ids, len(images))
 
 
 def _check_counts(**counts) -> None:
