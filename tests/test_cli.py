@@ -153,10 +153,16 @@ def test_run_is_the_whole_pipeline_and_resumes(tmp_path, capsys, monkeypatch):
     assert report["wall_seconds"] <= elapsed and report["train_seconds"] <= train_end - train_start
     printed = capsys.readouterr().out
     assert str(out / "denoising.png") in printed
-    # Running again finds the finished run in its checkpoint: no new training steps.
-    assert main(argv) == 0
+    # Running again with the newest checkpoint damaged: it is named, the older intact one restored, and the steps
+    # after it trained again to the same log as the uninterrupted run (the resume is exact).
+    newest = max((p for p in (out / "checkpoint").iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    data = max((p for p in (newest / "state").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    with pytest.warns(RuntimeWarning, match=rf"checkpoint {newest.name}: its state cannot be read.*resuming from"):
+        assert main(argv) == 0
     again = json.loads((out / "training_log.json").read_text())["log"]
     assert [r["global_step"] for r in again] == [r["global_step"] for r in log]
+    assert [r["ssim"] for r in again] == pytest.approx([r["ssim"] for r in log], abs=1e-6)
 
 
 def test_experiment_all_quick_writes_a_report(tmp_path):

@@ -79,12 +79,15 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     formatwarning = warnings.formatwarning
-    absl, absl_level = logging.getLogger("absl"), logging.getLogger("absl").level
+    absl, absl_level, unraisablehook = logging.getLogger("absl"), logging.getLogger("absl").level, sys.unraisablehook
     if not args.debug:  # a warning is a line for the user, not a source location
         warnings.formatwarning = lambda message, category, *_: f"fpjax {args.command}: {category.__name__}: {message}\n"
         # orbax's writer threads log each failure with its traceback (a full disk: hundreds of lines) before the
         # main thread raises it; the one line below reports it, --debug shows the threads' logs
         absl.setLevel(logging.CRITICAL)
+        # ... and tensorstore's futures, collected after such a failure, raise "Event loop is closed" in their
+        # finalizers, which Python prints as "Exception ignored in ..." with a traceback: not the user's concern
+        sys.unraisablehook = lambda unraisable: None
     try:
         return args.func(args) or 0
     except Exception as error:
@@ -103,3 +106,4 @@ def main(argv=None) -> int:
     finally:
         warnings.formatwarning = formatwarning
         absl.setLevel(absl_level)
+        sys.unraisablehook = unraisablehook

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import pathlib
+import shutil
 import warnings
 
 import jax
@@ -24,6 +25,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 DIGEST_FILE = "fpjax_digest.json"
+DAMAGED_SUFFIX = ".damaged"
+"""A damaged checkpoint skipped on restore is renamed ``<step>.damaged``, so the resumed run can write its step."""
 """The digest of a checkpoint, in its step's folder (``CHECKPOINT_DIR/<step>/``)."""
 
 
@@ -75,22 +78,33 @@ class Checkpoints:
             try:
                 state, progress = self._verified(step, template)
             except CheckpointDamagedError as error:
-                damaged.append(f"checkpoint {step}: {error}")
+                damaged.append((step, f"checkpoint {step}: {error}"))
                 continue
             if damaged:
+                self._set_aside([s for s, _ in damaged])  # the resumed run writes those steps again
                 warnings.warn(
-                    f"{'; '.join(damaged)} in {self.manager.directory}: resuming from checkpoint {step}, the newest "
-                    "intact one",
+                    f"{'; '.join(text for _, text in damaged)} in {self.manager.directory} (kept as "
+                    f"{', '.join(f'{s}{DAMAGED_SUFFIX}' for s, _ in damaged)}): resuming from checkpoint {step}, the "
+                    "newest intact one",
                     RuntimeWarning,
                     stacklevel=2,
                 )
             return state, progress
         if damaged:
             raise ValueError(
-                f"no intact checkpoint in {self.manager.directory} ({'; '.join(damaged)}); delete that folder to "
-                "train from the start"
+                f"no intact checkpoint in {self.manager.directory} ({'; '.join(text for _, text in damaged)}); "
+                "delete that folder to train from the start"
             )
         return None
+
+    def _set_aside(self, steps) -> None:
+        """Rename damaged checkpoints to ``<step>.damaged`` (out of orbax's sight, kept for a look) and reload."""
+        for step in steps:
+            target = self._step_dir(step).with_name(f"{step}{DAMAGED_SUFFIX}")
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(self._step_dir(step), target)
+        self.manager.reload()
 
     def _verified(self, step: int, template):
         """``(state, progress)`` of checkpoint ``step`` if its digest holds, else :class:`CheckpointDamagedError`."""

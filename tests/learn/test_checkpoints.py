@@ -126,3 +126,14 @@ def test_a_save_killed_before_its_digest_leaves_the_previous_checkpoint_in_use(t
         state, progress = Checkpoints(directory, FINGERPRINT).restore(_state(0))
     _assert_state(state, _state(1))
     assert progress == {"evaluations": 1}
+
+
+def test_the_damaged_checkpoint_is_set_aside_so_the_resumed_run_can_write_its_step(saved):
+    DAMAGE["flip"](saved / "2")
+    checkpoints = Checkpoints(saved, FINGERPRINT)
+    with pytest.warns(RuntimeWarning, match=r"kept as 2\.damaged"):
+        checkpoints.restore(_state(0))
+    assert (saved / "2.damaged").is_dir() and not (saved / "2").exists()
+    checkpoints.save(2, _state(5), {"evaluations": 2})  # orbax refused "already exists" before
+    state, progress = Checkpoints(saved, FINGERPRINT).restore(_state(0))
+    _assert_state(state, _state(5))
