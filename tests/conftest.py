@@ -53,6 +53,16 @@ def x64():
         yield
 
 
+@pytest.fixture(autouse=True)
+def _float32_after_each_test():
+    """Float64 off again after every test: a command run in-process (``main(["bench", "accuracy", ...])``,
+    ``fpjax bench solver``, ``precompute --dtype float64``) turns on ``jax_enable_x64`` for its process, which
+    would otherwise run every later test of this worker in float64."""
+    yield
+    if jax.config.read("jax_enable_x64"):
+        jax.config.update("jax_enable_x64", False)
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _release_compiled_programs():
     """Drop the compiled programs of each test module when it ends.
