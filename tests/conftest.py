@@ -11,10 +11,14 @@ import jax  # noqa: E402
 import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))  # tests/reference.py, from every test folder
+from reference import float64_enabled  # noqa: E402
 
-# Tests compare float32 against float64 runs and SciPy references; the dtype of
-# each computation follows its inputs, so enabling x64 changes no defaults of fpjax.
-jax.config.update("jax_enable_x64", True)
+# The suite runs as users run: float32, JAX's default. A test that needs float64 throughout asks for the
+# ``x64`` fixture below; a float32 test that compares with a float64 run of fpjax computes only that run in
+# float64 (reference.float64_run). A request for float64 outside both (which JAX would silently truncate to
+# float32) is an error, see pytest_configure. Implicit rank promotion is an error too (as in lineax and
+# diffrax): broadcasting is written out.
+jax.config.update("jax_numpy_rank_promotion", "raise")
 
 # One persistent compilation cache for every test process (pytest-xdist's workers and the subprocesses the
 # command-line tests start): each worker, and each module after jax.clear_caches() below, would otherwise
@@ -28,6 +32,35 @@ if _CACHE != "off":
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
     jax.config.update("jax_compilation_cache_dir", _CACHE)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+
+
+def pytest_configure(config):
+    # Without x64 JAX truncates an explicit float64 request to float32 with this warning; in a test that
+    # means a float64 reference silently computed in float32, so it fails the test (use the x64 fixture).
+    config.addinivalue_line("filterwarnings", "error:Explicitly requested dtype.*float64:UserWarning")
+
+
+@pytest.fixture
+def x64():
+    """Float64 for this test (:func:`reference.float64_enabled`): for tests that compare with a float64
+    reference at float64 tolerances or need float64 (finite differences, tolerances below float32's).
+
+    Everything the test computes in float64 must happen inside it: module-level constants and fixtures set
+    up before this one (module-scoped ones) are computed in float32. A float32 test that compares with a
+    float64 run of fpjax stays float32 and computes only the reference with :func:`reference.float64_run`.
+    """
+    with float64_enabled():
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _float32_after_each_test():
+    """Float64 off again after every test: a command run in-process (``main(["bench", "accuracy", ...])``,
+    ``fpjax bench solver``, ``precompute --dtype float64``) turns on ``jax_enable_x64`` for its process, which
+    would otherwise run every later test of this worker in float64."""
+    yield
+    if jax.config.read("jax_enable_x64"):
+        jax.config.update("jax_enable_x64", False)
 
 
 @pytest.fixture(autouse=True, scope="module")

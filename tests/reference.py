@@ -1,7 +1,11 @@
-"""Independent references for the tests: the papers' step matrix assembled entry by entry with SciPy."""
+"""Independent references for the tests: the papers' step matrix assembled entry by entry with SciPy, and
+float64 runs of fpjax for the float32 tests to compare with."""
 
 from __future__ import annotations
 
+import contextlib
+
+import jax
 import numpy as np
 import scipy.fft
 import scipy.sparse as sp
@@ -22,7 +26,8 @@ def _value(field, idx):
 
 
 def assemble_step_matrix(m_frozen, g, fx, fy, dt, hx, hy, boundary, advection="central"):
-    """The matrix of eqs. 11-16 (general spacing), pixel (i=row/y, j=col/x) at row i*W + j."""
+    """The matrix of eqs. 11-16 (general spacing), pixel (i=row/y, j=col/x) at row i*W + j, in float64."""
+    m_frozen, fx, fy = (np.asarray(a, np.float64) for a in (m_frozen, fx, fy))
     shape = m_frozen.shape
     h, w = shape
     c1 = 0.5 * g**2
@@ -67,7 +72,8 @@ def assemble_step_matrix(m_frozen, g, fx, fy, dt, hx, hy, boundary, advection="c
 
 
 def divergence_reference(fx, fy, hx, hy, boundary):
-    """Eq. 9 with explicit neighbours."""
+    """Eq. 9 with explicit neighbours, in float64."""
+    fx, fy = np.asarray(fx, np.float64), np.asarray(fy, np.float64)
     h, w = fx.shape
     out = np.zeros_like(fx)
     for i in range(h):
@@ -146,7 +152,9 @@ def eigenvalues(n, h, boundary):
 
 
 def heat_log_density(m0, taus, spacing, boundary):
-    """``log p`` at each ``tau``: ``p - 1`` (zero) or ``p`` (reflect) through scipy's DST-I / DCT-II."""
+    """``log p`` at each ``tau``: ``p - 1`` (zero) or ``p`` (reflect) through scipy's DST-I / DCT-II, in float64
+    whatever ``m0``'s dtype (scipy.fft keeps float32: a float32 ``m0`` gave a reference off by 1.7e-5)."""
+    m0 = np.asarray(m0, np.float64)
     (height, width), (hx, hy) = m0.shape, spacing
     lam = eigenvalues(height, hy, boundary)[:, None] + eigenvalues(width, hx, boundary)[None, :]
     if boundary == "zero":
@@ -159,3 +167,33 @@ def heat_log_density(m0, taus, spacing, boundary):
         offset = 0.0
     spectrum = forward(np.exp(m0) - offset)
     return np.stack([np.log(inverse(spectrum * np.exp(tau * lam)) + offset) for tau in taus])
+
+
+@contextlib.contextmanager
+def float64_enabled():
+    """Float64 enabled while the block runs (the ``x64`` fixture of tests/conftest.py is this for a whole test).
+
+    It sets the global ``jax_enable_x64`` and restores it, rather than using ``jax.enable_x64``: that context
+    is thread-local, and JAX checks the values of a ``pure_callback`` (fpjax's float64 boundary layer under
+    a traced ``g``) on XLA's own thread, where the context is not set, so float64 results intermittently
+    failed as "Incorrect output dtype ... Expected: float64, Actual: float32" (measured: 4 of 9 runs of
+    ``grad`` and ``vmap(grad)`` of a ``"spectral"`` solve with respect to ``g``; 0 of 5 with the global setting).
+    """
+    previous = jax.config.read("jax_enable_x64")
+    jax.config.update("jax_enable_x64", True)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", previous)
+
+
+def float64_run(function):
+    """``function()`` run with float64 enabled (:func:`float64_enabled`), its JAX arrays returned as NumPy arrays.
+
+    For a test that runs fpjax as users do (float32, x64 off) and compares with a float64 run: only the
+    reference is computed in float64. Inputs must be made float64 inside ``function`` (outside it JAX
+    truncates them to float32).
+    """
+    with float64_enabled():
+        result = function()
+        return jax.tree_util.tree_map(lambda x: np.asarray(x) if isinstance(x, jax.Array) else x, result)

@@ -125,7 +125,6 @@ def test_another_batch_size_is_refused_naming_both(undamaged, tmp_path):
 _WORKER = textwrap.dedent(
     """
     import sys, time, jax, fpjax
-    jax.config.update("jax_enable_x64", True)  # as the tests' process has it, so that the runs compare bit for bit
     from fpjax.data import sample_images
     from fpjax.batch.precompute import precompute
     written = []

@@ -91,8 +91,8 @@ class StationaryGaussian:
 
         def score(x, t):
             a, v = sde.mean_scale(_per_sample(t, x)), sde.variance(_per_sample(t, x))
-            residual = unitary_fft(x - a * self.mean)
-            return -_inverse(residual / (a**2 * self.spectrum + v), x.dtype)
+            residual = unitary_fft(x - a * jnp.broadcast_to(self.mean, x.shape))
+            return -_inverse(residual / (a**2 * jnp.broadcast_to(self.spectrum, x.shape) + v), x.dtype)
 
         return score
 
@@ -100,7 +100,7 @@ class StationaryGaussian:
         """``(n, H, W, C)`` draws: ``mu + U^* (sqrt(S) U z)``, ``z`` white (the real part of a circulant filter of
         white noise has exactly the covariance ``U^* diag(S) U``)."""
         z = jax.random.normal(key, (n,) + self.mean.shape, dtype)
-        return self.mean.astype(dtype) + _inverse(jnp.sqrt(self.spectrum) * unitary_fft(z), dtype)
+        return self.mean.astype(dtype)[None] + _inverse(jnp.sqrt(self.spectrum)[None] * unitary_fft(z), dtype)
 
 
 def fit_gaussian(images) -> StationaryGaussian:
@@ -108,7 +108,7 @@ def fit_gaussian(images) -> StationaryGaussian:
     ``S_k = mean_n |U[x_n - mu]_k|^2`` (``= E |F[x - mu]|^2 / (H W)``)."""
     images = jnp.asarray(images)
     mean = jnp.mean(images, axis=0)
-    return StationaryGaussian(mean, jnp.mean(jnp.abs(unitary_fft(images - mean)) ** 2, axis=0))
+    return StationaryGaussian(mean, jnp.mean(jnp.abs(unitary_fft(images - mean[None])) ** 2, axis=0))
 
 
 def moments_of_samples(x) -> Moments:
@@ -116,7 +116,7 @@ def moments_of_samples(x) -> Moments:
     :func:`propagate`)."""
     modes = unitary_fft(x)
     mean = jnp.mean(modes, axis=0)
-    return Moments(mean, jnp.mean(jnp.abs(modes - mean) ** 2, axis=0))
+    return Moments(mean, jnp.mean(jnp.abs(modes - mean[None]) ** 2, axis=0))
 
 
 def kl(p: Moments, q: Moments):

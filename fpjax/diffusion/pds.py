@@ -83,13 +83,13 @@ def radial_mask(shape, radius: float, scale: float):
 
 def apply_frequency(x, r_f):
     """``M_f[x] = Re F^-1[F[x] / R_f]`` for ``(..., H, W, C)`` ``x``."""
-    spectrum = jnp.fft.fft2(x, axes=(-3, -2)) / r_f
+    spectrum = jnp.fft.fft2(x, axes=(-3, -2)) / jnp.broadcast_to(r_f, x.shape)
     return jnp.real(jnp.fft.ifft2(spectrum, axes=(-3, -2))).astype(x.dtype)
 
 
 def apply_pixel(x, r_p):
     """``M_p[x] = x / R_p``."""
-    return x / r_p
+    return x / jnp.broadcast_to(r_p, x.shape)
 
 
 @jax.tree_util.register_dataclass

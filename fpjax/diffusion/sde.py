@@ -21,7 +21,8 @@ score-FPE residual, likelihoods, DSM) takes the SDE rather than rebuilding ``g``
 * a scalar: :class:`ConstantVE` (variance ``g^2 t``, exact);
 * ``T+1`` values at ``t_n = n/T``: :class:`PiecewiseLinearVE`, ``g`` linear between the ``t_n`` with the exact
   integral of that ``g^2`` as its variance (the rule :func:`fpjax.solver.problem.diffusion_integral` uses);
-* a function of ``t``: :class:`FunctionVE`, its variance integrated numerically (composite Gauss-Legendre).
+* a function of ``t``: :class:`FunctionVE`, its variance integrated numerically (composite Gauss-Legendre, the
+  rule :func:`fpjax.solver.problem.diffusion_integral` uses: :mod:`fpjax.solver.quadrature`).
 
 :class:`VESDE` and :class:`VPSDE` are Song et al.'s (DDPM's chain is the discretisation of a VP SDE).
 """
@@ -37,7 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fpjax.solver.problem import FPConfig
+from fpjax.solver import quadrature
+from fpjax.solver.problem import FPConfig, check_diffusion
 
 
 def gaussian_logp(x, variance, mean=0.0):
@@ -147,9 +149,7 @@ class PiecewiseLinearVE(SDE):
 
     def _tables(self, dtype):
         values = jnp.asarray(self.values, dtype)
-        h = 1.0 / self.T
-        pieces = h * (values[:-1] ** 2 + values[:-1] * values[1:] + values[1:] ** 2) / 3.0
-        return values, jnp.concatenate([jnp.zeros((1,), dtype), jnp.cumsum(pieces)])
+        return values, quadrature.piecewise_linear_integrals(values, 1.0 / self.T)
 
     def g(self, t):
         dtype = _float_dtype(t)
@@ -168,19 +168,17 @@ class PiecewiseLinearVE(SDE):
         return cumulative[k] + a**2 * u + a * slope * u**2 + slope**2 * u**3 / 3.0
 
 
-_GAUSS_LEGENDRE = np.polynomial.legendre.leggauss(8)
-
-
 @dataclasses.dataclass(frozen=True, repr=False)
 class FunctionVE(SDE):
     """``dx = g(t) dW`` with ``g`` any traceable, vectorised function of ``t`` (``FPConfig.g`` as a function).
 
     The variance ``int_0^t g^2`` is integrated numerically: 8-point Gauss-Legendre on each of ``intervals`` equal
-    pieces of ``[0, t]`` (exact for ``g^2`` polynomial of degree up to 15 per piece).
+    pieces of ``[0, t]`` (exact for ``g^2`` polynomial of degree up to 15 per piece; the default, 32, keeps the
+    pieces for ``t <= 1`` no longer than the measured rule of :mod:`fpjax.solver.quadrature` allows).
     """
 
     function: Callable
-    intervals: int = 32
+    intervals: int = quadrature.PIECES_PER_UNIT_TIME
 
     def __repr__(self):  # stable across processes (checkpoint fingerprints): no object address
         name = getattr(self.function, "__qualname__", type(self.function).__name__)
@@ -190,12 +188,8 @@ class FunctionVE(SDE):
         return jnp.broadcast_to(self.function(t), jnp.shape(t))
 
     def variance(self, t):
-        nodes, weights = _GAUSS_LEGENDRE
-        u = ((np.arange(self.intervals)[:, None] + (nodes + 1.0) / 2.0) / self.intervals).reshape(-1)
-        w = np.tile(weights / 2.0, self.intervals) / self.intervals
-        t = jnp.asarray(t, _float_dtype(t))
-        s = t[..., None] * jnp.asarray(u, t.dtype)
-        return t * jnp.sum(self.g(s) ** 2 * jnp.asarray(w, t.dtype), axis=-1)
+        dtype = _float_dtype(t)
+        return quadrature.integral_of_g_squared(self.g, 0.0, jnp.asarray(t, dtype), self.intervals, dtype)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,25 +252,18 @@ class VPSDE(SDE):
 def from_g(g, T: int | None = None) -> SDE:
     """The VE SDE ``dx = g(t) dW`` of a diffusion given as ``FPConfig.g`` is: a scalar (:class:`ConstantVE`),
     ``T+1`` values at ``t_n = n/T`` (:class:`PiecewiseLinearVE`; equal values give :class:`ConstantVE`) or a
-    function of ``t`` (:class:`FunctionVE`). ``T``, when given, checks the number of values."""
+    function of ``t`` (:class:`FunctionVE`). ``T``, when given, checks the number of values. ``g`` is checked
+    by :func:`fpjax.solver.problem.check_diffusion`, the check of ``FPConfig.g``, with its messages."""
     if isinstance(g, SDE):
         return g
+    g = check_diffusion(g, T)
     if callable(g):
         return FunctionVE(g)
-    if isinstance(g, jax.core.Tracer):
-        raise ValueError("g is traced: an SDE is static configuration, build it from concrete values")
-    values = np.asarray(g, np.float64)
-    if values.ndim == 0:
-        return ConstantVE(float(values))
-    if values.ndim != 1 or values.size == 0 or (T is not None and values.size != T + 1):
-        expected = "T+1" if T is None else f"T+1 = {T + 1}"
-        raise ValueError(f"g must be a scalar, a function of t or {expected} values (one per t_n), got shape "
-                         f"{values.shape}")  # fmt: skip
-    if not np.all(np.isfinite(values)) or np.any(values < 0):
-        raise ValueError(f"g must be finite and non-negative, got values in [{values.min()}, {values.max()}]")
-    if np.all(values == values[0]):
-        return ConstantVE(float(values[0]))
-    return PiecewiseLinearVE(tuple(values.tolist()))
+    if isinstance(g, float):
+        return ConstantVE(g)
+    if all(v == g[0] for v in g):
+        return ConstantVE(g[0])
+    return PiecewiseLinearVE(g)
 
 
 def from_fp_config(config: FPConfig) -> SDE:

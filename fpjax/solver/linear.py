@@ -238,8 +238,8 @@ class _Probe:
         """``|<z, dw/dt - lap_h w>| / (||lap_h|| max(||w||, floor))`` per time:
         ``(B, ky, kx)``, ``(B, H, W)`` -> ``(B,)``."""
         ky, kx = coefficients.shape[-2:]
-        spectral = jnp.sum(self.weights[:ky, :kx] * coefficients, axis=(-2, -1))
-        stencil_side = jnp.sum(self.lap_z * w, axis=(-2, -1))
+        spectral = jnp.sum(self.weights[None, :ky, :kx] * coefficients, axis=(-2, -1))
+        stencil_side = jnp.sum(self.lap_z[None] * w, axis=(-2, -1))
         # ||w|| = ||coefficients|| (orthonormal bases): no second pass over w; below the floor w is
         # rounding next to the boundary part and its subnormal entries are flushed (linsolve.norm_floor)
         floor = linsolve.norm_floor(w[0])
@@ -303,7 +303,7 @@ def _homogeneous_operator(step, spacing, boundary):
         return (
             step.c0 * v
             - step.c1 * stencil.laplacian(v, spacing, boundary)
-            + stencil.flux_divergence(step.drift * v, spacing, boundary)
+            + stencil.flux_divergence(step.drift * v[None], spacing, boundary)
         )
 
     return matvec

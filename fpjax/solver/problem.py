@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fpjax.solver import linsolve, scores, stencil
+from fpjax.solver import linsolve, quadrature, scores, stencil
 from fpjax.solver.status import Status, describe
 
 # Each option's choices are written once, as the Literal type that annotates its field (the command line reads
@@ -32,7 +32,6 @@ Advection = Literal["central", "upwind"]
 ADVECTIONS = typing.get_args(Advection)
 Predictor = Literal["previous", "extrapolate"]
 PREDICTORS = typing.get_args(Predictor)
-_GAUSS_LEGENDRE_POINTS = 8  # per time interval: exact for g^2 polynomial of degree <= 15 (callable g, "spectral")
 
 
 class ConvergenceError(RuntimeError):
@@ -79,22 +78,36 @@ def _tolerance(name: str, value, above, hint: str) -> float:
     return number
 
 
-def _diffusion(g, T: int):
-    """``g`` as a float or a tuple of ``T+1`` floats, each finite and ``>= 0``; a function is kept as it is."""
+def check_diffusion(g, T: int | None = None):
+    """``g`` as a float or a tuple of ``T+1`` floats, each finite and ``>= 0``; a function is kept as it is.
+
+    The one check of a diffusion given as ``FPConfig.g`` is (a scalar, ``T+1`` values, a function of ``t``):
+    :class:`FPConfig` and :func:`fpjax.diffusion.sde.from_g` call it, so both refuse the same values with the
+    same message. ``T=None`` accepts any number of values (at least one).
+    """
     if callable(g):
         return g
     hint = "the diffusion coefficient, e.g. g=0.5; 0 means no diffusion"
+    if isinstance(g, jax.core.Tracer):
+        raise ValueError(
+            "FPConfig.g is traced: it is static configuration, build it from concrete values "
+            "(to differentiate with respect to g, pass it to fpjax.solve as g=)"
+        )
     if np.ndim(g) == 0:
         number = _real("FPConfig.g", g, hint)
         if number < 0:
             raise ValueError(f"FPConfig.g must be >= 0 ({hint}; only g^2 enters), got {g!r}")
         return number
     values = np.asarray(g)
-    if values.dtype.kind not in "iuf":
-        raise ValueError(f"FPConfig.g must be a number, T+1 numbers or a function of t ({hint}), got {g!r}")
-    values = tuple(float(v) for v in values.ravel())
-    if len(values) != T + 1:
-        raise ValueError(f"FPConfig.g has {len(values)} values; give one per time t_0..t_T, i.e. T+1 = {T + 1}")
+    if values.dtype.kind not in "iuf" or values.ndim != 1:
+        raise ValueError(
+            f"FPConfig.g must be a number, T+1 numbers or a function of t ({hint}), "
+            f"got a {type(g).__name__} of shape {values.shape} and dtype {values.dtype}"
+        )
+    values = tuple(float(v) for v in values)
+    if (len(values) == 0) if T is None else (len(values) != T + 1):
+        count = "at least one" if T is None else f"T+1 = {T + 1}"
+        raise ValueError(f"FPConfig.g has {len(values)} values; give one per time t_0..t_T, i.e. {count}")
     bad = [i for i, v in enumerate(values) if not (math.isfinite(v) and v >= 0)]
     if bad:
         raise ValueError(
@@ -299,7 +312,7 @@ class FPConfig:
             )
         if self.drift is not None and not callable(self.drift):
             raise ValueError(f"FPConfig.drift must be None or a function t -> (f_x, f_y), got {self.drift!r}")
-        object.__setattr__(self, "g", _diffusion(self.g, self.T))
+        object.__setattr__(self, "g", check_diffusion(self.g, self.T))
         if self.spacing is not None:
             object.__setattr__(self, "spacing", _spacing(self.spacing))
 
@@ -438,8 +451,9 @@ def diffusion_integral(config: FPConfig, g=None, dtype=jnp.float32):
     * ``T+1`` values: ``g`` is taken piecewise linear between the ``t_n``,
       whose ``1/2 g^2`` integrates exactly to ``dt (g_a^2 + g_a g_b + g_b^2) / 6``
       over each interval;
-    * a function of ``t``: 8-point Gauss-Legendre on each interval (exact for
-      ``g^2`` polynomial of degree up to 15).
+    * a function of ``t``: 8-point Gauss-Legendre on each step, split into pieces no
+      longer than 1/32 (:mod:`fpjax.solver.quadrature`, where the measurement that
+      chose the rule is; exact for ``g^2`` polynomial of degree up to 15 per piece).
 
     A concrete ``g`` gives a float64 NumPy array (so that derived boundary
     terms can be computed in float64); a traced one a ``dtype`` array.
@@ -454,18 +468,14 @@ def diffusion_integral(config: FPConfig, g=None, dtype=jnp.float32):
 def _integral(config: FPConfig, source, dtype):
     dt = config.dt
     if callable(source):
-        nodes, weights = np.polynomial.legendre.leggauss(_GAUSS_LEGENDRE_POINTS)
         starts = jnp.arange(config.T, dtype=dtype) * dt
-        times = starts[:, None] + jnp.asarray((nodes + 1) / 2 * dt, dtype)[None, :]
-        g_at = jnp.broadcast_to(jnp.asarray(source(times), dtype), times.shape)
-        pieces = 0.5 * (0.5 * g_at**2) @ jnp.asarray(weights * dt, dtype)
-    else:
-        values = jnp.asarray(source, dtype)
-        if values.ndim == 0:
-            return 0.5 * values**2 * jnp.arange(config.T + 1, dtype=dtype) * dt
-        values = diffusion_schedule(config, values, dtype)
-        pieces = dt * (values[:-1] ** 2 + values[:-1] * values[1:] + values[1:] ** 2) / 6
-    return jnp.concatenate([jnp.zeros((1,), dtype), jnp.cumsum(pieces)])
+        g = lambda t: jnp.asarray(source(t), dtype)  # noqa: E731
+        steps = quadrature.integral_of_g_squared(g, starts, dt, quadrature.pieces_for(dt), dtype)
+        return jnp.concatenate([jnp.zeros((1,), dtype), jnp.cumsum(0.5 * steps)])
+    values = jnp.asarray(source, dtype)
+    if values.ndim == 0:
+        return 0.5 * values**2 * jnp.arange(config.T + 1, dtype=dtype) * dt
+    return 0.5 * quadrature.piecewise_linear_integrals(diffusion_schedule(config, values, dtype), dt)
 
 
 def drift_fields(config: FPConfig, t, shape, dtype, spacing=None):

@@ -147,5 +147,5 @@ def flux_divergence(flux, spacing, boundary: str):
         n = component.shape[ax]
         edge = jnp.zeros(n, component.dtype).at[0].set(1.0).at[-1].set(-1.0)
         edge = edge if ax == -1 else edge[:, None]
-        total = total + edge * component / (2 * h)
+        total = total + jnp.broadcast_to(edge, component.shape) * component / (2 * h)
     return total

@@ -24,6 +24,7 @@ def test_restriction_is_injection_onto_the_same_points():
         accuracy.check_grids([16], 63)
 
 
+@pytest.mark.usefixtures("x64")
 def test_reference_is_the_heat_equation_solved_with_scipy_dst():
     """p = exp(m) solves p_t = 1/2 g^2 lap_h p with p = 1 outside: p(t) = 1 + exp(tau lap_h)(p0 - 1)."""
     n, times = 15, [0.1, 1.0]

@@ -59,19 +59,18 @@ def test_the_sdes_g_interpolates_the_fp_configs_steps():
 def test_the_prior_spread_is_the_sdes_variance(g):
     """The prior of generation is N(mean, int_0^t_start g^2): a bare g function and the SDE give the same one."""
     sde = sde_lib.from_fp_config(FPConfig(T=4, g=g))
-    x = sampling.prior_sample(jax.random.key(0), (40000, 1), sde, t_start=0.8, mean=0.5, dtype=jnp.float64)
+    x = sampling.prior_sample(jax.random.key(0), (40000, 1), sde, t_start=0.8, mean=0.5)
     assert abs(float(jnp.mean(x)) - 0.5) < 4 * np.sqrt(float(sde.variance(0.8)) / 40000)
     np.testing.assert_allclose(float(jnp.var(x)), float(sde.variance(0.8)), rtol=0.03)
-    bare = sampling.prior_sample(jax.random.key(0), (8, 1), sde_lib.from_g(g, 4).g, t_start=0.8, dtype=jnp.float64)
-    np.testing.assert_allclose(bare, sampling.prior_sample(jax.random.key(0), (8, 1), sde, 0.8, dtype=jnp.float64),
-                               rtol=1e-5)  # fmt: skip
+    bare = sampling.prior_sample(jax.random.key(0), (8, 1), sde_lib.from_g(g, 4).g, t_start=0.8)
+    np.testing.assert_allclose(bare, sampling.prior_sample(jax.random.key(0), (8, 1), sde, 0.8), rtol=1e-5)
 
 
 def test_the_sampler_follows_the_sdes_drift():
     """The probability-flow ODE of the VP SDE with the exact score of N(0, I), which it keeps, stays put."""
     sde = sde_lib.VPSDE(0.1, 5.0)
     config = sampling.SamplerConfig(steps=400, method="ode", clip=False)
-    x = jax.random.normal(jax.random.key(0), (4, 3), jnp.float64)
+    x = jax.random.normal(jax.random.key(0), (4, 3))
     out = sampling.reverse_sample(lambda x, t: -x, x, jax.random.key(1), sde, config)
     np.testing.assert_allclose(out, x, rtol=1e-10)
     drifted = sampling.reverse_sample(lambda x, t: -x, x, jax.random.key(1), sde_lib.ConstantVE(1.0), config)
@@ -110,6 +109,7 @@ def test_generate_has_the_closed_form_law_of_the_reverse_sde():
     assert abs(float(jnp.mean(out)) - MU) > 0.02  # the closed form is not the data's law: the check can tell
 
 
+@pytest.mark.usefixtures("x64")
 def test_sampler_is_differentiable_in_its_start():
     """The ODE sampler of a linear score is linear: its gradient matches central differences (float64)."""
     config = sampling.SamplerConfig(steps=20, method="ode", clip=False)
@@ -136,7 +136,7 @@ def test_preconditioned_corrector_keeps_a_gaussian_target():
     shape = (16, 16, 1)
     mean = jnp.linspace(0.2, 0.8, 256).reshape(shape)
     var = jnp.full(shape, 0.05)
-    score = lambda x, t: -(x - mean) / var
+    score = lambda x, t: -(x - jnp.broadcast_to(mean, x.shape)) / jnp.broadcast_to(var, x.shape)  # noqa: E731
     data = jax.random.uniform(jax.random.key(0), (32,) + shape)
     m = pds.from_data(data, alpha=2.0)
 

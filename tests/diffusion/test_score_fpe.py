@@ -22,6 +22,7 @@ def _wrong_score(x, t):
     return -x / (1.0 + t[:, None]) + t[:, None] * jnp.tanh(x @ a.T) + jnp.sin(3 * t)[:, None] * x**2
 
 
+@pytest.mark.usefixtures("x64")
 @pytest.mark.parametrize("sde", SDES, ids=lambda s: type(s).__name__)
 def test_residual_of_the_exact_mixture_score_is_zero(sde):
     mixture = mixtures.ring()
@@ -37,15 +38,15 @@ def test_residual_of_the_exact_mixture_score_is_zero(sde):
 
 
 def test_residual_is_not_zero_for_a_wrong_score():
-    x = jax.random.normal(jax.random.key(0), (6, 3), jnp.float64)
-    t = jnp.full((6,), 0.4, jnp.float64)
+    x = jax.random.normal(jax.random.key(0), (6, 3))
+    t = jnp.full((6,), 0.4)
     assert jnp.min(jnp.linalg.norm(sf.residual(_wrong_score, x, t, sde_lib.VESDE()), axis=1)) > 0.1
 
 
 @pytest.mark.parametrize("probe", ["rademacher", "gaussian"])
 def test_estimated_residual_matches_the_exact_one_in_expectation(probe):
     sde = sde_lib.VPSDE(0.1, 5.0)
-    x = jax.random.normal(jax.random.key(1), (4, 3), jnp.float64)
+    x = jax.random.normal(jax.random.key(1), (4, 3))
     t = jnp.array([0.2, 0.4, 0.6, 0.8])
     exact = sf.residual(_wrong_score, x, t, sde)
     config = sf.ResidualConfig(divergence="hutchinson", probes=20000, probe=probe, time_derivative="finite_difference")
@@ -59,6 +60,7 @@ def test_estimated_residual_matches_the_exact_one_in_expectation(probe):
     np.testing.assert_allclose(draws.mean(0), exact, atol=0.05 * float(jnp.max(jnp.abs(exact))))
 
 
+@pytest.mark.usefixtures("x64")
 def test_gradient_term_matches_finite_differences():
     sde = sde_lib.VPSDE(0.1, 5.0)
     x = jax.random.normal(jax.random.key(4), (3,), jnp.float64)
@@ -73,6 +75,7 @@ def test_gradient_term_matches_finite_differences():
     np.testing.assert_allclose(sf.divergence(lambda y: s1(y, t), x), div_fd, rtol=1e-8)
 
 
+@pytest.mark.usefixtures("x64")
 def test_three_point_difference_is_second_order():
     f = lambda x, t: jnp.sin(5 * t) * x
     x = jnp.ones((2,), jnp.float64)
@@ -84,6 +87,7 @@ def test_three_point_difference_is_second_order():
     assert 3.5 < errors[0] / errors[1] < 4.5
 
 
+@pytest.mark.usefixtures("x64")
 def test_curves_vanish_for_the_exact_score_and_not_for_a_wrong_one():
     mixture = mixtures.two_modes()
     sde = sde_lib.VESDE(0.01, 10.0)
@@ -99,6 +103,7 @@ def test_curves_vanish_for_the_exact_score_and_not_for_a_wrong_one():
     assert bool(jnp.all(jnp.isfinite(dsm))) and float(dsm[0]) > float(dsm[-1])
 
 
+@pytest.mark.usefixtures("x64")
 def test_regulariser_is_differentiable_jittable_and_zero_for_the_true_score():
     mixture = mixtures.ring()
     sde = sde_lib.VESDE(0.01, 5.0)

@@ -8,21 +8,22 @@ from fpjax.learn.embedding import embed
 from fpjax.solver.problem import FPConfig
 
 
-def _images(vary_y=True):
+def _images(vary_y=True, dtype=np.float64):
     rng = np.random.default_rng(0)
     row = rng.uniform(0.2, 0.9, (1, 12, 1, 3))
     column = rng.uniform(0.2, 0.9, (1, 1, 12, 3))
-    return (row * column if vary_y else np.broadcast_to(column, (1, 12, 12, 3))).astype(np.float64)
+    return (row * column if vary_y else np.broadcast_to(column, (1, 12, 12, 3))).astype(dtype)
 
 
 def test_zero_score_trajectory_is_the_image_at_every_step():
-    images = _images()
+    images = _images(dtype=np.float32)  # float32 images, as users have: the trajectory repeats them exactly
     x = ablation.zero_score_trajectories(images, 7)
     assert x.shape == (1, 8, 12, 12, 3)
     for n in range(8):
         np.testing.assert_array_equal(x[:, n], images)
 
 
+@pytest.mark.usefixtures("x64")
 def test_scaled_score_differs_from_the_default_by_the_stated_factor():
     # An image constant along y (columns vary only with x) with zero-flux boundaries has no y-score: the
     # default (s_x + s_y) and the x-only score agree, and the scaled variant moves each pixel 1/h_x as far.

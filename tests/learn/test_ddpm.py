@@ -43,7 +43,7 @@ def test_loss_is_zero_for_the_true_noise():
     def oracle(xt, t, labels):
         level = jnp.round(t * model.steps).astype(int)
         a = ab[level][:, None, None, None]
-        return (xt - jnp.sqrt(a) * (2 * x0[0, 0] - 1)) / jnp.sqrt(1 - a)
+        return (xt - jnp.sqrt(a) * (2 * x0[0, 0] - 1)[None]) / jnp.sqrt(1 - a)
 
     assert float(model.loss(oracle, jax.random.key(1), data, config)) < 1e-8
     assert float(model.loss(lambda x, t, labels: jnp.zeros_like(x), jax.random.key(1), data, config)) > 0.5

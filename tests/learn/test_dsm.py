@@ -36,7 +36,7 @@ def test_dsm_learns_the_score_of_a_gaussian_and_the_regulariser_lowers_the_resid
 
 def test_dsm_loss_of_the_exact_score_is_the_closed_form_minimum():
     # For the exact score E|sigma s(x_t) + z|^2 / D = 1 - sigma^2 / (sd^2 + sigma^2) per dimension, averaged over t.
-    x0 = GAUSSIAN.sample(jax.random.key(5), 200000, jnp.float64)
+    x0 = GAUSSIAN.sample(jax.random.key(5), 200000)
     loss = dsm.dsm_loss(GAUSSIAN.score(SDE), x0, jax.random.key(6), SDE, 1e-3)
     t = np.linspace(1e-3, 1.0, 100001)
     var = np.asarray(SDE.variance(t))

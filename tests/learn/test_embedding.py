@@ -23,6 +23,7 @@ def _loop_reference(channel, m, g, T, component="sum", drift_sum=0.0):
     return np.stack(x)
 
 
+@pytest.mark.usefixtures("x64")
 @pytest.mark.parametrize("component", ["sum", "x"])
 def test_embed_field_matches_step_by_step_transport(component):
     image = sample_images(32)[0, :12, :10].astype(np.float64)
@@ -37,6 +38,7 @@ def test_embed_field_matches_step_by_step_transport(component):
     )
 
 
+@pytest.mark.usefixtures("x64")
 def test_embed_with_constant_drift():
     image = sample_images(32)[0, :8, :8].astype(np.float64)
     config = fpjax.FPConfig(T=4, drift=lambda t: (0.2, -0.05))
@@ -68,6 +70,7 @@ def test_embed_batches_shared_and_per_channel_densities(tmp_path):
     np.testing.assert_allclose(np.asarray(jitted), np.asarray(out), rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.usefixtures("x64")
 def test_embed_gradient_wrt_g_matches_finite_differences():
     image = sample_images(32)[0, :8, :8].astype(np.float64)
     config = fpjax.FPConfig(T=4)
@@ -138,6 +141,7 @@ def test_zero_score_embedding_is_the_identity():
     np.testing.assert_array_equal(trajectory, jnp.broadcast_to(images[:, None], trajectory.shape))
 
 
+@pytest.mark.usefixtures("x64")
 @pytest.mark.parametrize("scheme", ["log_density", "spectral"])
 def test_embedding_of_a_solution_is_differentiable_with_respect_to_the_image(scheme):
     """image -> m0 -> FP solve -> score embedding: jvp and grad agree with each other and with central

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference import float64_run
 
 import fpjax
 from fpjax.data import sample_images
@@ -52,6 +53,7 @@ def _central(f, x, v, h=1e-6):
     return (f(x + h * v) - f(x - h * v)) / (2 * h)
 
 
+@pytest.mark.usefixtures("x64")
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("transformation", ["grad", "jvp", "jacfwd", "jacrev", "jit(grad)"])
 def test_first_derivatives_in_g_match_central_differences(variant, transformation):
@@ -67,6 +69,7 @@ def test_first_derivatives_in_g_match_central_differences(variant, transformatio
     np.testing.assert_allclose(derivative, expected, rtol=1e-6)
 
 
+@pytest.mark.usefixtures("x64")
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_grad_and_jvp_in_m0_agree_with_each_other_and_differences(variant):
     loss, m0 = _loss_of_m0(variant), _m0()
@@ -76,6 +79,7 @@ def test_grad_and_jvp_in_m0_agree_with_each_other_and_differences(variant):
     np.testing.assert_allclose(forward, _central(loss, m0, v), rtol=1e-6)
 
 
+@pytest.mark.usefixtures("x64")
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_hessian_in_g_matches_second_differences(variant):
     loss = _loss_of_g(variant)
@@ -83,6 +87,7 @@ def test_hessian_in_g_matches_second_differences(variant):
     np.testing.assert_allclose(jax.hessian(loss)(G0), second, rtol=1e-4)
 
 
+@pytest.mark.usefixtures("x64")
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_vmap_of_jvp_and_of_grad_equal_loops(variant):
     loss = _loss_of_g(variant)
@@ -95,18 +100,20 @@ def test_vmap_of_jvp_and_of_grad_equal_loops(variant):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_float32_derivatives_agree_with_float64(variant):
-    expected = jax.grad(_loss_of_g(variant))(G0)
+    expected = float64_run(lambda: jax.grad(_loss_of_g(variant))(G0))
     single = _loss_of_g(variant, np.float32)
     np.testing.assert_allclose(jax.grad(single)(jnp.float32(G0)), expected, rtol=2e-3)
     np.testing.assert_allclose(jax.jvp(single, (jnp.float32(G0),), (jnp.float32(1.0),))[1], expected, rtol=2e-3)
 
 
+@pytest.mark.usefixtures("x64")
 @pytest.mark.parametrize("variant", ["density", "spectral"])
 def test_grad_of_grad_for_the_linear_schemes(variant):
     loss = _loss_of_g(variant)
     np.testing.assert_allclose(jax.grad(jax.grad(loss))(G0), jax.hessian(loss)(G0), rtol=1e-8)
 
 
+@pytest.mark.usefixtures("x64")
 @pytest.mark.parametrize("variant", ["log_density, picard", "log_density, newton"])
 def test_grad_of_grad_of_the_log_density_scheme_fails_clearly(variant):
     """Reverse over reverse reaches the outer iteration's while_loop (see fpjax.solver.log_density); the

@@ -23,6 +23,7 @@ def _image(shape=(12, 15, 3), seed=0):
     return np.random.default_rng(seed).uniform(0, 1, size=shape)
 
 
+@pytest.mark.usefixtures("x64")
 def test_position_kde_matches_scipy_weighted_kde():
     image = _image()
     h, w, _ = image.shape
@@ -44,6 +45,7 @@ def test_position_kde_per_channel_and_dtype():
     np.testing.assert_allclose(np.exp(np.asarray(per)).sum(axis=(1, 2)), 1.0, rtol=1e-5)
 
 
+@pytest.mark.usefixtures("x64")
 def test_intensity_kde_matches_direct_kernel_sum():
     rng = np.random.default_rng(5)
     channel = rng.integers(0, 256, size=(10, 11)) / 255.0
@@ -56,6 +58,7 @@ def test_intensity_kde_matches_direct_kernel_sum():
     np.testing.assert_allclose(np.asarray(m0[1]), np.log(np.maximum(direct, 1e-10)), rtol=1e-10)
 
 
+@pytest.mark.usefixtures("x64")
 def test_intensity_method_closed_form():
     image = _image()
     m0 = np.asarray(fpjax.initial_log_density(image, "intensity"))
@@ -85,6 +88,7 @@ def test_unknown_method_is_named():
         fpjax.initial_log_density(_image(), "histogram")
 
 
+@pytest.mark.usefixtures("x64")
 @pytest.mark.parametrize("method", ["position_kde", "intensity"])
 def test_jit_vmap_grad(method):
     images = np.stack([_image(seed=s) for s in range(3)])

@@ -9,6 +9,7 @@ import scipy.sparse.linalg as spla
 from fpjax.solver import linsolve
 
 
+@pytest.mark.usefixtures("x64")
 @pytest.mark.parametrize("n", [1, 5, 16, 33])
 def test_dst1_matches_scipy(n):
     x = np.random.default_rng(n).normal(size=(3, n))
@@ -35,6 +36,7 @@ def _helmholtz_matrix(shape, spacing, boundary, c0, c1):
     return (c0 * sp.identity(h * w) - c1 * lap).tocsc()
 
 
+@pytest.mark.usefixtures("x64")
 @pytest.mark.parametrize("boundary", ["zero", "reflect"])
 @pytest.mark.parametrize("transform", ["dense", "fft"])
 def test_helmholtz_inverse_is_exact(boundary, transform):
@@ -45,6 +47,7 @@ def test_helmholtz_inverse_is_exact(boundary, transform):
     np.testing.assert_allclose(np.asarray(inverse(jnp.asarray(r), c0, c1)), expected, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.usefixtures("x64")
 @pytest.mark.parametrize("boundary", ["zero", "reflect"])
 def test_helmholtz_inverse_is_symmetric(boundary):
     shape = (6, 8)
@@ -61,6 +64,7 @@ def _nonsymmetric_system(n=12, seed=4):
     return a, b
 
 
+@pytest.mark.usefixtures("x64")
 def test_counted_bicgstab_follows_jax_bicgstab():
     a, b = _nonsymmetric_system()
     matvec = lambda x: (jnp.asarray(a) @ x.ravel()).reshape(x.shape)  # noqa: E731
@@ -74,6 +78,7 @@ def test_counted_bicgstab_follows_jax_bicgstab():
     np.testing.assert_allclose(np.asarray(ours).ravel(), np.linalg.solve(a, b.ravel()), rtol=1e-8)
 
 
+@pytest.mark.usefixtures("x64")
 @pytest.mark.parametrize("solver", linsolve.SOLVERS)
 def test_linear_solve_reports_true_residual(solver):
     a, b = _nonsymmetric_system()

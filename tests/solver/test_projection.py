@@ -15,6 +15,7 @@ def _dense_system(n=6, seed=0):
     return a, rng.normal(size=(n, n))
 
 
+@pytest.mark.usefixtures("x64")
 @pytest.mark.parametrize("dim", [3, 10])
 def test_arnoldi_orthonormal_and_hessenberg(dim):
     a, r0 = _dense_system()
@@ -32,6 +33,7 @@ def test_arnoldi_orthonormal_and_hessenberg(dim):
     np.testing.assert_allclose(v.T @ (v @ k), k, rtol=1e-8, atol=1e-8 * np.abs(k).max())
 
 
+@pytest.mark.usefixtures("x64")
 def test_projection_is_exact_on_the_full_space():
     a, b = _dense_system(n=4)
     matvec = lambda x: (jnp.asarray(a) @ x.ravel()).reshape(x.shape)  # noqa: E731
@@ -57,6 +59,7 @@ def _fields(n=3):
     return [fpjax.initial_log_density(im.astype(np.float64)) for im in sample_images(32)[:n, :16, :16]]
 
 
+@pytest.mark.usefixtures("x64")
 @pytest.mark.parametrize("mode", ["initial_guess", "galerkin"])
 def test_exact_modes_match_the_plain_solve(mode):
     seed, *targets = _fields()
@@ -84,7 +87,9 @@ def test_approximate_mode_reports_its_error():
 
 def test_seed_projection_of_the_seed_itself_is_close():
     seed = _fields(1)[0]
-    config = fpjax.FPConfig(T=5, scheme=fpjax.LogDensity(outer_tol=1e-10, tol=1e-12, max_outer=100))
+    config = fpjax.FPConfig(
+        T=5, scheme=fpjax.LogDensity(outer_tol=1e-6, tol=1e-7)
+    )  # float32 reaches these (measured error: 1.3e-7)
     sol = fpjax.solve(seed, config)
     bases = projection.seed_bases(sol.m, config, dim=30)
     approx = projection.solve_projected(seed, bases, config, "approximate")
@@ -99,7 +104,9 @@ def test_vmap_over_targets_and_no_gradient_through_bases():
     batched = jax.vmap(lambda m0: projection.solve_projected(m0, bases, config))(jnp.stack(targets))
     for i, target in enumerate(targets):
         np.testing.assert_allclose(
-            np.asarray(batched.m[i]), np.asarray(projection.solve_projected(target, bases, config).m), rtol=1e-9
+            np.asarray(batched.m[i]),
+            np.asarray(projection.solve_projected(target, bases, config).m),
+            rtol=2e-6,  # float32: the batched program rounds differently (measured: 4.8e-7)
         )
     grad = jax.grad(lambda m: projection.seed_bases(m, config, dim=6)[0].sum())(fpjax.solve(seed, config).m)
     assert not np.asarray(grad).any()
@@ -110,6 +117,7 @@ def test_unknown_mode_is_named():
         projection.solve_projected(jnp.zeros((4, 4)), None, FPConfig(T=2), "magic")
 
 
+@pytest.mark.usefixtures("x64")
 @pytest.mark.parametrize("mode", ["initial_guess", "approximate"])
 def test_projected_solves_are_differentiable_in_both_modes(mode):
     """jvp and grad of a projected solve agree with each other and with float64 central differences (the

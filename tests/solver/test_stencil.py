@@ -28,7 +28,7 @@ def _shift_2d(shape, boundary):
 
 @pytest.mark.parametrize("boundary", ["zero", "reflect"])
 def test_shift_matches_index_arithmetic(boundary):
-    u = np.random.default_rng(0).normal(size=(5, 7))
+    u = np.random.default_rng(0).normal(size=(5, 7)).astype(np.float32)  # a shift copies values: exact
     east = np.asarray(stencil.shift(u, 1, -1, boundary))
     north = np.asarray(stencil.shift(u, 1, -2, boundary))
     np.testing.assert_array_equal(east[:, :-1], u[:, 1:])
@@ -38,6 +38,7 @@ def test_shift_matches_index_arithmetic(boundary):
     np.testing.assert_array_equal(np.asarray(stencil.shift(u, -1, -1, boundary))[:, 0], edge * u[:, 0])
 
 
+@pytest.mark.usefixtures("x64")
 @pytest.mark.parametrize("boundary", ["zero", "reflect"])
 def test_operators_match_sparse_matrices(boundary):
     rng = np.random.default_rng(1)
@@ -89,13 +90,15 @@ def test_bad_boundary_is_named():
 def test_laplacian_is_symmetric_negative_semidefinite(height, width, hx, hy, boundary, seed):
     """<u, lap v> = <lap u, v> and <u, lap u> <= 0 for both boundaries, any grid and spacing."""
     rng = np.random.default_rng(seed)
-    u, v = rng.normal(size=(2, height, width))
-    lap = lambda a: np.asarray(stencil.laplacian(a, (hx, hy), boundary))  # noqa: E731
+    u, v = rng.normal(size=(2, height, width)).astype(np.float32)
+    lap = lambda a: np.asarray(stencil.laplacian(a, (hx, hy), boundary), np.float64)  # noqa: E731
     scale = np.abs(u).sum() * np.abs(v).sum() * (1 / hx**2 + 1 / hy**2)
-    assert abs(np.vdot(u, lap(v)) - np.vdot(lap(u), v)) <= 1e-12 * scale
-    assert np.vdot(u, lap(u)) <= 1e-12 * scale
+    # float32 rounding of lap (measured over 300 random cases: at most 1.4e-8 scale; 1e-12 was float64's)
+    assert abs(np.vdot(u, lap(v)) - np.vdot(lap(u), v)) <= 1e-6 * scale
+    assert np.vdot(u, lap(u)) <= 1e-6 * scale
 
 
+@pytest.mark.usefixtures("x64")
 @pytest.mark.parametrize("boundary", ["zero", "reflect"])
 def test_flux_divergence_matches_explicit_faces(boundary):
     rng = np.random.default_rng(7)

@@ -11,6 +11,7 @@ decayed values).
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference import float64_run
 
 import fpjax
 from fpjax.solver import linsolve, projection
@@ -38,7 +39,7 @@ def _solve(m0, dtype, g, **kwargs):
 
 def _check_against_float64(m0, g, **kwargs):
     """Both precisions converge at every step (``on_failure="raise"``), stay finite and agree."""
-    single, double = _solve(m0, jnp.float32, g, **kwargs), _solve(m0, jnp.float64, g, **kwargs)
+    single, double = _solve(m0, jnp.float32, g, **kwargs), float64_run(lambda: _solve(m0, jnp.float64, g, **kwargs))
     for solution in (single, double):
         assert np.asarray(solution.converged).all()
         assert np.isfinite(np.asarray(solution.m)).all()
@@ -67,7 +68,8 @@ def test_zero_initial_field(scheme):
     """``m0 = 0`` is the steady state: ``m`` stays exactly 0 in the log-density scheme; ``p = 1`` stays 1 to
     rounding in the density schemes (float32), to their float64 boundary solve's tolerance 1e-13 (float64)."""
     for dtype, bound in ((jnp.float32, 1e-6), (jnp.float64, 1e-11)):
-        solution = _solve(np.zeros(SHAPE), dtype, 5.0, T=T, **SCHEMES[scheme])
+        run = lambda: _solve(np.zeros(SHAPE), dtype, 5.0, T=T, **SCHEMES[scheme])  # noqa: B023, E731
+        solution = run() if dtype == jnp.float32 else float64_run(run)
         assert np.asarray(solution.converged).all()
         error = np.abs(np.asarray(solution.m)).max()
         assert error == 0 if scheme in ("picard", "newton") else error <= bound, error
@@ -97,7 +99,7 @@ def test_projected_solve_of_a_decaying_field(mode):
     bases = projection.seed_bases(fpjax.solve(seed, config).m, config, dim=6)
     assert all(np.isfinite(np.asarray(b)).all() for b in bases)
     solution = projection.solve_projected(jnp.asarray(target, jnp.float32), bases, config, mode)
-    reference = _solve(target, jnp.float64, 5.0, T=T)
+    reference = float64_run(lambda: _solve(target, jnp.float64, 5.0, T=T))
     assert np.asarray(solution.converged).all()
     assert np.max(np.abs(np.asarray(solution.m, np.float64) - np.asarray(reference.m))) <= AGREEMENT * 4
 
