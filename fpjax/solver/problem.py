@@ -564,15 +564,16 @@ def function_digest(config: FPConfig, shape) -> dict:
     """What identifies ``config``'s callable ``g`` and ``drift`` across processes (a store's metadata records
     this instead of the functions' ``repr``, which holds a memory address): for each one that is a function, a
     SHA-256 of its values at every time the solvers read it, in float64, rounded to :data:`FUNCTION_DIGITS`
-    significant digits. Two functions are "the same" when they agree there: ``g`` at ``t_n`` (``n = 0..T``) and
-    at the Gauss-Legendre nodes of every step (the spectral scheme's quadrature); the drift ``(f_x, f_y)`` on the
-    ``(H, W)`` grid at every ``t_n``. ``{}`` when neither is a function."""
+    significant digits. Two functions are "the same" when they agree there: ``g`` at ``t_n`` (``n = 0..T``)
+    and at the Gauss-Legendre nodes of every step (the spectral scheme's quadrature,
+    :mod:`fpjax.solver.quadrature`); the drift ``(f_x, f_y)`` on the ``(H, W)`` grid at every ``t_n``. ``{}``
+    when neither is a function."""
     recorded = {}
     with jax.enable_x64(True), jax.ensure_compile_time_eval():
         if callable(config.g):
             times = jnp.arange(config.T + 1, dtype=jnp.float64) * config.dt
-            nodes, _ = np.polynomial.legendre.leggauss(_GAUSS_LEGENDRE_POINTS)
-            inner = (times[:-1, None] + jnp.asarray((nodes + 1) / 2 * config.dt)[None, :]).ravel()
+            nodes, _ = quadrature.unit_rule(quadrature.pieces_for(config.dt))  # where diffusion_integral reads g
+            inner = (times[:-1, None] + jnp.asarray(nodes * config.dt)[None, :]).ravel()
             values = jnp.concatenate([times, inner])
             recorded["g"] = _values_digest(jnp.broadcast_to(jnp.asarray(config.g(values), jnp.float64), values.shape))
         if config.drift is not None:

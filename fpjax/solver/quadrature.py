@@ -27,7 +27,7 @@ GAUSS_LEGENDRE_POINTS = 8  # per piece: exact for g^2 polynomial of degree <= 15
 PIECES_PER_UNIT_TIME = 32
 
 
-def _unit_rule(pieces: int):
+def unit_rule(pieces: int):
     """Nodes in ``[0, 1]`` and weights (summing to 1) of ``pieces`` equal pieces with 8 points each, float64."""
     nodes, weights = np.polynomial.legendre.leggauss(GAUSS_LEGENDRE_POINTS)
     u = ((np.arange(pieces)[:, None] + (nodes + 1.0) / 2.0) / pieces).reshape(-1)
@@ -53,7 +53,7 @@ def integral_of_g_squared(g, start, length, pieces: int, dtype):
       ``(...)`` integrals in ``dtype``.
     """
     start, length = jnp.broadcast_arrays(jnp.asarray(start, dtype), jnp.asarray(length, dtype))
-    u, w = _unit_rule(pieces)
+    u, w = unit_rule(pieces)
     points = (1,) * start.ndim + (-1,)
     s = start[..., None] + length[..., None] * jnp.asarray(u, dtype).reshape(points)
     values = jnp.broadcast_to(g(s), s.shape)
