@@ -324,11 +324,12 @@ def check_memory(
     count, height, width, channels = shape
     fields = 1 if per_channel is False else channels  # a shared density is one field: the estimate is an upper bound
     one = memory.trajectory_bytes(config.T, (height, width), fields, dtype)
-    batch = min(batch_size, count)
-    what = f"a batch of {batch} images {height}x{width} with T={config.T}"
-    memory.require(2 * batch * one, what, "lower batch_size (--batch-size), T or the image size (--size)")
+    devices = len(jax.local_devices())
+    per_device = -(-batch_size // devices)  # every batch is padded to batch_size rounded up to the devices
+    what = f"a batch of {per_device} images {height}x{width} with T={config.T}" + (" per device" if devices > 1 else "")
+    memory.require(2 * per_device * one, what, "lower batch_size (--batch-size), T or the image size (--size)")
     if in_memory:
-        every = memory.trajectory_bytes(config.T, (height, width), count * channels, np.float32)
+        every = memory.trajectory_bytes(config.T, (height, width), count * channels, dtype)
         what = f"the trajectories of {count} images {height}x{width} with T={config.T}"
         fix = "stream them to a store (store=PATH, --store), or lower T or the image size"
         memory.require(every, what, fix, device=False)

@@ -95,7 +95,7 @@ def _check_image_sizes(args) -> None:
     try:
         config, batch_size = dataclass_from_args(FPConfig, args), getattr(args, "batch_size", 16)
         check_memory((count, height, width, 3), config, batch_size=batch_size, in_memory=store is None,
-                     per_channel=per_channel)  # fmt: skip
+                     per_channel=per_channel, dtype=getattr(args, "dtype", "float32"))  # fmt: skip
     except InsufficientMemoryError as error:
         raise InsufficientMemoryError(
             f"{error}; or pass --size 64 (or 128) to resize the images as they are read"
@@ -179,7 +179,7 @@ def _save_solutions(out: pathlib.Path, images, names, result, config: FPConfig, 
                        component=args.component, title=title),
         plot_convergence(result.stats["outer_iterations"][:, 0], result.stats["residual"][:, 0], names),
     )  # fmt: skip
-    # all three, or none: a failed write (a full disk) leaves an earlier run's files as they were, never a mixture
+    # written whole before any is renamed: a failed write (a full disk) leaves an earlier run's files as they were
     with files.atomic(path, *figure_paths) as (npz, *pngs):
         _write_solutions(npz, m, scores, names, result, config, args.density)
         for figure, png in zip(figures, pngs, strict=True):

@@ -71,7 +71,7 @@ def _full_disk(error: BaseException) -> str | None:
     """The path a write failed on for a full disk reported in a message (tensorstore's ``RESOURCE_EXHAUSTED ...
     No space left on device [os_error_code='28']``), ``""`` if it names none, ``None`` if it is another error."""
     text = str(error)
-    if isinstance(error, OSError) or not ("os_error_code='28'" in text or "No space left on device" in text):
+    if not ("os_error_code='28'" in text or "No space left on device" in text):
         return None
     match = re.search(r'local file "([^"]+)"', text)
     return re.sub(r"\.orbax-checkpoint-tmp.*$", "", match.group(1)) if match else ""

@@ -71,11 +71,14 @@ def image_paths(folder) -> list[pathlib.Path]:
 def image_shape(path) -> tuple[int, int] | None:
     """``(H, W)`` of a PNG/JPEG from its header, without decoding it; ``None`` where the header cannot be read
     (:func:`read_image` then names the problem)."""
+    limit, PIL.Image.MAX_IMAGE_PIXELS = PIL.Image.MAX_IMAGE_PIXELS, None  # a header only: no bomb to fear
     try:
         with PIL.Image.open(path) as image:
             width, height = image.size
-    except (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError):
+    except (OSError, SyntaxError, ValueError):
         return None
+    finally:
+        PIL.Image.MAX_IMAGE_PIXELS = limit
     return height, width
 
 
@@ -87,6 +90,8 @@ def read_image(path) -> np.ndarray:
     """
     try:
         image = np.asarray(mpimg.imread(path))
+    except PIL.Image.DecompressionBombError as error:
+        raise ValueError(f"cannot read image {path}: {error}; resize it first") from error
     except (OSError, SyntaxError, ValueError) as error:  # PIL: OSError (truncated), SyntaxError (bad PNG header)
         fix = "replace the file or remove it from the folder"
         raise ValueError(f"cannot read image {path} ({error}): {fix}") from error

@@ -30,7 +30,7 @@ def plot_solutions(images, m, names=None, steps=None, boundary="zero", component
     n, t_plus_1 = m.shape[:2]
     T = t_plus_1 - 1
     steps = sorted({0, max(T // 10, 1), T // 2, T}) if steps is None else list(steps)
-    scores = np.asarray(pixel_score(m[:, steps], component, boundary))
+    scores = np.asarray(pixel_score(m[:, steps], component, boundary, channel_axis=None))  # fields
     fig, axes = plt.subplots(2 * n, len(steps) + 1, figsize=(2.2 * (len(steps) + 1), 4.2 * n), squeeze=False)
     for i in range(n):
         top, bottom = axes[2 * i], axes[2 * i + 1]

@@ -24,10 +24,12 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from fpjax import files
+
 DIGEST_FILE = "fpjax_digest.json"
+"""The digest of a checkpoint, in its step's folder (``CHECKPOINT_DIR/<step>/``)."""
 DAMAGED_SUFFIX = ".damaged"
 """A damaged checkpoint skipped on restore is renamed ``<step>.damaged``, so the resumed run can write its step."""
-"""The digest of a checkpoint, in its step's folder (``CHECKPOINT_DIR/<step>/``)."""
 
 
 def fingerprint(images, trajectories, unet_config, config, mode: str) -> dict:
@@ -61,7 +63,7 @@ class Checkpoints:
         self.manager.save(evaluations, args=args, force=True)
         self.manager.wait_until_finished()
         digest = {"state": state_digest(state), "progress": progress_digest(progress)}
-        _write_atomically(self._step_dir(evaluations) / DIGEST_FILE, json.dumps(digest))
+        files.write_text(self._step_dir(evaluations) / DIGEST_FILE, json.dumps(digest))
 
     def _step_dir(self, step: int) -> pathlib.Path:
         return pathlib.Path(self.manager.directory) / str(step)
@@ -158,15 +160,6 @@ def state_digest(state) -> str:
 def progress_digest(progress: dict) -> str:
     """SHA-256 of ``progress`` as canonical JSON (sorted keys)."""
     return hashlib.sha256(json.dumps(progress, sort_keys=True).encode()).hexdigest()
-
-
-def _write_atomically(path: pathlib.Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
 
 
 def _first_line(error: BaseException) -> str:

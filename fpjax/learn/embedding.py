@@ -48,7 +48,7 @@ def embed_field(channel, m, config: FPConfig, component: str = "sum", g=None):
         raise ValueError(f"m has {m.shape[0]} time levels; config.T = {config.T} needs T+1 = {config.T + 1}")
     dtype = m.dtype
     g_values = diffusion_schedule(config, g, dtype)[:-1]  # g^(n-1), n = 1..T
-    sigma = pixel_score(m[:-1], component, config.boundary)  # sigma^(n-1)
+    sigma = pixel_score(m[:-1], component, config.boundary, channel_axis=None)  # sigma^(n-1): a field
     drift = _drift_component(config, m.shape[1:], dtype, component)
     increments = (drift - 0.5 * g_values[:, None, None] ** 2 * sigma) * config.dt
     steps = jnp.cumsum(increments, axis=0)

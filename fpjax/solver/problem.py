@@ -587,10 +587,12 @@ def _values_digest(values) -> str:
     """SHA-256 of ``values`` rounded to :data:`FUNCTION_DIGITS` significant digits (their decimal mantissas and
     exponents, so that the rounding is exact), with the shape."""
     values = np.asarray(values, np.float64)
-    if not np.isfinite(values).all():
-        return "non-finite"
+    finite = np.isfinite(values)
+    values = np.where(finite, values, 0.0)  # non-finite values enter through the mask
     nonzero = values != 0
     exponent = np.where(nonzero, np.floor(np.log10(np.abs(np.where(nonzero, values, 1.0)))), 0).astype(np.int64)
     mantissa = np.round(values * 10.0 ** (FUNCTION_DIGITS - 1 - exponent)).astype(np.int64)
-    payload = mantissa.tobytes() + exponent.tobytes() + str(values.shape).encode()
+    carried = np.abs(mantissa) >= 10**FUNCTION_DIGITS  # 9.9999999996 rounds up to 10.00000000: one digit more
+    mantissa, exponent = np.where(carried, mantissa // 10, mantissa), exponent + carried
+    payload = mantissa.tobytes() + exponent.tobytes() + finite.tobytes() + str(values.shape).encode()
     return "sha256:" + hashlib.sha256(payload).hexdigest()

@@ -340,5 +340,5 @@ def test_settings_are_checked_before_any_work(kwargs, words):
 
 def test_a_precompute_that_cannot_fit_is_refused_naming_the_fix():
     images = np.random.default_rng(0).uniform(size=(2, 128, 128, 3)).astype(np.float32)
-    with pytest.raises(MemoryError, match=r"a batch of 2 images 128x128 with T=1000000 needs .*--batch-size"):
+    with pytest.raises(MemoryError, match=r"a batch of 16 images 128x128 with T=1000000 needs .*--batch-size"):
         precompute(images, fpjax.FPConfig(T=10**6))

@@ -104,7 +104,7 @@ _WORKER = textwrap.dedent(
     def stop(path, text):  # orbax has written checkpoint 2; its digest not yet
         print("saved", flush=True)
         time.sleep(600)
-    ck._write_atomically = stop
+    ck.files.write_text = stop
     c.save(2, state(2), {"evaluations": 2})
     """
 )
