@@ -111,6 +111,7 @@ def test_a_trajectory_in_another_layout_is_refused_naming_the_expected_one(shape
         embed(images[0], np.zeros((2, 5, 4, 6, 3)), config)
 
 
+@pytest.mark.usefixtures("x64")  # compared with a NumPy float64 reference at float64 tolerances
 def test_embed_takes_an_image_solution_and_checks_it():
     images = sample_images(32)[:2, :8, :7].astype(np.float64)
     config = fpjax.FPConfig(T=4, scheme="spectral")

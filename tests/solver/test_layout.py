@@ -75,6 +75,7 @@ def test_an_image_solution_scores_each_channel_with_the_component_last(boundary)
     np.testing.assert_allclose(y_only, reference[..., 1], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.usefixtures("x64")  # compared with a NumPy float64 reference at float64 tolerances
 def test_score_of_channel_last_arrays():
     m = np.random.default_rng(0).normal(size=(2, 3, 6, 5, 4))  # (N, T+1, H, W, C)
     s = np.asarray(fpjax.score(m, channel_axis=-1))

@@ -255,9 +255,10 @@ def test_a_solve_that_cannot_fit_in_memory_is_refused_before_it_starts():
 
 def test_score_refuses_a_channels_last_trajectory_read_as_fields():
     """precompute's (N, T+1, H, W, K) read as fields would take (W, K) for the grid: refused, naming the fix."""
-    m = np.zeros((2, 4, 16, 16, 3), np.float32)
+    m = np.zeros((2, 4, 32, 32, 3), np.float32)
     for function in (fpjax.score, fpjax.pixel_score):
         with pytest.raises(ValueError, match="pass channel_axis=-1"):
             function(m)
-    assert fpjax.score(m, channel_axis=-1).shape == (2, 4, 16, 16, 3, 2)
+    assert fpjax.score(m, channel_axis=-1).shape == (2, 4, 32, 32, 3, 2)
+    assert fpjax.score(np.zeros((4, 16, 3)), channel_axis=None).shape == (4, 16, 3, 2)  # a strip, said so
     assert fpjax.score(np.zeros((4, 5, 4))).shape == (4, 5, 4, 2)  # a 5x4 grid is a grid
