@@ -191,3 +191,26 @@ def test_a_full_disk_under_orbax_is_one_line_without_its_threads_tracebacks(full
     assert "Traceback" not in err and len(lines) == 2, err
     assert lines[0].startswith("fpjax run: error: No space left on device: ") and "checkpoint" in lines[0], err
     assert "free some disk space" in lines[1]
+
+
+def test_a_store_cut_short_by_a_full_disk_resumes_to_the_uninterrupted_result(tmp_path):
+    """fpjax precompute --store on a disk that fills midway: one line, exit 1; the store moved to a disk with room
+    and the same command run again equals an uninterrupted run, array for array."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("needs permission to mount a small tmpfs")
+    command = [sys.executable, "-m", "fpjax.cli", "precompute", "--n", "4", "--T", "8", "--batch-size", "1"]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    try:
+        cut = subprocess.run(command + ["--store", str(disk / "s.zarr")], capture_output=True, text=True, env=env)
+        assert cut.returncode == 1, cut.stderr
+        assert "No space left on device" in cut.stderr and "Traceback" not in cut.stderr, cut.stderr
+        assert not _arrays(disk / "s.zarr")["done"].all()  # cut short midway
+        shutil.copytree(disk / "s.zarr", tmp_path / "moved.zarr")
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+    for store in ("moved.zarr", "clean.zarr"):
+        done = subprocess.run(command + ["--store", str(tmp_path / store)], capture_output=True, text=True, env=env)
+        assert done.returncode == 0, done.stderr
+    _assert_same_store(tmp_path / "moved.zarr", _arrays(tmp_path / "clean.zarr"))
