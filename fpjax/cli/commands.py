@@ -69,12 +69,14 @@ def output_folder(path) -> pathlib.Path:
     return path
 
 
-def _load_images(args):
+def _load_images(args, config: FPConfig, in_memory: bool):
+    """The images the options name; a folder's are measured from their headers first (``config``: the solve's,
+    ``in_memory``: whether every trajectory is held in memory, no store)."""
     if args.images is not None and args.data is not None:
         raise ConfigError(f"--images {args.images} and --data {args.data} both name the images: give one")
     if args.images is not None:
         if args.size is None:  # before decoding: a large image is refused with the fix (--size), not loaded
-            _check_image_sizes(args)
+            _check_image_sizes(args, config, in_memory)
         images, names = load_image_folder(args.images, args.size)
         if args.n is not None and args.n > len(images):
             raise ValueError(f"{args.images} has {len(images)} images, fewer than --n {args.n}")
@@ -82,7 +84,7 @@ def _load_images(args):
     return load_dataset(args.data or "samples", args.size, args.n)
 
 
-def _check_image_sizes(args) -> None:
+def _check_image_sizes(args, config: FPConfig, in_memory: bool) -> None:
     """The memory a folder's images would need at their own size (from their headers), checked before decoding."""
     paths = image_paths(args.images)
     shapes = [shape for shape in map(image_shape, paths) if shape is not None]
@@ -90,12 +92,10 @@ def _check_image_sizes(args) -> None:
         return
     height, width = max(shapes, key=lambda hw: hw[0] * hw[1])
     count = min(len(paths), args.n or len(paths))
-    store = getattr(args, "store", None)
     per_channel = True if getattr(args, "per_channel", False) else None
     try:
-        config, batch_size = dataclass_from_args(FPConfig, args), getattr(args, "batch_size", 16)
-        check_memory((count, height, width, 3), config, batch_size=batch_size, in_memory=store is None,
-                     per_channel=per_channel, dtype=getattr(args, "dtype", "float32"))  # fmt: skip
+        check_memory((count, height, width, 3), config, batch_size=getattr(args, "batch_size", 16),
+                     in_memory=in_memory, per_channel=per_channel, dtype=getattr(args, "dtype", "float32"))  # fmt: skip
     except InsufficientMemoryError as error:
         raise InsufficientMemoryError(
             f"{error}; or pass --size 64 (or 128) to resize the images as they are read"
@@ -111,7 +111,7 @@ def precompute_command(args) -> int:
         output_folder(args.out)  # before any work: a read-only or misnamed --out fails now, not after the solves
     elif pathlib.Path(args.store).is_file():
         raise FileExistsError(errno.EEXIST, "--store is a file, not a zarr store folder", args.store)
-    images, names = _load_images(args)
+    images, names = _load_images(args, config, in_memory=args.store is None)
     images = images.astype(args.dtype)
     target = args.store or pathlib.Path(args.out) / "fp_solutions.npz"
     print(
@@ -213,7 +213,7 @@ def run_command(args) -> int:
     """The main job (:func:`fpjax.pipeline.run`): pre-compute, embed, train to the target SSIM, denoise, generate."""
     configs = {cls: dataclass_from_args(cls, args) for cls in (FPConfig, UNetConfig, TrainConfig, pipeline.RunConfig)}
     out = output_folder(args.out)
-    images, names = _load_images(args)
+    images, names = _load_images(args, configs[FPConfig], in_memory=True)  # embed holds every trajectory
     print(
         f"fpjax run: {len(images)} images {images.shape[1]}x{images.shape[2]}, target SSIM {args.target_ssim}, "
         f"outputs in {out}/ (run again to resume)",

@@ -90,7 +90,7 @@ def _check_values(images, m, config: FPConfig) -> None:
     """The images as :func:`fpjax.precompute` takes them (finite, in ``[0, 1]``), a finite ``m`` (naming the images
     that are not), and room for the trajectories (:func:`fpjax.memory.require`)."""
     check_images(images, allow_constant=True)
-    finite = np.isfinite(np.asarray(m)).reshape(m.shape[0], -1).all(axis=1)
+    finite = np.asarray(jnp.isfinite(m).reshape(m.shape[0], -1).all(axis=1))  # on the device: (N,) bools back
     if not finite.all():
         bad = np.flatnonzero(~finite)
         raise ValueError(
