@@ -17,8 +17,10 @@ cells = [
         "import matplotlib.pyplot as plt\n"
         "from fpjax.experiments import common, papers as experiments\n"
         "out = pathlib.Path(tempfile.mkdtemp())\n"
-        "# The settings of `fpjax experiment all --quick`, small for CI; raise the targets and budgets for real numbers.\n"
-        "settings = dataclasses.replace(common.QUICK, cifar='../../shared/data/cifar10_subset.npz')\n"
+        "# The settings of `fpjax experiment all --quick` with 5 s budgets, small for CI; raise the targets and\n"
+        "# budgets for real numbers.\n"
+        "settings = dataclasses.replace(common.QUICK, max_seconds=5.0, budget=5.0,\n"
+        "                               cifar='../../shared/data/cifar10_subset.npz')\n"
         "settings"
     ),
     nbf.v4.new_markdown_cell(

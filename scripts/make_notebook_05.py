@@ -58,7 +58,7 @@ cells = [
         "clean = jnp.asarray(images)\n"
         "noisy = sampling.noisy_copy(jax.random.key(1), clean, 0.5)\n"
         "sde = run.sde  # the FP config's dx = g dW\n"
-        "steps = (5, 10, 50)\n"
+        "steps = (5, 50)\n"
         "fig, axes = plt.subplots(2, len(steps), figsize=(2.2 * len(steps), 4.6))\n"
         "for j, n in enumerate(steps):\n"
         "    for i, pre in enumerate((None, m)):\n"

@@ -168,7 +168,7 @@ def test_run_is_the_whole_pipeline_and_resumes(tmp_path, capsys, monkeypatch):
 def test_experiment_all_quick_writes_a_report(tmp_path):
     out = tmp_path / "exp"
     start = time.perf_counter()
-    assert main(["experiment", "all", "--quick", "--out", str(out)]) == 0
+    assert main(["experiment", "all", "--quick", "--budget", "3", "--max-seconds", "3", "--out", str(out)]) == 0
     elapsed = time.perf_counter() - start
     report = (out / "report.md").read_text()
     for heading in ("## exp1", "## exp2", "## exp3"):
