@@ -39,11 +39,11 @@ cells = [
     ),
     nbf.v4.new_markdown_cell(
         "## DSM with and without the regulariser\n\n"
-        "Small MLPs, 600 Adam steps each; residual curves `r_FP(t)` beside the DSM-like error (the paper's "
+        "Small MLPs, 400 Adam steps each; residual curves `r_FP(t)` beside the DSM-like error (the paper's "
         "Figure 1), held-out NLL, and the densities the probability-flow ODE assigns."
     ),
     nbf.v4.new_code_cell(
-        "settings = fe.FPESettings(mixture_steps=600, mixture_gammas=(0.0, 0.0015), nll_points=100, grid=20)\n"
+        "settings = fe.FPESettings(mixture_steps=400, mixture_gammas=(0.0, 0.0015), nll_points=50, grid=20)\n"
         "out = pathlib.Path(tempfile.mkdtemp())\n"
         "result = fe.mixture_part(settings, out)\n"
         "print(fe.markdown({'mixture': result}).split('![')[0])"

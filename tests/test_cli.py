@@ -203,7 +203,7 @@ def _skimage_ssim(a, b):
 
 def test_experiment_pds_quick_writes_a_table(tmp_path):
     out = tmp_path / "pds"
-    assert main(["experiment", "pds", "--quick", "--budget", "5", "--out", str(out)]) == 0
+    assert main(["experiment", "pds", "--quick", "--budget", "3", "--out", str(out)]) == 0
     result = json.loads((out / "pds.json").read_text())
     assert {(r["method"], r["steps"], r["alpha"]) for r in result["rows"]} == {
         (m, s, a) for m in ("fpjax", "DDPM") for s in (5,) for a in (None, 2.0)
