@@ -12,17 +12,19 @@ import dataclasses
 import json
 import pathlib
 import time
+import typing
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from fpjax import files, provenance
+from fpjax import files, memory, provenance
 from fpjax.batch.precompute import precompute
 from fpjax.batch.store import listed
 from fpjax.diffusion import sampling
 from fpjax.eval import figures, metrics
+from fpjax.learn import sources
 from fpjax.learn import trainer as training
 from fpjax.learn.embedding import embed
 from fpjax.learn.models.unet import UNetConfig
@@ -48,6 +50,10 @@ TRAIN_OVERRIDES = {
 """
 
 
+TrainFrom = typing.Literal["auto", "memory", "store", "on_the_fly"]
+TRAIN_FROM = typing.get_args(TrainFrom)
+
+
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     """Settings of :func:`run` beyond the FP, U-Net and training configurations.
@@ -60,12 +66,42 @@ class RunConfig:
       repair_store: recompute the images of an existing ``fp_store.zarr`` that fail verification
         (checksums, digests) instead of refusing the store (the default: a damaged store is named,
         never used).
+      report_images: the final denoising report (``metrics.json``, ``denoising.png``) on this many images, evenly
+        spaced over the set (``None``: every image; the generated images are compared with the same ones).
+      mode: ``"image_by_image"`` (the paper's: each image to the target in turn) or ``"mixed"`` (every batch from the
+        whole set: a large one; its check denoises ``TrainConfig.check_images`` of them).
+      train_from: where training reads its trajectories (:mod:`fpjax.learn.sources`): ``"memory"`` (the store read
+        back and embedded whole), ``"store"`` (each step reads its images' rows from ``fp_store.zarr``, ahead of
+        the steps), ``"on_the_fly"`` (a linear scheme: no store, each step solves and embeds its images) or
+        ``"auto"``: ``"memory"`` while the trajectories take at most :data:`IN_MEMORY_BYTES`, else ``"store"``.
     """
 
     generate: int = 8
     per_image_labels: bool = True
     seed: int = 0
     repair_store: bool = False
+    report_images: int | None = None
+    train_from: TrainFrom = "auto"
+    mode: typing.Literal["image_by_image", "mixed"] = "image_by_image"
+
+    def __post_init__(self):
+        if self.report_images is not None and not (isinstance(self.report_images, int) and self.report_images > 0):
+            raise ValueError(f"report_images must be a positive number of images or None, got {self.report_images!r}")
+        if self.mode not in ("image_by_image", "mixed"):
+            raise ValueError(f"mode must be 'image_by_image' or 'mixed', got {self.mode!r}")
+        if self.train_from not in TRAIN_FROM:
+            raise ValueError(f"train_from must be one of {', '.join(TRAIN_FROM)}; got {self.train_from!r}")
+
+
+QUALITY = ("ssim", "psnr", "mse")
+REPORT_BATCH = 64
+"""Images denoised per compiled call of the final report (all of them at once would hold a sampler's states for the
+whole sample)."""
+FIGURE_IMAGES = 16
+"""Columns of ``denoising.png``: the first of the report's images."""
+IN_MEMORY_BYTES = 2 * 10**9
+"""``RunConfig(train_from="auto")`` holds the trajectories in memory up to this size (1,600 images of 32x32 RGB at
+T = 100), and streams them from the store beyond it."""
 
 
 def main_job_train_config() -> training.TrainConfig:
@@ -109,13 +145,11 @@ def run(
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
 
-    trajectories, precompute_seconds, stats = _precompute_stage(
-        images, names, fp_config, out, progress, repair=run_config.repair_store
-    )
+    data, precompute_seconds, stats = _data_stage(images, names, fp_config, run_config, out, progress)
     train_key, eval_key, generate_key = jax.random.split(jax.random.key(run_config.seed), 3)
     result = training.train(
         images,
-        trajectories,
+        data,
         fp_config,
         unet_config=unet_config,
         config=train_config,
@@ -123,27 +157,58 @@ def run(
         checkpoint_dir=out / "checkpoint",
         precompute_seconds=precompute_seconds,
         progress=progress,
+        mode=run_config.mode,
     )
     training.save_log(result, out / "training_log.json")
-    clean = jnp.asarray(images)
-    noisy, denoised, final = _denoise_stage(result, clean, eval_key)
+    shown = training.check_members(len(images), "mixed", 0, run_config.report_images)
+    clean = jnp.asarray(images[shown])
+    spent = precompute_seconds + (result.log[-1]["train_seconds"] if result.log else 0.0)
+    left = None if train_config.max_total_seconds is None else train_config.max_total_seconds - spent
+    noisy, denoised, final = _denoise_stage(result, clean, shown, eval_key, progress, left)
+    shown, clean = shown[: len(denoised)], clean[: len(denoised)]
     generated = _generate_stage(result, images.shape, run_config.generate, generate_key)
-    _save_figures(
-        out, (noisy, denoised, clean, generated), final, result.log, train_config.target_ssim, precompute_seconds
-    )
+    rows = [a[:FIGURE_IMAGES] if a is not None else None for a in (noisy, denoised, clean, generated)]
+    _save_figures(out, rows, final, result.log, train_config.target_ssim, precompute_seconds)
     settings = {"fp": fp_config, "unet": unet_config, "train": train_config, "run": run_config}
-    report = _report(names, stats, precompute_seconds, result, final, clean, settings)
+    report = _report(names, stats, precompute_seconds, result, dict(final, index=shown), clean, settings)
     if generated is not None:
-        report["generated"] = _generated_report(generated, clean, names)
+        report["generated"] = _generated_report(generated, clean, [names[i] for i in shown])
     files.write_json(out / "metrics.json", report)
     return report
 
 
-def _precompute_stage(images, names, fp_config: FPConfig, out: pathlib.Path, progress: bool, repair: bool = False):
-    """Solve (or find in the store) every image's FP equation and embed the images.
+def _data_stage(images, names, fp_config: FPConfig, run_config: RunConfig, out: pathlib.Path, progress: bool):
+    """What training reads (``run_config.train_from``): the embedded trajectories, the store's source, or the
+    on-the-fly source; with the pre-computation's seconds and statistics (``None`` on the fly: nothing solved)."""
+    train_from = _train_from(run_config.train_from, images.shape, fp_config)
+    if train_from == "on_the_fly":
+        return sources.OnTheFly(images, fp_config), 0.0, None
+    return _precompute_stage(images, names, fp_config, out, progress, repair=run_config.repair_store,
+                             stream=train_from == "store")  # fmt: skip
 
-    Returns ``(N, T+1, H, W, C)`` trajectories, the stage's seconds (the embedding included; the
-    solve's time survives a resume in ``precompute.json``) and the solver statistics.
+
+def _train_from(choice: str, shape, fp_config: FPConfig) -> str:
+    """``choice``, or for ``"auto"`` the source that fits: in memory up to :data:`IN_MEMORY_BYTES`, else the store."""
+    if choice == "on_the_fly" and fp_config.scheme.name not in sources.LINEAR_SCHEMES:
+        raise ValueError(
+            f"training on the fly solves each batch inside the step: it needs a linear scheme "
+            f"({', '.join(sources.LINEAR_SCHEMES)}), not {fp_config.scheme.name!r}; train from the store instead"
+        )
+    if choice != "auto":
+        return choice
+    count, height, width, channels = shape
+    nbytes = memory.trajectory_bytes(fp_config.T, (height, width), count * channels)
+    return "memory" if nbytes <= IN_MEMORY_BYTES else "store"
+
+
+def _precompute_stage(images, names, fp_config: FPConfig, out: pathlib.Path, progress: bool, repair: bool = False,
+                      stream: bool = False):  # fmt: skip
+    """Solve (or find in the store) every image's FP equation; embed the images, or (``stream``) leave the store
+    to be read batch by batch.
+
+    Returns ``(N, T+1, H, W, C)`` trajectories (or the store's :class:`fpjax.learn.sources.FromStore`), the stage's
+    seconds (the embedding included; the solve's time survives a resume in ``precompute.json``) and the solver
+    statistics.
     """
     timing_path = out / "precompute.json"
     bar = tqdm(total=len(images), desc="FP solve", unit="image", disable=not progress)
@@ -160,6 +225,8 @@ def _precompute_stage(images, names, fp_config: FPConfig, out: pathlib.Path, pro
     # A resumed run adds the time of the images it solved now, not the store look-up of finished ones.
     seconds = previous + (result.seconds if result.skipped < len(images) else 0.0)
     files.write_json(timing_path, {"seconds": seconds, "images": len(images)})
+    if stream:
+        return sources.FromStore(images, result.store, fp_config), seconds, result.stats
     start = time.perf_counter()
     m = finite_solutions(result.m[...], names, out / "fp_store.zarr")  # read back checked: checksums, digests
     trajectories = jax.jit(lambda x, m: embed(x, m, fp_config))(jnp.asarray(images), jnp.asarray(m))
@@ -183,15 +250,27 @@ def finite_solutions(m, names, store) -> np.ndarray:
     return m
 
 
-def _denoise_stage(result: training.TrainResult, clean, key):
-    """Noisy copies of ``clean`` and the final model's denoising of them: ``(noisy, denoised, quality)``."""
+def _denoise_stage(result: training.TrainResult, clean, index, key, progress: bool = False, seconds=None):
+    """Noisy copies of the ``clean`` images (``index``: theirs in the set) and the final model's denoising of
+    them, :data:`REPORT_BATCH` at a time: ``(noisy, denoised, quality)``. With ``seconds`` (what is left of
+    ``--max-total-seconds``) no batch starts after they have run out, and the first batch alone is reported."""
     count = clean.shape[0]
-    labels = jnp.arange(count) if result.uses_labels else jnp.zeros(count, jnp.int32)
+    deadline = None if seconds is None else time.perf_counter() + seconds
+    labels = jnp.asarray(index, jnp.int32) if result.uses_labels else jnp.zeros(count, jnp.int32)
     noise_key, sampler_key = jax.random.split(key)
-    noisy = sampling.noisy_copy(noise_key, clean, result.config.noise_level)
-    denoised, quality = training.evaluate(
-        result.graphdef, result.state.ema, noisy, clean, labels, None, sampler_key, result.config, result.uses_labels
-    )
+    parts = []
+    for start in tqdm(range(0, count, REPORT_BATCH), desc="denoising report", unit="batch",
+                      disable=not progress or count <= REPORT_BATCH):  # fmt: skip
+        if parts and deadline is not None and time.perf_counter() > deadline:
+            break
+        part = slice(start, start + REPORT_BATCH)
+        keys = (noise_key, sampler_key) if start == 0 else jax.random.split(jax.random.fold_in(key, start))
+        noisy = sampling.noisy_copy(keys[0], clean[part], result.config.noise_level)
+        denoised, quality = training.evaluate(result.graphdef, result.state.ema, noisy, clean[part], labels[part],
+                                              None, keys[1], result.config, result.uses_labels)  # fmt: skip
+        parts.append((noisy, denoised, quality))
+    noisy, denoised = (jnp.concatenate([p[i] for p in parts]) for i in (0, 1))
+    quality = {name: jnp.concatenate([p[2][name] for p in parts]) for name in parts[0][2]}
     return noisy, denoised, quality
 
 
@@ -210,16 +289,23 @@ def _generate_stage(result: training.TrainResult, shape, count: int, key):
 def _save_figures(out: pathlib.Path, rows, final, log, target_ssim: float, precompute_seconds: float) -> None:
     """``denoising.png`` (``rows``: noisy, denoised, clean, generated or ``None``) and ``ssim_vs_time.png``."""
     noisy, denoised, clean, generated = rows
-    files.save_figure(
-        figures.plot_denoising(noisy, denoised, clean, generated, scores=final["ssim"]), out / "denoising.png", dpi=130
-    )
+    scores = final["ssim"][:FIGURE_IMAGES]
+    files.save_figure(figures.plot_denoising(noisy, denoised, clean, generated, scores=scores), out / "denoising.png",
+                      dpi=130)  # fmt: skip
     files.save_figure(
         figures.plot_ssim_vs_time(log, target_ssim, precompute_seconds), out / "ssim_vs_time.png", dpi=130
     )
 
 
 def _report(names, stats, precompute_seconds, result, final, clean, settings: dict) -> dict:
+    """``metrics.json``: one ``per_image`` row per trained image (image by image), or one row for the whole set
+    (mixed: its final-model figures the medians over the report's images)."""
     train_seconds = result.log[-1]["train_seconds"] if result.log else 0.0
+    count, reported, median_final = len(names), len(final["index"]), float(np.median(final["ssim"]))
+    if settings["run"].mode == "mixed":
+        final = dict(final, index=np.zeros(1, int), **{k: np.median(final[k], keepdims=True) for k in QUALITY})
+        names = [f"all {len(names)} images (mixed)"]
+        stats = None if stats is None else {"residual": np.asarray(stats["residual"]).max(keepdims=True)}
     per_image = [
         {
             "name": names[s["image"]],
@@ -229,27 +315,32 @@ def _report(names, stats, precompute_seconds, result, final, clean, settings: di
             "ssim_at_stop": s["ssim"],
             "psnr_at_stop": s["psnr"],
             "mse_at_stop": s["mse"],
-            "final_model_ssim": float(final["ssim"][s["image"]]),
-            "final_model_psnr": float(final["psnr"][s["image"]]),
-            "final_model_mse": float(final["mse"][s["image"]]),
-            "fp_max_residual": float(np.max(stats["residual"][s["image"]])),
+            **{f"final_model_{name}": _reported(final, name, s["image"]) for name in QUALITY},
+            "fp_max_residual": None if stats is None else float(np.max(stats["residual"][s["image"]])),
         }
         for s in result.images
     ]
     return {
         "machine": provenance.machine(),
-        "images": len(names),
+        "images": count,
         "image_shape": list(clean.shape[1:]),
         "precompute_seconds": precompute_seconds,
         "train_seconds": train_seconds,
         "wall_seconds": precompute_seconds + train_seconds,
         "reached_target": sum(p["reached_target"] for p in per_image),
         "median_ssim_at_stop": float(np.median([p["ssim_at_stop"] for p in per_image])),
-        "median_final_model_ssim": float(np.median(final["ssim"])),
+        "median_final_model_ssim": median_final,
+        "report_images": reported,  # the final model's figures: of these images only
         "per_image": per_image,
         "ssim": "Gaussian window 11x11, sigma 1.5, data range 1 (dm_pix.ssim)",
         "settings": {name: provenance.jsonable(config) for name, config in settings.items()},
     }
+
+
+def _reported(final: dict, name: str, image: int):
+    """The final model's ``name`` metric of ``image``, or ``None`` where the report's sample left it out."""
+    where = np.flatnonzero(np.asarray(final["index"]) == image)
+    return float(final[name][where[0]]) if where.size else None
 
 
 def _generated_report(generated, clean, names) -> dict:

@@ -432,6 +432,23 @@ class FPStore:
             raise
         return cls(group, path, handle)
 
+    @classmethod
+    def read(cls, path) -> FPStore:
+        """The store at ``path`` opened for reading only (no writer lock): what training reads from.
+
+        Raises:
+          StoreError: ``path`` holds no store, or one whose layout cannot be read.
+          StoreMismatchError: a store of another layout version.
+        """
+        if not pathlib.Path(path).exists() or not _readable(path, lambda: _has_metadata(path)):
+            raise StoreError(f"no FP store at {path}: pre-compute into it first (fpjax precompute --store {path})")
+        group = _readable(path, lambda: zarr.open_group(str(path), mode="r"))
+        version = group.attrs.get("fpjax_format", 1)
+        if version != FORMAT:
+            raise StoreMismatchError(f"the store at {path} has layout {version}, this fpjax reads {FORMAT}")
+        _readable(path, lambda: [group[name] for name in ARRAYS + ("digest", "done")])
+        return cls(group, path)
+
     @staticmethod
     def _check(path, attrs, metadata: dict) -> None:
         version = attrs.get("fpjax_format", 1)
@@ -485,11 +502,11 @@ class FPStore:
                     values.append(np.full(array.shape[1:], array.fill_value, array.dtype))
             return np.stack(values)
 
-    def _checked(self, rows, done, with_m: bool = True):
-        """``(m or None, {name: stats})`` of ``rows``; each row ``done`` says is finished is checked."""
+    def _checked(self, rows, done, arrays=ARRAYS):
+        """``(m or None, {name: stats})`` of ``rows``, reading ``arrays`` only; each row ``done`` says is finished
+        is checked (against the digests of those arrays)."""
         rows = np.asarray(rows, int)
         check = [j for j, i in enumerate(rows) if done[i]]
-        arrays = ARRAYS if with_m else ARRAYS[1:]
         values = {name: self._load(name, rows, done) for name in arrays}
         digests = self._load("digest", rows[check], done) if check else None
         for k, j in enumerate(check):
@@ -498,20 +515,21 @@ class FPStore:
                     missing = name == "m" and np.isnan(values[name][j]).all()
                     reason = "chunk missing (reads as the fill value)" if missing else "content differs from its digest"
                     raise self.corrupt(int(rows[j]), name, reason)
-        return values.get("m"), {name: values[name] for name in STATS}
+        return values.get("m"), {name: values[name] for name in STATS if name in values}
 
     def read_m(self, rows) -> np.ndarray:
         """``(len(rows), T+1, H, W, K)``, finished images checked (:class:`StoreCorruptError` if damaged)."""
         rows = np.asarray(rows, int)
         done = np.zeros(self.array("done").shape, bool)
         done[rows] = self.done(rows)  # only these flags are read (one chunk each)
-        blocks = [self._checked(rows[s : s + _BLOCK], done)[0] for s in range(0, len(rows), _BLOCK)]
+        # m alone (with its digest): a training step's read needs no statistics (a third of the chunks read)
+        blocks = [self._checked(rows[s : s + _BLOCK], done, ("m",))[0] for s in range(0, len(rows), _BLOCK)]
         return np.concatenate(blocks) if blocks else np.zeros((0,) + self.array("m").shape[1:], self.array("m").dtype)
 
     def all_stats(self, done=None) -> dict:
         """``{name: (N, K, T)}``; the images ``done`` marks (default: the finished ones) are checked."""
         done = self.done() if done is None else done
-        return self._checked(np.arange(len(done)), done, with_m=False)[1]
+        return self._checked(np.arange(len(done)), done, ARRAYS[1:])[1]
 
     def stats(self, name: str) -> np.ndarray:
         return self.all_stats()[name]

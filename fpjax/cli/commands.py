@@ -21,6 +21,7 @@ from fpjax.batch.precompute import ON_FAILURE, check_memory, precompute
 from fpjax.batch.seeding import SEED_RULES
 from fpjax.bench import accuracy as accuracy_bench
 from fpjax.bench import projection as projection_bench
+from fpjax.bench import scale as scale_bench
 from fpjax.bench import solver as solver_bench
 from fpjax.cli.errors import USAGE_ERROR
 from fpjax.cli.options import (
@@ -32,7 +33,8 @@ from fpjax.cli.options import (
     kwargs_from_args,
     positive_int,
 )
-from fpjax.data import image_paths, image_shape, load_dataset, load_image_folder
+from fpjax.data import image_paths, image_shape, load_image_folder
+from fpjax.data.sets import load_dataset
 from fpjax.eval.figures import plot_convergence, plot_solutions
 from fpjax.experiments import command as experiment_command
 from fpjax.learn.models.unet import UNetConfig
@@ -209,11 +211,17 @@ def _write_solutions(path: pathlib.Path, m, scores, names, result, config: FPCon
 RUN_OUTPUTS = ("denoising.png", "ssim_vs_time.png", "metrics.json", "training_log.json", "checkpoint", "fp_store.zarr")
 
 
+def _figure(value, digits: int) -> str:
+    """``value`` to ``digits`` decimals, or ``-`` where there is none (an image outside the report's sample)."""
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
 def run_command(args) -> int:
     """The main job (:func:`fpjax.pipeline.run`): pre-compute, embed, train to the target SSIM, denoise, generate."""
     configs = {cls: dataclass_from_args(cls, args) for cls in (FPConfig, UNetConfig, TrainConfig, pipeline.RunConfig)}
     out = output_folder(args.out)
-    images, names = _load_images(args, configs[FPConfig], in_memory=True)  # embed holds every trajectory
+    in_memory = configs[pipeline.RunConfig].train_from == "memory"  # embed then holds every trajectory
+    images, names = _load_images(args, configs[FPConfig], in_memory=in_memory)
     print(
         f"fpjax run: {len(images)} images {images.shape[1]}x{images.shape[2]}, target SSIM {args.target_ssim}, "
         f"outputs in {out}/ (run again to resume)",
@@ -233,7 +241,7 @@ def run_command(args) -> int:
     for p in report["per_image"]:
         print(
             f"| {p['name']} | {p['steps']} | {'yes' if p['reached_target'] else 'no'} | {p['train_seconds']:.1f} | "
-            f"{p['ssim_at_stop']:.3f} | {p['final_model_ssim']:.3f} | {p['final_model_psnr']:.2f} |"
+            f"{p['ssim_at_stop']:.3f} | {_figure(p['final_model_ssim'], 3)} | {_figure(p['final_model_psnr'], 2)} |"
         )
     print(
         f"pre-computation {report['precompute_seconds']:.1f} s + training {report['train_seconds']:.1f} s; "
@@ -255,7 +263,9 @@ def run_command(args) -> int:
 
 def _add_input_options(parser, size_help: str, size_default=None) -> None:
     parser.add_argument(
-        "--data", help="samples (default) | cifar10:PATH[:CLASS] | folder:PATH (CelebA layout); or --images"
+        "--data",
+        help="samples (default) | cifar10:PATH[:CLASS] | folder:PATH (CelebA layout) | synthetic:N (N images "
+        "grown from the CIFAR-10 subset, fpjax.data.sets.SyntheticSet); or --images",
     )
     parser.add_argument("--images", help="folder of PNG/JPEG images of one shape (alternative to --data)")
     parser.add_argument("--size", type=positive_int, default=size_default, help=size_help)
@@ -293,6 +303,7 @@ def _add_bench_parsers(sub) -> None:
         ("solver", solver_bench, "fpjax against SciPy spsolve on the same discretisation"),
         ("projection", projection_bench, "the cross-matrix paper's Table 4: projection vs spsolve"),
         ("accuracy", accuracy_bench, "every scheme's error against the PDE's solution, orders in h, dt"),
+        ("scale", scale_bench, "training memory and speed against the data set's size; store throughput"),
     ):
         parser = commands.add_parser(name, help=text)
         module.add_arguments(parser)

@@ -277,7 +277,8 @@ def load_celeba_folder(folder, size: int = 64, n: int | None = None) -> tuple[np
 
 
 def load_dataset(spec: str, size: int | None = None, n: int | None = None) -> tuple[np.ndarray, list[str]]:
-    """``"samples"``, ``"cifar10:PATH[:CLASS]"`` or ``"folder:PATH"`` -> (NHWC float32 images, ids).
+    """``"samples"``, ``"cifar10:PATH[:CLASS]"`` or ``"folder:PATH"`` -> (NHWC float32 images, ids)
+    (``"synthetic:N"``: :func:`fpjax.data.sets.load_dataset`).
 
     ``n``: only the first ``n`` images (a positive count, at most the number there is; ``None``: all).
 

@@ -131,7 +131,8 @@ def plot_ssim_vs_time(log, target=None, precompute_seconds=0.0, title=None):
     ax.set_xlabel("wall time (s): pre-computation + training")
     ax.set_ylabel("denoising SSIM")
     ax.set_ylim(min(0.0, min((r["ssim"] for r in log), default=0.0)), 1.0)
-    ax.legend(loc="lower right", fontsize=7)
+    if target is not None or precompute_seconds:  # the legend's only entries
+        ax.legend(loc="lower right", fontsize=7)
     ax.set_title(title or f"image-by-image training ({len(images)} images, one colour each)", fontsize=9)
     fig.tight_layout()
     return fig

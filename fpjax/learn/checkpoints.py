@@ -32,17 +32,10 @@ DAMAGED_SUFFIX = ".damaged"
 """A damaged checkpoint skipped on restore is renamed ``<step>.damaged``, so the resumed run can write its step."""
 
 
-def fingerprint(images, trajectories, unet_config, config, mode: str) -> dict:
-    """What identifies a run: ``mode``, the shapes, the network and training configurations (``repr``) and a
-    checksum of the trajectories (JSON-serialisable)."""
-    return {
-        "mode": mode,
-        "images": list(images.shape),
-        "trajectories": list(trajectories.shape),
-        "unet": repr(unet_config),
-        "train": repr(config),
-        "checksum": float(np.asarray(trajectories, np.float64).sum()),
-    }
+def fingerprint(source, unet_config, config, mode: str) -> dict:
+    """What identifies a run: ``mode``, its data source's fingerprint (:mod:`fpjax.learn.sources`: shapes and a
+    checksum or the store's digests), the network and training configurations (``repr``); JSON-serialisable."""
+    return {"mode": mode, "data": source.fingerprint(), "unet": repr(unet_config), "train": repr(config)}
 
 
 class Checkpoints:

@@ -43,7 +43,7 @@ import numpy as np
 from fpjax.diffusion import pds
 from fpjax.diffusion.sde import VPSDE, perturb
 from fpjax.learn import trainer as training
-from fpjax.learn.objectives import TrainData, image_indices
+from fpjax.learn.objectives import Batch, Draw, TrainData, image_indices, points
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,10 +85,10 @@ class DDPM:
         """``(steps,)`` ``alpha_bar[i]`` (NumPy float64: a static table)."""
         return np.cumprod(1.0 - self.betas())
 
-    def _clean_batch(self, key, data: TrainData, config: training.TrainConfig):
-        """A batch of clean images in ``[-1, 1]`` (DDPM trains on the clean images) and their labels."""
-        index = image_indices(key, data, config.batch_size, config.replay)
-        return 2.0 * data.trajectories[index, 0] - 1.0, data.labels[index]
+    def _clean_draw(self, key, count: int, current, config: training.TrainConfig) -> Draw:
+        """The clean images (level 0) of a batch: DDPM trains on the clean images (``split(key, 3)[0]``)."""
+        index = image_indices(jax.random.split(key, 3)[0], count, current, config.batch_size, config.replay)
+        return Draw(index, jnp.zeros_like(index))
 
     def train_levels(self, key, batch: int):
         """``(batch,)`` training levels: uniform over all levels, over those up to ``max_train_noise``'s, or
@@ -110,9 +110,20 @@ class DDPM:
         del sde
         return self
 
+    def draw(self, key, count: int, T: int, current, config: training.TrainConfig) -> Draw:
+        del T
+        return self._clean_draw(key, count, current, config)
+
     def loss(self, net, key, data: TrainData, config: training.TrainConfig):
-        k_image, k_level, k_noise = jax.random.split(key, 3)
-        x0, labels = self._clean_batch(k_image, data, config)
+        """:meth:`batch_loss` on trajectories in memory."""
+        count, T, current = data.pool
+        return self.batch_loss(net, key, points(data, self.draw(key, count, T, current, config)), config, T)
+
+    def batch_loss(self, net, key, batch: Batch, config: training.TrainConfig, T: int):
+        """Ho et al.'s loss on the clean images of :meth:`draw` (the same ``key``)."""
+        del T
+        _, k_level, k_noise = jax.random.split(key, 3)
+        x0, labels = 2.0 * batch.x - 1.0, batch.labels
         level = self.train_levels(k_level, config.batch_size)
         eps = jax.random.normal(k_noise, x0.shape, x0.dtype)
         xt = q_sample(self, x0, level, eps)
@@ -132,10 +143,20 @@ class DDPM:
 
         return score
 
+    def fpe_draw(self, key, count: int, T: int, current, config: training.TrainConfig, t=None) -> Draw:
+        del T, t
+        return self._clean_draw(key, count, current, config)
+
     def fpe_points(self, key, data: TrainData, config: training.TrainConfig, t=None):
         """``(x, t, labels)``: clean images diffused to random times, or to the given ``(batch,)`` times ``t``."""
-        k_image, k_time, k_noise = jax.random.split(key, 3)
-        x0, labels = self._clean_batch(k_image, data, config)
+        count, T, current = data.pool
+        return self.fpe_inputs(key, points(data, self.fpe_draw(key, count, T, current, config)), config, T, t)
+
+    def fpe_inputs(self, key, batch: Batch, config: training.TrainConfig, T: int, t=None):
+        """The clean images of :meth:`fpe_draw` diffused to random times, or to the given ``(batch,)`` times."""
+        del T
+        _, k_time, k_noise = jax.random.split(key, 3)
+        x0, labels = 2.0 * batch.x - 1.0, batch.labels
         if t is None:
             t = jax.random.uniform(k_time, (config.batch_size,), x0.dtype, 2.0 / self.steps, 1.0)
         x, _ = perturb(k_noise, x0, t + 1.0 / self.steps, self.sde)

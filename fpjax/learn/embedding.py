@@ -130,3 +130,19 @@ def embed(images, m, config: FPConfig, component: str = "sum", g=None):
     m = jnp.broadcast_to(m, m.shape[:-1] + (channels,)).astype(jnp.result_type(m.dtype, images.dtype))
     per_channel = jax.vmap(lambda x, mm: embed_field(x, mm, config, component, g), in_axes=(-1, -1), out_axes=-1)
     return jax.vmap(per_channel)(images, m)
+
+
+def embedded_batches(images, m, config: FPConfig, batch_size: int = 64, component: str = "sum", g=None):
+    """:func:`embed` of a set too large to embed at once, ``batch_size`` images at a time.
+
+    ``images`` ``(N, H, W, C)`` (an array or a lazy image set, :mod:`fpjax.data.sets`) and ``m`` ``(N, T+1, H, W,
+    K)`` (an array or a store's checked ``m``, :attr:`fpjax.batch.store.FPStore.m`) are read a batch at a time.
+    Yields ``(rows, trajectories)``: the batch's ``(B,)`` indices and ``(B, T+1, H, W, C)`` embedded trajectories.
+    """
+    count = len(images)
+    if len(m) != count:
+        raise ValueError(f"{count} images but m holds {len(m)}: pass the m of these images")
+    embed_batch = jax.jit(lambda x, mm: embed(x, mm, config, component, g))
+    for start in range(0, count, batch_size):
+        rows = np.arange(start, min(start + batch_size, count))
+        yield rows, embed_batch(jnp.asarray(images[rows]), jnp.asarray(m[rows]))

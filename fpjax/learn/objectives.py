@@ -6,9 +6,14 @@ An *objective* is what :func:`fpjax.learn.trainer.train` needs to know about a m
 * ``sde``: the forward :class:`~fpjax.diffusion.sde.SDE` its score belongs to;
 * ``with_sde(sde)``: the objective bound to the SDE of the FP configuration the trajectories were made with
   (:func:`~fpjax.learn.trainer.train` binds it; DDPM keeps its own VP SDE);
-* ``loss(net, key, data, config)``: the scalar loss of one batch drawn from :class:`TrainData`;
+* ``draw(key, count, T, current, config)``: the :class:`Draw` (image indices and trajectory levels) one step
+  reads, from the step's key, before anything is read: a data source (:mod:`fpjax.learn.sources`) then reads
+  only those points;
+* ``batch_loss(net, key, batch, config, T)``: the scalar loss on the :class:`Batch` of those points (the same
+  ``key``); ``loss(net, key, data, config)`` is the two on trajectories in memory (:class:`TrainData`);
 * ``score(net, labels, config)``: ``s(x, t)`` of a network ``net(x, t, labels)``;
-* ``fpe_points(key, data, config, t=None)``: ``(x, t, labels)``, where the score-FPE regulariser evaluates it;
+* ``fpe_draw(key, count, T, current, config, t=None)`` and ``fpe_inputs(key, batch, config, T, t=None)``: ``(x, t,
+  labels)``, where the score-FPE regulariser evaluates it (``fpe_points(key, data, config, t=None)`` in memory);
 * ``denoise(net, noisy, labels, key, config)``: the denoising check of the SSIM early stopping.
 
 ``config`` is the :class:`~fpjax.learn.trainer.TrainConfig` (``lam``, ``parametrization``, ``batch_size``,
@@ -71,8 +76,30 @@ def embedded_denoising_loss(score, x, t, g_t, z, lam: float = 0.1):
 # what the steps draw from
 
 
+class Draw(NamedTuple):
+    """The trajectory points one training step reads (drawn from the step's key before the data are read, so
+    that a data source reads only these: :mod:`fpjax.learn.sources`).
+
+    index: ``(M,)`` int image indices; level: ``(M,)`` int trajectory levels ``n`` in ``0..T``.
+    """
+
+    index: jax.Array
+    level: jax.Array
+
+
+class Batch(NamedTuple):
+    """The points of a :class:`Draw`: ``x`` ``(M, H, W, C)`` the score-embedded ``x^n`` of each drawn image at its
+    level ``n``, ``t`` ``(M,)`` their times ``n / T``, ``labels`` ``(M,)`` the images' embedding labels."""
+
+    x: jax.Array
+    t: jax.Array
+    labels: jax.Array
+
+
 class TrainData(NamedTuple):
-    """What the steps draw from (a pytree: traced, so new data needs no new compilation).
+    """Trajectories held in memory, and the image being trained (a pytree: traced, so new data needs no new
+    compilation). :func:`points` reads a :class:`Draw` from them; the trainer reads its batches through a data
+    source (:mod:`fpjax.learn.sources`), of which this is the in-memory one.
 
     trajectories: ``(K, T+1, H, W, C)`` score-embedded trajectories.
     labels: ``(K,)`` per-image embedding labels.
@@ -85,12 +112,24 @@ class TrainData(NamedTuple):
     labels: jax.Array
     current: jax.Array = -1
 
+    @property
+    def pool(self) -> tuple:
+        """``(count, T, current)``: what an objective's ``draw`` needs to know of the data."""
+        return self.trajectories.shape[0], self.trajectories.shape[1] - 1, self.current
 
-def image_indices(key, data: TrainData, batch_size: int, replay: float):
-    """``(batch_size,)`` indices into ``data.trajectories``: the current image, replayed earlier ones, or all."""
-    count = data.trajectories.shape[0]
+
+def points(data: TrainData, draw: Draw) -> Batch:
+    """The :class:`Batch` of ``draw`` from trajectories in memory."""
+    T = data.trajectories.shape[1] - 1
+    x = data.trajectories[draw.index, draw.level]
+    return Batch(x, draw.level.astype(x.dtype) / T, data.labels[draw.index])
+
+
+def image_indices(key, count: int, current, batch_size: int, replay: float):
+    """``(batch_size,)`` image indices in ``0..count-1``: the ``current`` image, replayed earlier ones, or all
+    (``current < 0``)."""
     k_image, k_replay = jax.random.split(key)
-    current = jnp.asarray(data.current)
+    current = jnp.asarray(current)
     everywhere = jax.random.randint(k_image, (batch_size,), 0, count)
     # Replay: with probability ``replay`` a sample comes from an image trained before the current one.
     earlier = jax.random.randint(k_image, (batch_size,), 0, jnp.maximum(current, 1))
@@ -98,18 +137,33 @@ def image_indices(key, data: TrainData, batch_size: int, replay: float):
     return jnp.where(current < 0, everywhere, jnp.where(replayed, earlier, current))
 
 
+def trajectory_draw(key, count: int, T: int, current, config, n=None) -> Draw:
+    """``config.batch_size`` trajectory points: images as :func:`image_indices` draws them, at random levels
+    (uniform or stratified) or at the given ``(batch,)`` levels ``n``. Uses the first two of ``split(key, 3)``;
+    the third is the noise's (:func:`batch_noise`)."""
+    k_image, k_time, _ = jax.random.split(key, 3)
+    index = image_indices(k_image, count, current, config.batch_size, config.replay)
+    if n is None:
+        n = sample_time_indices(k_time, config.batch_size, T, config.stratified)
+    return Draw(index, n)
+
+
+def batch_noise(key, x):
+    """Standard normal noise of ``x``'s shape from the third of ``split(key, 3)`` (see :func:`trajectory_draw`)."""
+    return jax.random.normal(jax.random.split(key, 3)[2], x.shape, x.dtype)
+
+
 def trajectory_batch(key, data: TrainData, config, n=None):
     """``(x, t, z, labels)``: ``config.batch_size`` trajectory points ``x^n`` at random step indices ``n`` (or at
     the given ``(batch,)`` indices), their times ``t_n = n / T``, standard normal noise of their shape and the
     images' labels."""
-    k_image, k_time, k_noise = jax.random.split(key, 3)
-    T = data.trajectories.shape[1] - 1
-    index = image_indices(k_image, data, config.batch_size, config.replay)
-    if n is None:
-        n = sample_time_indices(k_time, config.batch_size, T, config.stratified)
-    x = data.trajectories[index, n]
-    z = jax.random.normal(k_noise, x.shape, x.dtype)
-    return x, n.astype(x.dtype) / T, z, data.labels[index]
+    batch = points(data, trajectory_draw(key, *data.pool, config, n))
+    return batch.x, batch.t, batch_noise(key, batch.x), batch.labels
+
+
+def _levels_at(t, T: int):
+    """The trajectory levels nearest the times ``t`` (``None`` stays ``None``)."""
+    return None if t is None else jnp.clip(jnp.round(t * T).astype(jnp.int32), 0, T)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -166,19 +220,39 @@ class EmbeddedDenoising:
                 "every time (FPConfig.g)"
             )
 
+    def draw(self, key, count: int, T: int, current, config) -> Draw:
+        """The points :meth:`batch_loss` reads for ``key``: ``config.batch_size`` images at random levels."""
+        return trajectory_draw(key, count, T, current, config)
+
+    def batch_loss(self, net, key, batch: Batch, config, T: int):
+        """Eq. 29 on the points of :meth:`draw` (the same ``key``; ``T``: the trajectories' steps)."""
+        del T
+        g_t = self._bound_sde().g(batch.t)
+        z = batch_noise(key, batch.x)
+        return embedded_denoising_loss(self.score(net, batch.labels, config), batch.x, batch.t, g_t, z, config.lam)
+
     def loss(self, net, key, data: TrainData, config):
-        x, t, z, labels = trajectory_batch(key, data, config)
-        g_t = self._bound_sde().g(t)
-        return embedded_denoising_loss(self.score(net, labels, config), x, t, g_t, z, config.lam)
+        """:meth:`batch_loss` on trajectories in memory."""
+        count, T, current = data.pool
+        return self.batch_loss(net, key, points(data, self.draw(key, count, T, current, config)), config, T)
+
+    def fpe_draw(self, key, count: int, T: int, current, config, t=None) -> Draw:
+        """The points of :meth:`fpe_inputs`: random levels, or those nearest ``(batch,)`` times ``t``."""
+        return trajectory_draw(key, count, T, current, config, _levels_at(t, T))
+
+    def fpe_inputs(self, key, batch: Batch, config, T: int, t=None):
+        """``(x, t, labels)``: eq. 29's noisy inputs at the points of :meth:`fpe_draw` (``T``: the trajectories';
+        the times ``t`` are those of the drawn levels)."""
+        del t
+        # t = 0 has no backward finite difference: those draws move one step later.
+        return batch.x + config.lam * batch_noise(key, batch.x), jnp.maximum(batch.t, 1.0 / T), batch.labels
 
     def fpe_points(self, key, data: TrainData, config, t=None):
         """``(x, t, labels)``: eq. 29's noisy inputs at random steps, or at the steps nearest ``(batch,)`` times
-        ``t``."""
-        T = data.trajectories.shape[1] - 1
-        n = None if t is None else jnp.clip(jnp.round(t * T).astype(jnp.int32), 0, T)
-        x, t, z, labels = trajectory_batch(key, data, config, n)
-        # t = 0 has no backward finite difference: those draws move one step later.
-        return x + config.lam * z, jnp.maximum(t, 1.0 / T), labels
+        ``t``, from trajectories in memory."""
+        count, T, current = data.pool
+        batch = points(data, self.fpe_draw(key, count, T, current, config, t))
+        return self.fpe_inputs(key, batch, config, T, t)
 
     def denoise(self, net, noisy, labels, key, config):
         return sampling.denoise(self.score(net, labels, config), noisy, key, self._bound_sde(), config.sampler)
@@ -210,17 +284,37 @@ class FPRegularised:
     def score(self, net, labels, config):
         return self.objective.score(net, labels, config)
 
+    def fpe_draw(self, key, count: int, T: int, current, config, t=None) -> Draw:
+        return self.objective.fpe_draw(key, count, T, current, config, t)
+
+    def fpe_inputs(self, key, batch: Batch, config, T: int, t=None):
+        return self.objective.fpe_inputs(key, batch, config, T, t)
+
     def fpe_points(self, key, data: TrainData, config, t=None):
         return self.objective.fpe_points(key, data, config, t)
 
-    def loss(self, net, key, data: TrainData, config):
+    def draw(self, key, count: int, T: int, current, config) -> Draw:
+        """The regulariser's points (``config.batch_size`` of them) and then the objective's."""
+        k_loss, k_points, _ = jax.random.split(key, 3)
+        first = self.objective.fpe_draw(k_points, count, T, current, config)
+        second = self.objective.draw(k_loss, count, T, current, config)
+        return jax.tree.map(lambda a, b: jnp.concatenate([a, b]), first, second)
+
+    def batch_loss(self, net, key, batch: Batch, config, T: int):
         k_loss, k_points, k_reg = jax.random.split(key, 3)
-        x, t, labels = self.objective.fpe_points(k_points, data, config)
+        fpe_batch = jax.tree.map(lambda a: a[: config.batch_size], batch)
+        loss_batch = jax.tree.map(lambda a: a[config.batch_size :], batch)
+        x, t, labels = self.objective.fpe_inputs(k_points, fpe_batch, config, T)
         score = lambda x, t, labels: self.score(net, labels, config)(x, t)
         if self.objective.sde is None:
             raise ValueError(f"{self.objective} has no SDE yet: train() binds it (see EmbeddedDenoising)")
         penalty = regulariser(score, x, t, self.objective.sde, k_reg, self.reg, labels)
-        return self.objective.loss(net, k_loss, data, config) + penalty
+        return self.objective.batch_loss(net, k_loss, loss_batch, config, T) + penalty
+
+    def loss(self, net, key, data: TrainData, config):
+        """:meth:`batch_loss` on trajectories in memory."""
+        count, T, current = data.pool
+        return self.batch_loss(net, key, points(data, self.draw(key, count, T, current, config)), config, T)
 
     def denoise(self, net, noisy, labels, key, config):
         return self.objective.denoise(net, noisy, labels, key, config)

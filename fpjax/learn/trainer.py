@@ -40,9 +40,10 @@ from fpjax.diffusion import sampling
 from fpjax.diffusion import sde as sde_lib
 from fpjax.eval import metrics
 from fpjax.learn import optim
+from fpjax.learn import sources as sources_lib
 from fpjax.learn.checkpoints import Checkpoints, fingerprint
 from fpjax.learn.models.unet import UNet, UNetConfig
-from fpjax.learn.objectives import EmbeddedDenoising, TrainData
+from fpjax.learn.objectives import Batch, EmbeddedDenoising, TrainData
 from fpjax.solver.problem import FPConfig
 
 
@@ -75,6 +76,8 @@ class TrainConfig:
       noise_level: standard deviation of the denoising check's noise.
       sampler: the denoising check's sampler.
       checkpoint_every: evaluations between checkpoints (also at every image's end and the run's end).
+      check_images: mixed training only: the denoising check's images, evenly spaced over the set (``None``: all
+        of them; a large set needs a sample, the check denoises every one of them at each evaluation).
       objective: what is trained (:mod:`fpjax.learn.objectives`): :class:`EmbeddedDenoising` (default),
         :class:`~fpjax.learn.objectives.FPRegularised` or :class:`fpjax.learn.ddpm.DDPM`. :func:`train` binds it
         to the SDE of the trajectories (:func:`bind_sde`); the :class:`TrainResult`'s config holds the bound one.
@@ -99,6 +102,7 @@ class TrainConfig:
     noise_level: float = 0.5
     sampler: sampling.SamplerConfig = sampling.SamplerConfig(steps=50, method="ode")
     checkpoint_every: int = 10
+    check_images: int | None = None
     fuse_steps: bool | None = None
     objective: Any = None  # EmbeddedDenoising() unless given
 
@@ -106,7 +110,7 @@ class TrainConfig:
         if self.parametrization not in ("noise", "score"):
             raise ValueError(f"parametrization must be 'noise' or 'score', got {self.parametrization!r}")
         for name in ("learning_rate", "grad_clip", "batch_size", "steps_per_call", "max_steps", "max_seconds",
-                     "max_total_seconds", "noise_level", "checkpoint_every"):  # fmt: skip
+                     "max_total_seconds", "noise_level", "checkpoint_every", "check_images"):  # fmt: skip
             value = getattr(self, name)
             if value is not None and not value > 0:  # NaN too
                 raise ValueError(f"TrainConfig.{name} must be positive, got {value!r}")
@@ -186,15 +190,22 @@ DEFAULT_UNET = UNetConfig()
 # compiled steps and the evaluation
 
 
-def _one_step(graphdef, config: TrainConfig, data: TrainData, use_labels: bool):
+def _one_step(graphdef, config: TrainConfig, points, resident, T: int, use_labels: bool):
+    """One Adam step on the points of one draw: ``one_step(state, (payload, draw))``, the points ``x`` from the
+    source's ``points(resident, payload, draw)`` (:mod:`fpjax.learn.sources`)."""
     optimizer = make_optimizer(config)
 
-    def one_step(state: TrainState, _=None):
+    def one_step(state: TrainState, inputs):
+        payload, draw = inputs
         key = jax.random.fold_in(_typed(state.key), state.step)
         batch_key, dropout_key = jax.random.split(key)
+        x = points(resident, payload, draw)
+        labels = draw.index if use_labels else jnp.zeros_like(draw.index)
+        batch = Batch(x, draw.level.astype(x.dtype) / T, labels)
 
         def loss_fn(params):
-            return config.objective.loss(network(graphdef, params, use_labels, dropout_key), batch_key, data, config)
+            net = network(graphdef, params, use_labels, dropout_key)
+            return config.objective.batch_loss(net, batch_key, batch, config, T)
 
         params, opt_state, loss = optim.gradient_step(optimizer, loss_fn, state.params, state.opt_state)
         ema = params if config.ema_decay is None else optax.incremental_update(params, state.ema, 1 - config.ema_decay)
@@ -203,14 +214,35 @@ def _one_step(graphdef, config: TrainConfig, data: TrainData, use_labels: bool):
     return one_step
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "config", "num_steps", "use_labels"))
-def _scanned_steps(graphdef, state, data, config, num_steps, use_labels):
-    return jax.lax.scan(_one_step(graphdef, config, data, use_labels), state, None, length=num_steps)
+_STATIC = ("graphdef", "config", "points", "T", "use_labels")
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "config", "use_labels"))
-def _single_step(graphdef, state, data, config, use_labels):
-    return _one_step(graphdef, config, data, use_labels)(state)
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _scanned_steps(graphdef, state, resident, payload, draws, config, points, T, use_labels):
+    return jax.lax.scan(_one_step(graphdef, config, points, resident, T, use_labels), state, (payload, draws))
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _single_step(graphdef, state, resident, payload, draw, config, points, T, use_labels):
+    return _one_step(graphdef, config, points, resident, T, use_labels)(state, (payload, draw))
+
+
+@functools.partial(jax.jit, static_argnames=("num_steps", "count", "T", "config"))
+def _step_draws(key, first_step, current, num_steps: int, count: int, T: int, config: TrainConfig):
+    def draw(step):
+        batch_key, _ = jax.random.split(jax.random.fold_in(_typed(key), step))  # the step's own key split
+        return config.objective.draw(batch_key, count, T, current, config)
+
+    return jax.vmap(draw)(first_step + jnp.arange(num_steps))
+
+
+def step_draws(state: TrainState, current: int, num_steps: int, count: int, T: int, config: TrainConfig):
+    """The :class:`~fpjax.learn.objectives.Draw` of each of the next ``num_steps`` steps from ``state`` (leaves
+    ``(num_steps, M)``, NumPy): what they will read, known before they run (their keys are
+    ``fold_in(key, step)``). ``current``: the image trained, or -1 (mixed)."""
+    draws = _step_draws(state.key, state.step, jnp.asarray(current, jnp.int32), num_steps, count, T,
+                        _step_config(config))  # fmt: skip
+    return jax.tree.map(np.asarray, draws)
 
 
 def fuses_steps(config: TrainConfig) -> bool:
@@ -231,23 +263,43 @@ def _step_config(config: TrainConfig) -> TrainConfig:
     whatever the targets and budgets (the warm-ups of the experiments rely on it)."""
     return dataclasses.replace(
         config, target_ssim=0.0, max_steps=1, max_seconds=None, max_total_seconds=None, checkpoint_every=1,
-        steps_per_call=1,
+        steps_per_call=1, check_images=None,
     )  # fmt: skip
 
 
-def train_steps(graphdef, state: TrainState, data: TrainData, config: TrainConfig, num_steps: int, use_labels: bool):
+def _as_source(data):
+    """A data source (:mod:`fpjax.learn.sources`) as it is, or :class:`TrainData`'s trajectories in memory."""
+    if isinstance(data, TrainData):
+        return sources_lib.InMemory(None, data.trajectories)
+    return data
+
+
+def train_steps(graphdef, state: TrainState, data, config: TrainConfig, num_steps: int, use_labels: bool,
+                current: int | None = None, payload=None, draws=None):  # fmt: skip
     """``num_steps`` Adam steps on ``config.objective``'s loss -> (new state, ``(num_steps,)`` losses).
 
+    ``data``: a data source (:mod:`fpjax.learn.sources`) or :class:`TrainData` (trajectories in memory, its
+    ``current`` the image trained). ``current``: the image trained (-1: all; default ``data.current`` or -1).
+    ``draws`` and their ``payload``: the steps' :func:`step_draws` and ``data.fetch(draws)``, when read ahead.
     ``config.objective`` must be bound to its SDE (:func:`bind_sde`). Fused into one jitted ``lax.scan``
     (accelerators) or one jitted call per step (CPUs), as :func:`fuses_steps` decides (the same steps; XLA may
     round differently).
     """
     config = _step_config(config)
+    if current is None:
+        current = int(data.current) if isinstance(data, TrainData) else -1
+    source = _as_source(data)
+    if draws is None:
+        draws = step_draws(state, current, num_steps, source.count, source.T, config)
+        payload = source.fetch(draws)
+    static = dict(config=config, points=source.points, T=source.T, use_labels=use_labels)
     if fuses_steps(config):
-        return _scanned_steps(graphdef, state, data, config, num_steps, use_labels)
+        return _scanned_steps(graphdef, state, source.resident, payload, draws, **static)
     step_losses = []
-    for _ in range(num_steps):
-        state, loss = _single_step(graphdef, state, data, config, use_labels)
+    for s in range(num_steps):
+        at = lambda leaf, s=s: leaf[s]  # noqa: E731
+        state, loss = _single_step(graphdef, state, source.resident, jax.tree.map(at, payload),
+                                   jax.tree.map(at, draws), **static)  # fmt: skip
         step_losses.append(loss)
     return state, jnp.stack(step_losses)
 
@@ -312,9 +364,8 @@ class _Run(NamedTuple):
 
     graphdef: Any
     config: TrainConfig
-    images: jax.Array
-    trajectories: jax.Array
-    labels: jax.Array  # (N,) the images' embedding labels
+    source: Any  # the data source (fpjax.learn.sources)
+    prefetch: sources_lib.Prefetcher | None  # None: the source reads nothing (in memory)
     use_labels: bool
     check_key: jax.Array
     mode: str
@@ -342,19 +393,29 @@ def _trajectory_sde(spec, levels: int) -> sde_lib.SDE | None:
     return sde_lib.as_sde(spec, levels - 1)
 
 
+def _is_source(data) -> bool:
+    return all(hasattr(data, name) for name in ("fetch", "points", "resident", "images", "fingerprint"))
+
+
 def _check_inputs(images, trajectories, sde, unet_config: UNetConfig, mode: str):
-    """``(images, trajectories, sde)`` as arrays and an SDE, or a ``ValueError`` naming what does not fit."""
-    images = jnp.asarray(images)
-    trajectories = jnp.asarray(trajectories, images.dtype)
-    if images.ndim != 4 or trajectories.ndim != 5 or trajectories.shape[:1] + trajectories.shape[2:] != images.shape:
-        raise ValueError(
-            f"need images (N, H, W, C) and trajectories (N, T+1, H, W, C); got {images.shape}, {trajectories.shape}"
-        )
+    """``(source, sde)``: the data source of what :func:`train` was given and the SDE, or a ``ValueError`` naming
+    what does not fit."""
+    if _is_source(trajectories):
+        source = trajectories
+    else:
+        images = jnp.asarray(images)
+        trajectories = jnp.asarray(trajectories, images.dtype)
+        stacked = trajectories.shape[:1] + trajectories.shape[2:]
+        if images.ndim != 4 or trajectories.ndim != 5 or stacked != images.shape:
+            raise ValueError(
+                f"need images (N, H, W, C) and trajectories (N, T+1, H, W, C); got {images.shape}, {trajectories.shape}"
+            )
+        source = sources_lib.InMemory(images, trajectories)
     if mode not in ("image_by_image", "mixed"):
         raise ValueError(f"mode must be 'image_by_image' or 'mixed', got {mode!r}")
-    if 0 < unet_config.num_images < images.shape[0]:
-        raise ValueError(f"unet_config.num_images = {unet_config.num_images} < {images.shape[0]} images")
-    return images, trajectories, _trajectory_sde(sde, trajectories.shape[1])
+    if 0 < unet_config.num_images < source.count:
+        raise ValueError(f"unet_config.num_images = {unet_config.num_images} < {source.count} images")
+    return source, _trajectory_sde(sde, source.T + 1)
 
 
 def train(
@@ -374,8 +435,11 @@ def train(
     """Train a score U-Net on score-embedded trajectories until the denoising SSIM reaches the target.
 
     Args:
-      images: ``(N, H, W, C)`` clean images in ``[0, 1]``.
-      trajectories: ``(N, T+1, H, W, C)`` their score-embedded trajectories (:func:`fpjax.embed`).
+      images: ``(N, H, W, C)`` clean images in ``[0, 1]`` (``None`` when ``trajectories`` is a data source: it
+        has them).
+      trajectories: ``(N, T+1, H, W, C)`` their score-embedded trajectories (:func:`fpjax.embed`), held in memory;
+        or a data source (:mod:`fpjax.learn.sources`: an FP store read batch by batch, or trajectories computed
+        on the fly), from which each step reads only the points it draws.
       sde: the forward SDE the trajectories were made with: the :class:`fpjax.FPConfig` of the embedding (best),
         an :class:`~fpjax.diffusion.sde.SDE`, or its ``g`` as ``(T+1,)`` values (:func:`fpjax.diffusion_schedule`
         of the FP config, taken piecewise linear), a scalar or a function of ``t``. The objective is bound to it
@@ -384,7 +448,7 @@ def train(
       config: :class:`TrainConfig`.
       key: PRNG key (default ``jax.random.key(0)``): the weights, every step's batch and the checks' noise.
       mode: ``"image_by_image"`` (the paper's) or ``"mixed"`` (every batch from all images; the check averages
-        the SSIM over all images).
+        the SSIM over all images, or ``config.check_images`` of them).
       checkpoint_dir: orbax checkpoints go here; a run finding checkpoints of the same run resumes from the
         last one.
       precompute_seconds: the score pre-computation's wall time, for the log's time split.
@@ -393,55 +457,82 @@ def train(
     Returns:
       :class:`TrainResult`.
     """
-    images, trajectories, sde = _check_inputs(images, trajectories, sde, unet_config, mode)
+    source, sde = _check_inputs(images, trajectories, sde, unet_config, mode)
     config = bind_sde(config, sde)
     if config.objective.sde is None:
         raise ValueError(f"{config.objective} needs the SDE of the trajectories: pass their FP config as sde")
     if hasattr(config.objective, "check_weights"):  # an objective that weights by the SDE's g: finite weights
-        config.objective.check_weights(trajectories.shape[1] - 1)
-    count, use_labels = images.shape[0], unet_config.num_images > 0
+        config.objective.check_weights(source.T)
+    count, use_labels = source.count, unet_config.num_images > 0
     model_key, run_key, check_key = jax.random.split(jax.random.key(0) if key is None else _typed(key), 3)
-    graphdef, params = create_model(unet_config, images.shape[-1], images.shape[1], model_key)
-    checkpoints, state, record = _resume(checkpoint_dir, init_state(params, config, run_key), images, trajectories,
-                                         unet_config, config, mode)  # fmt: skip
-    groups = [[i] for i in range(count)] if mode == "image_by_image" else [list(range(count))]
-    labels = jnp.arange(count) if use_labels else jnp.zeros(count, jnp.int32)
-    bar = tqdm(total=len(groups), initial=record["image"], desc="training", unit="image", disable=not progress)
-    run = _Run(graphdef, config, images, trajectories, labels, use_labels, check_key, mode, checkpoints,
-               precompute_seconds, on_evaluation, bar, time.perf_counter() - record["train_seconds"])  # fmt: skip
+    graphdef, params = create_model(unet_config, source.shape[-1], source.shape[0], model_key)
+    checkpoints, state, record = _resume(checkpoint_dir, init_state(params, config, run_key), source, unet_config,
+                                         config, mode)  # fmt: skip
+    groups = count if mode == "image_by_image" else 1
+    bar = tqdm(total=groups, initial=record["image"], desc="training", unit="image", disable=not progress)
+    prefetch = None if source.resident is not None else sources_lib.Prefetcher(source)
+    run = _Run(graphdef, config, source, prefetch, use_labels, check_key, mode, checkpoints, precompute_seconds,
+               on_evaluation, bar, time.perf_counter() - record["train_seconds"])  # fmt: skip
     try:
-        for group_index in range(record["image"], len(groups)):
-            state = _train_group(run, jnp.asarray(groups[group_index]), group_index, state, record)
+        for group_index in range(record["image"], groups):
+            state = _train_group(run, group_index, state, record)
             if record.get("out_of_time"):
                 break
     finally:
         bar.close()
+        if prefetch is not None:
+            prefetch.close()
     return TrainResult(graphdef, state, record["log"], record["images"], config)
 
 
-def _resume(checkpoint_dir, state: TrainState, images, trajectories, unet_config, config, mode):
+def _resume(checkpoint_dir, state: TrainState, source, unet_config, config, mode):
     """``(checkpoints, state, progress record)``: no checkpoints and a fresh start without ``checkpoint_dir``, else
     its checkpoints and the last one's state and record (a fresh start if it has none)."""
     if checkpoint_dir is None:
         return None, state, _new_progress()
-    checkpoints = Checkpoints(checkpoint_dir, fingerprint(images, trajectories, unet_config, config, mode))
+    checkpoints = Checkpoints(checkpoint_dir, fingerprint(source, unet_config, config, mode))
     restored = checkpoints.restore(state)
     return (checkpoints, state, _new_progress()) if restored is None else (checkpoints, *restored)
 
 
-def _train_group(run: _Run, members, group_index: int, state: TrainState, record: dict) -> TrainState:
+def check_members(count: int, mode: str, group_index: int, sample: int | None) -> np.ndarray:
+    """The images the denoising check of group ``group_index`` denoises: the image itself (image by image), or
+    all ``count`` images (mixed), or ``sample`` of them evenly spaced."""
+    if mode == "image_by_image":
+        return np.array([group_index])
+    if sample is None or sample >= count:
+        return np.arange(count)
+    return np.unique(np.linspace(0, count - 1, sample).round().astype(int))
+
+
+def _call_steps(run: _Run, state: TrainState, current: int):
+    """One call's ``steps_per_call`` steps, reading their points (read ahead), and the next call's read started."""
+    config, source = run.config, run.source
+    steps = config.steps_per_call
+    draws = step_draws(state, current, steps, source.count, source.T, config)
+    if run.prefetch is None:
+        return train_steps(run.graphdef, state, source, config, steps, run.use_labels, current, None, draws)
+    first = int(state.step)
+    payload = run.prefetch.get((first, current), draws)
+    ahead = state._replace(step=state.step + steps)
+    run.prefetch.start((first + steps, current), step_draws(ahead, current, steps, source.count, source.T, config))
+    return train_steps(run.graphdef, state, source, config, steps, run.use_labels, current, payload, draws)
+
+
+def _train_group(run: _Run, group_index: int, state: TrainState, record: dict) -> TrainState:
     """Train on one image (image by image) or on all (mixed) until the target or a budget; log every evaluation."""
     config = run.config
     current = -1 if run.mode == "mixed" else group_index
-    data = TrainData(run.trajectories, run.labels, jnp.asarray(current, jnp.int32))
+    members = check_members(run.source.count, run.mode, group_index, config.check_images)
     noise_key, sampler_key = jax.random.split(jax.random.fold_in(run.check_key, group_index))
-    clean = run.images[members]
+    clean = jnp.asarray(run.source.images(members))
+    labels = jnp.asarray(members, jnp.int32) if run.use_labels else jnp.zeros(len(members), jnp.int32)
     noisy = sampling.noisy_copy(noise_key, clean, config.noise_level)
     if record["image_step"] == 0:
         record["image_started"] = record["train_seconds"]
     while True:
-        state, step_losses = train_steps(run.graphdef, state, data, config, config.steps_per_call, run.use_labels)
-        _, quality = evaluate(run.graphdef, state.ema, noisy, clean, run.labels[members], None, sampler_key, config,
+        state, step_losses = _call_steps(run, state, current)
+        _, quality = evaluate(run.graphdef, state.ema, noisy, clean, labels, None, sampler_key, config,
                               run.use_labels)  # fmt: skip
         quality = {k: float(jnp.mean(v)) for k, v in quality.items()}
         loss = float(jnp.mean(step_losses))

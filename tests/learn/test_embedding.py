@@ -7,7 +7,7 @@ import pytest
 
 import fpjax
 from fpjax.data import sample_images
-from fpjax.learn.embedding import embed, embed_field
+from fpjax.learn.embedding import embed, embed_field, embedded_batches
 
 
 def _loop_reference(channel, m, g, T, component="sum", drift_sum=0.0):
@@ -174,3 +174,18 @@ def test_embed_checks_its_images_and_refuses_a_non_finite_m_naming_the_image():
         fpjax.embed(images, bad, config)
     with pytest.raises(ValueError, match=r"image 0: .*outside \[0, 1\]"):
         fpjax.embed(images * 255, m, config)
+
+
+def test_embedded_batches_stream_a_store_and_equal_the_step_by_step_transport(tmp_path):
+    """Three images embedded two at a time from a store, each equal to the transport computed step by step."""
+    images = sample_images(32)[:3, :8, :8]
+    config = fpjax.FPConfig(T=4, scheme="spectral")
+    store = fpjax.precompute(images, config, store=tmp_path / "fp.zarr").store
+    batches = list(embedded_batches(images, store.m, config, batch_size=2))
+    assert [list(rows) for rows, _ in batches] == [[0, 1], [2]]
+    m = np.asarray(store.m[...])
+    g = np.full(config.T + 1, 0.5)
+    for rows, trajectories in batches:
+        for j, i in enumerate(rows):
+            expected = _loop_reference(images[i, ..., 0], m[i, ..., 0], g, config.T)
+            np.testing.assert_allclose(trajectories[j, ..., 0], expected, rtol=1e-5, atol=1e-5)
