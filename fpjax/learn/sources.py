@@ -222,8 +222,11 @@ class Prefetcher:
     The trainer knows the next draw before it needs it (the draws follow from the run's key and the step
     number), except when the image being trained changes: :meth:`get` returns the fetch started for the same
     ``tag`` or, if the tag differs, fetches now. A fetch's error (a damaged chunk) is raised by :meth:`get`.
-    A thread rather than a loader library: one read of at most a step's images at a time is all there is to
-    overlap, and zarr's decompression releases the GIL while XLA runs the step.
+    A thread rather than a loader library (grain): there is one read to overlap at a time, a call's draw,
+    known in advance, and zarr's decompression releases the GIL while XLA runs the step. Measured
+    (``fpjax bench scale``, N = 1,010, 32x32, T = 100): the read of a call's 80 points takes about 0.2 s
+    against 1.07 s for its 10 steps, and training from the store runs at 0.95x the in-memory speed on 2 CPU
+    cores, where the read also competes with XLA for the cores.
     """
 
     def __init__(self, source):

@@ -50,12 +50,12 @@ def _state(config):
     return graphdef, training.init_state(params, config, jax.random.key(1))
 
 
-@pytest.mark.parametrize("current", [-1, 1])
-def test_streamed_and_on_the_fly_training_equal_training_in_memory(stored, current):
+def test_streamed_and_on_the_fly_training_equal_training_in_memory(stored):
     """20 steps from each source, one seed: the same parameters to float32 rounding (the sources embed a batch,
-    in memory the whole set was embedded at once; the arithmetic per image is the same)."""
+    in memory the whole set was embedded at once; the arithmetic per image is the same). Image 2 trained with
+    replay draws every image; mixed training from the store and on the fly: tests/test_pipeline.py."""
     images, path, trajectories = stored
-    config = _config()
+    config, current = _config(replay=0.5), 2
     graphdef, state = _state(config)
     data = {
         "memory": sources.InMemory(images, trajectories),
@@ -112,8 +112,8 @@ def test_on_the_fly_needs_a_linear_scheme(stored):
         sources.OnTheFly(stored[0], FPConfig(T=T))
 
 
-# The run both the killed process and this one make: mixed training streamed from the store, a checkpoint at
-# every evaluation (every 5 steps).
+# The run both the killed process and this one make: image by image over the store's three images, streamed,
+# with an EMA; a checkpoint every second evaluation and at each image's end (every call: 5 steps, an evaluation).
 _RUN = """
 import numpy as np
 from fpjax import FPConfig
@@ -123,29 +123,32 @@ from fpjax.learn import trainer as training
 from fpjax.learn.models import UNetConfig
 
 FP = FPConfig(T=10, scheme="spectral")
-CONFIG = training.TrainConfig(batch_size=4, steps_per_call=5, max_steps=20, target_ssim=None, checkpoint_every=1,
-                              sampler=sampling.SamplerConfig(steps=8, method="ode"))
+CONFIG = training.TrainConfig(batch_size=4, steps_per_call=5, max_steps=15, target_ssim=None, checkpoint_every=2,
+                              ema_decay=0.9, sampler=sampling.SamplerConfig(steps=8, method="ode"))
 TINY = UNetConfig(channels=8, channel_mult=(1, 2), attention_resolutions=(8,), groups=4)
 
 
-def run(images, store, checkpoints, on_evaluation=None):
+def run(images, store, checkpoints, on_evaluation=None, config=CONFIG):
     source = sources.FromStore(np.load(images), store, FP)
-    return training.train(None, source, FP, unet_config=TINY, config=CONFIG, mode="mixed", progress=False,
+    return training.train(None, source, FP, unet_config=TINY, config=config, progress=False,
                           checkpoint_dir=checkpoints, on_evaluation=on_evaluation)
 """
 _KILLED = """
 import os, signal, sys
 
-def die_at_the_second(record, seen=[]):  # while the next call's read is under way on the prefetch thread
+def die_at_the_fifth(record, seen=[]):  # mid image 1, one evaluation after the last checkpoint
     seen.append(record)
-    if len(seen) == 2:
+    if len(seen) == 5:
         os.kill(os.getpid(), signal.SIGKILL)
 
-run(*sys.argv[1:4], on_evaluation=die_at_the_second)
+run(*sys.argv[1:4], on_evaluation=die_at_the_fifth)
 """
 
 
-def test_a_streamed_run_killed_mid_run_resumes_to_the_uninterrupted_parameters(stored, tmp_path):
+def test_a_streamed_run_killed_mid_run_resumes_to_the_uninterrupted_run(stored, tmp_path):
+    """SIGKILL from the run's own evaluation callback (no sleep), mid image, while the prefetch thread reads
+    the next call's rows: the resumed run retrains from the last checkpoint to the uninterrupted state (weights,
+    optimizer, EMA, step, key) and log, bit for bit. Another run refuses the checkpoints."""
     images, path, _ = stored
     np.save(tmp_path / "images.npy", images)
     arguments = [str(tmp_path / "images.npy"), str(path), str(tmp_path / "killed")]
@@ -155,7 +158,11 @@ def test_a_streamed_run_killed_mid_run_resumes_to_the_uninterrupted_parameters(s
     exec(_RUN, namespace)  # noqa: S102 - the same run, in this process
     resumed = namespace["run"](*arguments)
     full = namespace["run"](arguments[0], arguments[1], tmp_path / "uninterrupted")
-    assert int(resumed.state.step) == int(full.state.step) == 20
+    assert int(resumed.state.step) == int(full.state.step) == 45
     for a, b in zip(jax.tree.leaves(full.state), jax.tree.leaves(resumed.state), strict=True):
         np.testing.assert_array_equal(a, b)
-    assert [r["loss"] for r in resumed.log] == [r["loss"] for r in full.log]
+    keys = ("image", "step", "global_step", "loss", "ssim", "psnr", "mse")
+    assert [[r[k] for k in keys] for r in full.log] == [[r[k] for k in keys] for r in resumed.log]
+    other = namespace["CONFIG"].__class__(**{**namespace["CONFIG"].__dict__, "max_steps": 20})
+    with pytest.raises(ValueError, match="another run"):
+        namespace["run"](*arguments, config=other)

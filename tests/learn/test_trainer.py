@@ -95,53 +95,6 @@ def test_early_stopping_stops_at_the_target():
         assert record["wall_seconds"] == pytest.approx(record["train_seconds"])
 
 
-def test_resume_from_checkpoint_equals_an_uninterrupted_run(tmp_path):
-    images, trajectories, g = _data(2)
-    config = _config(max_steps=15, checkpoint_every=2, ema_decay=0.9)
-    full = training.train(
-        images, trajectories, g, unet_config=TINY, config=config, progress=False, checkpoint_dir=tmp_path / "a"
-    )
-
-    class Interrupt(Exception):
-        pass
-
-    def interrupt_at_fourth(record, seen=[]):  # noqa: B006 - a counter across calls
-        seen.append(record)
-        if len(seen) == 4:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        training.train(
-            images,
-            trajectories,
-            g,
-            unet_config=TINY,
-            config=config,
-            progress=False,
-            checkpoint_dir=tmp_path / "b",
-            on_evaluation=interrupt_at_fourth,
-        )
-    resumed = training.train(
-        images, trajectories, g, unet_config=TINY, config=config, progress=False, checkpoint_dir=tmp_path / "b"
-    )
-    assert int(resumed.state.step) == int(full.state.step) == 30
-    for a, b in zip(jax.tree.leaves(full.state), jax.tree.leaves(resumed.state), strict=True):
-        np.testing.assert_array_equal(a, b)
-    keys = ("image", "step", "global_step", "loss", "ssim", "psnr", "mse")
-    assert [[r[k] for k in keys] for r in full.log] == [[r[k] for k in keys] for r in resumed.log]
-    # A different run refuses the checkpoint rather than mixing the two.
-    with pytest.raises(ValueError, match="another run"):
-        training.train(
-            images,
-            trajectories,
-            g,
-            unet_config=TINY,
-            config=_config(max_steps=20),
-            progress=False,
-            checkpoint_dir=tmp_path / "b",
-        )
-
-
 def test_mixed_training_with_per_image_labels():
     images, trajectories, g = _data(2)
     config = UNetConfig(channels=8, channel_mult=(1, 2), attention_resolutions=(), groups=4, num_images=2)
