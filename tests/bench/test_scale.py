@@ -33,9 +33,13 @@ def test_the_table_and_the_figure_show_every_run():
     training = [dict(source=s, images=n, steps=5, peak_rss_mb=1000.0 + n / 10, steps_per_second=4.0)
                 for s in scale.SOURCES for n in (16, 1010)]  # fmt: skip
     precompute = [dict(scheme="spectral", images=16, images_per_second=90.0, mb_per_second=40.0,
-                       bytes_per_image_raw=414e3, bytes_per_image_disk=310e3)]  # fmt: skip
+                       bytes_per_image_raw=414e3, bytes_per_image_disk=310e3, seconds=0.18, solve_seconds=0.06,
+                       check_seconds=0.01)]  # fmt: skip
     result = dict(training=training, precompute=precompute, disk_write_mb_per_second=400.0)
     table = scale.markdown(result)
-    assert table.count("| on_the_fly |") == 2 and "| spectral | 16 | 90.0 | 40.0 | 0.414 | 0.310 |" in table
+    assert (
+        table.count("| on_the_fly |") == 2
+        and "| spectral | 16 | 90.0 | 40.0 | 0.414 | 0.310 | 0.1 of 0.2 | 0.01 |" in table
+    )
     lines = scale.plot_memory(result).axes[0].get_lines()
     assert [list(line.get_xdata()) for line in lines] == [[16, 1010]] * 3
