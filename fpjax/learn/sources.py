@@ -25,7 +25,7 @@ A source has ``count`` (images), ``T``, ``shape`` ``(H, W, C)``, and
 * ``fingerprint()``: what identifies the data for a checkpoint (no copy of the set is made).
 
 ``images`` given to a source is anything indexable by an integer array with a ``shape`` (a NumPy array, or a
-lazy data set of :mod:`fpjax.data`): a source reads only the images a step draws.
+lazy image set of :mod:`fpjax.data.sets`): a source reads only the images a step draws.
 """
 
 from __future__ import annotations

@@ -62,14 +62,18 @@ def test_streamed_and_on_the_fly_training_equal_training_in_memory(stored):
         "store": sources.FromStore(images, path, FP),
         "on the fly": sources.OnTheFly(images, FP),
     }
-    params = {}
+    params, losses = {}, {}
     for name, source in data.items():
-        trained, losses = training.train_steps(graphdef, state, source, config, 20, False, current)
-        assert np.all(np.isfinite(losses)) and int(trained.step) == 20
+        trained, losses[name] = training.train_steps(graphdef, state, source, config, 20, False, current)
+        assert np.all(np.isfinite(losses[name])) and int(trained.step) == 20
         params[name] = trained.params
     for name in ("store", "on the fly"):
+        np.testing.assert_allclose(losses[name], losses["memory"], rtol=1e-4, err_msg=name)
+        # Adam divides by the gradient's running scale: a weight whose gradient is rounding noise moves by up to
+        # the learning rate (1e-3) per step whatever its sign, so such weights agree to 3.5e-6 under one XLA
+        # optimisation level and 1e-6 under another (measured); a wrong draw moves every weight by ~1e-3.
         for a, b in zip(jax.tree.leaves(params["memory"]), jax.tree.leaves(params[name]), strict=True):
-            np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6, err_msg=name)
+            np.testing.assert_allclose(a, b, rtol=2e-4, atol=5e-5, err_msg=name)
 
 
 def test_on_the_fly_points_equal_the_stored_trajectories(stored):
