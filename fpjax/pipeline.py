@@ -160,7 +160,7 @@ def run(
         mode=run_config.mode,
     )
     training.save_log(result, out / "training_log.json")
-    shown = training.check_members(len(images), "mixed", 0, run_config.report_images)
+    shown = training.evenly_spaced(len(images), run_config.report_images)
     clean = jnp.asarray(images[shown])
     spent = precompute_seconds + (result.log[-1]["train_seconds"] if result.log else 0.0)
     left = None if train_config.max_total_seconds is None else train_config.max_total_seconds - spent

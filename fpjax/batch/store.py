@@ -443,20 +443,22 @@ class FPStore:
         if not pathlib.Path(path).exists() or not _readable(path, lambda: _has_metadata(path)):
             raise StoreError(f"no FP store at {path}: pre-compute into it first (fpjax precompute --store {path})")
         group = _readable(path, lambda: zarr.open_group(str(path), mode="r"))
-        version = group.attrs.get("fpjax_format", 1)
-        if version != FORMAT:
-            raise StoreMismatchError(f"the store at {path} has layout {version}, this fpjax reads {FORMAT}")
+        cls._check_layout(path, group.attrs)
         _readable(path, lambda: [group[name] for name in ARRAYS + ("digest", "done")])
         return cls(group, path)
 
     @staticmethod
-    def _check(path, attrs, metadata: dict) -> None:
+    def _check_layout(path, attrs) -> None:
         version = attrs.get("fpjax_format", 1)
         if version != FORMAT:
             raise StoreMismatchError(
                 f"the store at {path} has layout {version} (this fpjax writes {FORMAT}: chunk checksums, "
                 "image digests, a writer lock); delete it or use a new store path"
             )
+
+    @staticmethod
+    def _check(path, attrs, metadata: dict) -> None:
+        FPStore._check_layout(path, attrs)
         stored = upgrade_metadata(dict(attrs["fpjax"]))
         if stored != metadata:
             raise _mismatch(path, stored, metadata)

@@ -145,8 +145,7 @@ class FromStore:
         unique, inverse = np.unique(index, return_inverse=True)
         m = self.store.read_m(unique)  # checked: a damaged chunk raises StoreCorruptError naming the image
         self.rows_read += len(unique)
-        inverse = inverse.reshape(index.shape)
-        return np.asarray(self._images[unique], np.float32)[inverse], m[inverse]
+        return _take(self._images, index), m[inverse.reshape(index.shape)]
 
     def images(self, index) -> np.ndarray:
         return _take(self._images, index)
@@ -232,20 +231,22 @@ class Prefetcher:
     def __init__(self, source):
         self.source = source
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="fpjax-prefetch")
-        self._pending = None  # (tag, future)
+        self._pending = None  # (tag, draw, future)
 
     def start(self, tag, draw: Draw) -> None:
         """Begin fetching ``draw`` (identified by ``tag``) in the background."""
-        self._pending = (tag, self._pool.submit(self.source.fetch, jax.tree.map(np.asarray, draw)))
+        draw = jax.tree.map(np.asarray, draw)
+        self._pending = (tag, draw, self._pool.submit(self.source.fetch, draw))
 
-    def get(self, tag, draw: Draw):
-        """The payload of ``draw``: the background fetch started with ``tag``, or a fetch now."""
+    def get(self, tag, make_draw):
+        """``(draw, payload)`` for ``tag``: the background fetch started with it, or ``make_draw()`` fetched now."""
         pending, self._pending = self._pending, None
         if pending is not None and pending[0] == tag:
-            return pending[1].result()
+            return pending[1], pending[2].result()
         if pending is not None:
-            pending[1].cancel()
-        return self.source.fetch(jax.tree.map(np.asarray, draw))
+            pending[2].cancel()
+        draw = jax.tree.map(np.asarray, make_draw())
+        return draw, self.source.fetch(draw)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

@@ -495,27 +495,29 @@ def _resume(checkpoint_dir, state: TrainState, source, unet_config, config, mode
     return (checkpoints, state, _new_progress()) if restored is None else (checkpoints, *restored)
 
 
-def check_members(count: int, mode: str, group_index: int, sample: int | None) -> np.ndarray:
-    """The images the denoising check of group ``group_index`` denoises: the image itself (image by image), or
-    all ``count`` images (mixed), or ``sample`` of them evenly spaced."""
-    if mode == "image_by_image":
-        return np.array([group_index])
+def evenly_spaced(count: int, sample: int | None) -> np.ndarray:
+    """``sample`` indices evenly spaced over ``0..count-1``, the first and last included (``None``: all)."""
     if sample is None or sample >= count:
         return np.arange(count)
     return np.unique(np.linspace(0, count - 1, sample).round().astype(int))
+
+
+def check_members(count: int, mode: str, group_index: int, sample: int | None) -> np.ndarray:
+    """The images the denoising check of group ``group_index`` denoises: the image itself (image by image), or
+    all ``count`` images (mixed), or ``sample`` of them evenly spaced."""
+    return np.array([group_index]) if mode == "image_by_image" else evenly_spaced(count, sample)
 
 
 def _call_steps(run: _Run, state: TrainState, current: int):
     """One call's ``steps_per_call`` steps, reading their points (read ahead), and the next call's read started."""
     config, source = run.config, run.source
     steps = config.steps_per_call
-    draws = step_draws(state, current, steps, source.count, source.T, config)
+    draws_from = lambda state: step_draws(state, current, steps, source.count, source.T, config)  # noqa: E731
     if run.prefetch is None:
-        return train_steps(run.graphdef, state, source, config, steps, run.use_labels, current, None, draws)
+        return train_steps(run.graphdef, state, source, config, steps, run.use_labels, current, None, draws_from(state))
     first = int(state.step)
-    payload = run.prefetch.get((first, current), draws)
-    ahead = state._replace(step=state.step + steps)
-    run.prefetch.start((first + steps, current), step_draws(ahead, current, steps, source.count, source.T, config))
+    draws, payload = run.prefetch.get((first, current), lambda: draws_from(state))
+    run.prefetch.start((first + steps, current), draws_from(state._replace(step=state.step + steps)))
     return train_steps(run.graphdef, state, source, config, steps, run.use_labels, current, payload, draws)
 
 
