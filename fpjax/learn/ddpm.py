@@ -43,7 +43,7 @@ import numpy as np
 from fpjax.diffusion import pds
 from fpjax.diffusion.sde import VPSDE, perturb
 from fpjax.learn import trainer as training
-from fpjax.learn.objectives import Batch, Draw, TrainData, image_indices, points
+from fpjax.learn.objectives import Batch, Draw, TrainData, image_indices, loss_in_memory, points
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,8 +116,7 @@ class DDPM:
 
     def loss(self, net, key, data: TrainData, config: training.TrainConfig):
         """:meth:`batch_loss` on trajectories in memory."""
-        count, T, current = data.pool
-        return self.batch_loss(net, key, points(data, self.draw(key, count, T, current, config)), config, T)
+        return loss_in_memory(self, net, key, data, config)
 
     def batch_loss(self, net, key, batch: Batch, config: training.TrainConfig, T: int):
         """Ho et al.'s loss on the clean images of :meth:`draw` (the same ``key``)."""

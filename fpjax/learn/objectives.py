@@ -125,6 +125,13 @@ def points(data: TrainData, draw: Draw) -> Batch:
     return Batch(x, draw.level.astype(x.dtype) / T, data.labels[draw.index])
 
 
+def loss_in_memory(objective, net, key, data: TrainData, config):
+    """``objective.batch_loss`` on the points its ``draw`` takes for ``key`` from trajectories in memory."""
+    count, T, current = data.pool
+    draw = objective.draw(key, count, T, current, config)
+    return objective.batch_loss(net, key, points(data, draw), config, T)
+
+
 def image_indices(key, count: int, current, batch_size: int, replay: float):
     """``(batch_size,)`` image indices in ``0..count-1``: the ``current`` image, replayed earlier ones, or all
     (``current < 0``)."""
@@ -233,8 +240,7 @@ class EmbeddedDenoising:
 
     def loss(self, net, key, data: TrainData, config):
         """:meth:`batch_loss` on trajectories in memory."""
-        count, T, current = data.pool
-        return self.batch_loss(net, key, points(data, self.draw(key, count, T, current, config)), config, T)
+        return loss_in_memory(self, net, key, data, config)
 
     def fpe_draw(self, key, count: int, T: int, current, config, t=None) -> Draw:
         """The points of :meth:`fpe_inputs`: random levels, or those nearest ``(batch,)`` times ``t``."""
@@ -313,8 +319,7 @@ class FPRegularised:
 
     def loss(self, net, key, data: TrainData, config):
         """:meth:`batch_loss` on trajectories in memory."""
-        count, T, current = data.pool
-        return self.batch_loss(net, key, points(data, self.draw(key, count, T, current, config)), config, T)
+        return loss_in_memory(self, net, key, data, config)
 
     def denoise(self, net, noisy, labels, key, config):
         return self.objective.denoise(net, noisy, labels, key, config)
