@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from fpjax import files, memory, provenance
 from fpjax.batch.precompute import precompute
 from fpjax.batch.store import listed
+from fpjax.data.sets import is_image_set
 from fpjax.diffusion import sampling
 from fpjax.eval import figures, metrics
 from fpjax.learn import sources
@@ -123,7 +124,8 @@ def run(
     """Pre-compute, embed, train image by image to the target SSIM, denoise and generate; write to ``out``.
 
     Args:
-      images: ``(N, H, W, C)`` in ``[0, 1]``.
+      images: ``(N, H, W, C)`` in ``[0, 1]``: an array or an image set (:mod:`fpjax.data.sets`), which each
+        stage reads as it needs (training from the store or on the fly never holds it whole).
       out: output folder: ``fp_store.zarr``, ``checkpoint/``, ``denoising.png``,
         ``ssim_vs_time.png``, ``metrics.json``, ``training_log.json``.
       names: image names for the store and the report.
@@ -134,13 +136,14 @@ def run(
     Returns:
       the ``metrics.json`` content.
     """
-    images = np.asarray(images, np.float32)
+    images = images if is_image_set(images) else np.asarray(images, np.float32)
     fp_config = fp_config or FPConfig()
     train_config = train_config or main_job_train_config()
     run_config = run_config or RunConfig()
     unet_config = unet_config or UNetConfig()
     if run_config.per_image_labels and unet_config.num_images < len(images):
         unet_config = dataclasses.replace(unet_config, num_images=len(images))
+    names = names if names is not None else getattr(images, "names", None)
     names = list(names) if names is not None else [f"image_{i}" for i in range(len(images))]
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -229,7 +232,8 @@ def _precompute_stage(images, names, fp_config: FPConfig, out: pathlib.Path, pro
         return sources.FromStore(images, result.store, fp_config), seconds, result.stats
     start = time.perf_counter()
     m = finite_solutions(result.m[...], names, out / "fp_store.zarr")  # read back checked: checksums, digests
-    trajectories = jax.jit(lambda x, m: embed(x, m, fp_config))(jnp.asarray(images), jnp.asarray(m))
+    every = images[np.arange(len(images))] if is_image_set(images) else images  # a set small enough to hold
+    trajectories = jax.jit(lambda x, m: embed(x, m, fp_config))(jnp.asarray(every), jnp.asarray(m))
     trajectories.block_until_ready()
     return trajectories, seconds + time.perf_counter() - start, result.stats
 

@@ -237,6 +237,29 @@ def test_precompute_spectral_scheme_to_a_store_refuses_another_scheme(tmp_path, 
         main(args + ["--scheme", "density", "--debug"])
 
 
+def test_precompute_streams_a_synthetic_set_and_lists_only_the_first_images(tmp_path, capsys, monkeypatch):
+    """``--data synthetic:N`` is read a batch at a time (never whole) into the store; its m is the heat
+    equation's closed form for the synthetic images (a flipped and shifted CIFAR or sample image)."""
+    from reference import heat_log_density
+
+    from fpjax.batch.store import FPStore
+    from fpjax.data import sets
+
+    monkeypatch.setattr(cli.commands, "IMAGE_LINES", 3)
+    store = tmp_path / "synthetic.zarr"
+    argv = ["precompute", "--data", "synthetic:24", "--size", "16", "--T", "3", "--scheme", "spectral"]
+    assert main(argv + ["--store", str(store), "--batch-size", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "24/24 |" in out and out.count(" s/image ") == 3 and "after 3 images only those with unconverged" in out
+    stored = FPStore.read(store)
+    assert stored.done().all() and stored.m.shape == (24, 4, 16, 16, 1)
+    image = sets.open_dataset("synthetic:24", 16)[21]  # a CIFAR image, or (16 samples) a moved copy
+    m0 = np.asarray(fpjax.initial_log_density(image))
+    expected = heat_log_density(m0, 0.5 * 0.5**2 * np.arange(4) / 3, (1 / 16, 1 / 16), "zero")
+    got = np.asarray(stored.read_m(np.array([21])))[0, ..., 0]
+    assert np.linalg.norm(got - expected) / np.linalg.norm(expected) < 1e-5
+
+
 # ----------------------------------------------------------------------------------------------
 # Options generated from the configuration dataclasses
 

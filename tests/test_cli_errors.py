@@ -234,7 +234,7 @@ def test_a_bug_still_shows_its_traceback(monkeypatch, tmp_path):
     def broken(*args, **kwargs):
         raise KeyError("a bug")
 
-    monkeypatch.setattr(cli.commands, "load_dataset", broken)
+    monkeypatch.setattr(cli.commands, "open_dataset", broken)
     with pytest.raises(KeyError):
         main(["precompute", "--n", "1", "--out", str(tmp_path)])
 
@@ -243,7 +243,7 @@ def test_an_interruption_says_how_to_resume(monkeypatch, tmp_path, capsys):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli.commands, "load_dataset", interrupted)
+    monkeypatch.setattr(cli.commands, "open_dataset", interrupted)
     with pytest.raises(SystemExit) as exit_info:
         main(["precompute", "--n", "1", "--out", str(tmp_path)])
     assert exit_info.value.code == 130

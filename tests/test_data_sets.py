@@ -59,9 +59,43 @@ def test_the_synthetic_set_is_the_documented_augmentation():
 def test_synthetic_data_on_the_command_line_is_the_synthetic_set_of_the_cifar_subset():
     path = data.cifar_subset()
     base = data.load_cifar10(path)[0] if path is not None else data.sample_images(32)
-    images, names = sets.load_dataset("synthetic:30", n=25)
-    assert images.shape == (25,) + base.shape[1:] and names[24] == "synthetic_24"
+    image_set = sets.open_dataset("synthetic:30", n=25)
+    images = image_set[np.arange(25)]
+    assert image_set.shape == (25,) + base.shape[1:] and image_set.names[24] == "synthetic_24"
     np.testing.assert_array_equal(images[: len(base[:25])], base[:25])  # the first copy is the base itself
     np.testing.assert_array_equal(images, sets.SyntheticSet(base, 30)[np.arange(25)])
     with pytest.raises(ValueError, match="positive number of images"):
-        sets.load_dataset("synthetic:x")
+        sets.open_dataset("synthetic:x")
+
+
+def test_an_opened_dataset_reads_the_images_load_dataset_reads(tmp_path, monkeypatch):
+    """open_dataset reads nothing until indexed, then the same images and names as load_dataset (which reads
+    them all): the samples resized, a CIFAR-10 npz of one class, a folder in CelebA's layout."""
+    raw = np.random.default_rng(1).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    np.savez(tmp_path / "cifar.npz", images=raw, labels=np.array([9, 1, 9, 9, 2, 9]))
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    for i in range(3):
+        PIL.Image.fromarray(np.random.default_rng(i).integers(0, 256, (30, 20, 3), dtype=np.uint8)).save(
+            folder / f"{i:03d}.png"
+        )
+    read = []
+    original = data.read_image
+    monkeypatch.setattr(data, "read_image", lambda path: read.append(path.name) or original(path))
+    for spec, size, n in (("samples", 64, 5), (f"cifar10:{tmp_path / 'cifar.npz'}:truck", 16, None),
+                          (f"folder:{folder}", 12, 2)):  # fmt: skip
+        read.clear()
+        image_set = sets.open_dataset(spec, size, n)
+        assert read == [], spec  # opening decodes no file
+        images, names = data.load_dataset(spec, size, n)
+        assert image_set.shape == images.shape and list(image_set.names) == list(names), spec
+        np.testing.assert_allclose(image_set[np.arange(len(images))], images, atol=1e-6, err_msg=spec)
+        np.testing.assert_allclose(image_set[len(images) - 1], images[-1], atol=1e-6, err_msg=spec)
+    with pytest.raises(ValueError, match="fewer than the 9 asked for"):
+        sets.open_dataset(f"cifar10:{tmp_path / 'cifar.npz'}:truck", n=9)
+    with pytest.raises(ValueError, match="data must be"):
+        sets.open_dataset("imagenet")
+    as64 = sets.Subset(sets.open_dataset("samples"), [3, 1], dtype=np.float64)
+    assert as64[np.arange(2)].dtype == np.float64 and as64.names == [data.sample_names()[3], data.sample_names()[1]]
+    with pytest.raises(TypeError, match="read as floats"):
+        sets.Subset(raw, dtype=np.uint8)

@@ -30,9 +30,10 @@ from jax.sharding import Mesh, PartitionSpec
 from fpjax import memory
 from fpjax.batch.seeding import SEED_RULES, seed_groups
 from fpjax.batch.store import STATS, FPStore, MemoryStore, StoreDamagedError, listed
+from fpjax.data.sets import is_image_set
 from fpjax.provenance import jsonable
 from fpjax.solver import projection as krylov
-from fpjax.solver.initial import check_images, initial_log_density
+from fpjax.solver.initial import check_image, check_images, initial_log_density
 from fpjax.solver.problem import ConvergenceError, FPConfig, function_digest
 from fpjax.solver.solve import channels_last
 
@@ -129,9 +130,52 @@ def _solve_on_devices(m0s, bases, config, mode):
     return _sharded_solver(config, mode if bases is not None else "off", len(devices))(m0s, bases)
 
 
-def _difficulty(m0s):
-    """Cheap proxy for the work of a field (its gradient energy), to batch similar images together."""
+def difficulty(m0s) -> np.ndarray:
+    """``(N,)`` a cheap proxy for the work of each of ``(N, K, H, W)`` fields (its gradient energy), to batch
+    similar images together."""
     return np.asarray(jnp.sum(jnp.diff(m0s, axis=-1) ** 2, axis=(-3, -2, -1)))
+
+
+class InitialFields:
+    """The ``(N, K, H, W)`` initial log-densities of ``images``, read by image index.
+
+    For an array they are computed once, together; for an image set (:func:`fpjax.data.sets.is_image_set`)
+    each read computes the fields of the images it names, so that nothing holds the set. Opening a set reads
+    it once, :data:`CHUNK` images at a time, to check every image (naming it) and to measure each one's
+    :func:`difficulty` before any solve.
+    """
+
+    CHUNK = 256
+
+    def __init__(self, images, density: str, per_channel):
+        self.images, self.density, self.per_channel = images, density, per_channel
+        self.lazy = is_image_set(images)
+        if self.lazy:
+            chunks = [np.arange(s, min(s + self.CHUNK, len(images))) for s in range(0, len(images), self.CHUNK)]
+            self.difficulty = np.concatenate([difficulty(self._checked(rows)) for rows in chunks])
+            first = self._fields(images[np.arange(1)])
+        else:
+            self._all = self._fields(jnp.asarray(images))
+            self.difficulty, first = difficulty(self._all), self._all
+        self.shape, self.dtype = (len(images),) + tuple(first.shape[1:]), first.dtype
+
+    def _fields(self, images):
+        fields = _initial_fields(jnp.asarray(images), self.density, self.per_channel)
+        return fields[:, None] if fields.ndim == 3 else fields  # (B, K, H, W)
+
+    def _checked(self, rows):
+        images = np.asarray(self.images[rows])
+        names = getattr(self.images, "names", None)
+        for row, image in zip(rows, images, strict=True):
+            try:
+                check_image(image)
+            except ValueError as error:
+                raise ValueError(f"image {names[row] if names else row}: {error}") from None
+        return self._fields(images)
+
+    def __getitem__(self, rows):
+        """``(len(rows), K, H, W)`` fields of the images ``rows`` (an integer array), on the device."""
+        return self._fields(self.images[np.asarray(rows)]) if self.lazy else self._all[rows]
 
 
 def precompute(
@@ -185,15 +229,14 @@ def precompute(
     _check_settings(config, projection, on_failure, seeds, several_without_store=process[1] > 1 and store is None)
     images, ids = _checked_inputs(images, ids, config, (dim, cycle, batch_size), store is None, per_channel)
     start = time.perf_counter()
-    m0s = _initial_fields(jnp.asarray(images), density, per_channel)
-    m0s = m0s[:, None] if m0s.ndim == 3 else m0s  # (N, K, H, W)
+    m0s = InitialFields(images, density, per_channel)
     settings = dict(density=density, per_channel=per_channel, projection=projection, dim=dim, cycle=cycle)
     with _open_sink(store, config, m0s, ids, dict(settings, batch_size=batch_size), process) as sink:
         done, damaged = _verified_done(sink, ids, repair)
         skipped = int(done.sum())
         groups = seed_groups(images, projection, cycle, seeds)
         batch_size = -(-batch_size // len(jax.local_devices())) * len(jax.local_devices())
-        plans = plan_batches(m0s, groups, projection=projection, batch_size=batch_size, process=process)
+        plans = plan_batches(m0s.difficulty, groups, projection=projection, batch_size=batch_size, process=process)
         sink.forget(sorted(set(damaged) & _owned(plans)))  # cleared first: a repair cut short is redone next time
         solve = functools.partial(_solve_plan, m0s=m0s, sink=sink, done=done, config=config, projection=projection,
                                   dim=dim, batch_size=batch_size, progress=progress, on_batch=on_batch)  # fmt: skip
@@ -291,9 +334,9 @@ def _checked_inputs(images, ids, config: FPConfig, counts, in_memory: bool, per_
     (:func:`_checked_ids`), and room for them (:func:`check_memory`)."""
     dim, cycle, batch_size = counts
     _check_counts(dim=dim, cycle=cycle, batch_size=batch_size)
-    images = _checked_images(images)
+    images = images if is_image_set(images) else _checked_images(images)  # a set's images: as they are read
     check_memory(images.shape, config, batch_size=batch_size, in_memory=in_memory, per_channel=per_channel,
-                 dtype=images.dtype)  # fmt: skip
+                 dtype=getattr(images, "dtype", np.float32))  # fmt: skip
     return images, _checked_ids(ids, len(images))
 
 
@@ -357,7 +400,7 @@ class GroupPlan:
     batches: tuple
 
 
-def plan_batches(m0s, groups, *, projection: str, batch_size: int, process=(0, 1)) -> list[GroupPlan]:
+def plan_batches(work, groups, *, projection: str, batch_size: int, process=(0, 1)) -> list[GroupPlan]:
     """Split seed groups into batches of similar images and keep this process's share.
 
     Batches are numbered across all groups; process ``index`` of ``count``
@@ -366,7 +409,8 @@ def plan_batches(m0s, groups, *, projection: str, batch_size: int, process=(0, 1
     process are left out.
 
     Args:
-      m0s: ``(N, K, H, W)`` initial log-densities (their gradient energy orders the batches).
+      work: ``(N,)`` each image's expected work (:func:`difficulty` of its initial fields), which orders the
+        batches.
       groups: index arrays from :func:`fpjax.batch.seeding.seed_groups` (first index: the seed).
       projection: a mode of :data:`fpjax.solver.projection.MODES`; ``"off"`` has no seeds.
       batch_size: images per batch.
@@ -377,7 +421,7 @@ def plan_batches(m0s, groups, *, projection: str, batch_size: int, process=(0, 1
     for number, members in enumerate(groups):
         seed, members = (int(members[0]), members[1:]) if projection != "off" else (None, members)
         if len(members):  # similar images share a batch, so vmap's slowest member stays near the mean
-            members = members[np.argsort(_difficulty(m0s[members]), kind="stable")]
+            members = members[np.argsort(np.asarray(work)[members], kind="stable")]
         batches = [members[s : s + batch_size] for s in range(0, len(members), batch_size)]
         owned = tuple(b for j, b in enumerate(batches) if (first_batch + j) % count == index)
         first_batch += len(batches)
@@ -395,7 +439,7 @@ def _solve_plan(plan, *, m0s, sink, done, config, projection, dim, batch_size, p
     def dispatch(batch):  # returns at once: the devices work while the previous batch is written
         padded = np.concatenate([batch, np.repeat(batch[-1:], batch_size - len(batch))])
         tick = time.perf_counter()
-        return batch, _solve_on_devices(jnp.asarray(m0s[padded]), bases, config, projection), tick
+        return batch, _solve_on_devices(m0s[padded], bases, config, projection), tick
 
     seconds, in_flight = [], None
     for batch in pending + [None]:
@@ -420,7 +464,7 @@ def _seed_bases(plan, pending, m0s, sink, done, config, dim, on_batch):
         m_seed = jnp.asarray(sink.m[plan.seed])  # (T+1, H, W, K), as written
     elif pending or plan.writes_seed:
         tick = time.perf_counter()
-        sol = _solve_batch(m0s[plan.seed][None], None, config, "off")
+        sol = _solve_batch(m0s[np.array([plan.seed])], None, config, "off")
         if plan.writes_seed:
             _write(sink, done, np.array([plan.seed]), jax.tree_util.tree_map(np.asarray, sol), on_batch, tick)
         m_seed = sol.m[0]

@@ -57,7 +57,7 @@ def seed_groups(images, projection: str, cycle: int, seeds: str = "cycle"):
     """Index arrays, one per group; with a projection, each group's first index is its seed.
 
     Args:
-      images: ``(N, H, W, C)``.
+      images: ``(N, H, W, C)``, an array or an image set.
       projection: ``"off"`` gives one group of all images (no seeds).
       cycle: images per group (``"cycle"``), or ``ceil(N / cycle)`` clusters (``"cluster"``).
       seeds: one of :data:`SEED_RULES`.
@@ -69,7 +69,8 @@ def seed_groups(images, projection: str, cycle: int, seeds: str = "cycle"):
         return [np.arange(s, min(s + cycle, n)) for s in range(0, n, cycle)]
     if seeds != "cluster":
         raise ValueError(f"seeds must be one of {SEED_RULES}, got {seeds!r}")
-    points = thumbnails(np.asarray(images))
+    # a few hundred images at a time: an image set (fpjax.data.sets) is read, never held whole
+    points = np.concatenate([thumbnails(np.asarray(images[s : s + 256])) for s in range(0, n, 256)])
     labels, centres = kmeans(points, max(1, -(-n // cycle)))
     groups = []
     for j in range(len(centres)):

@@ -33,8 +33,8 @@ from fpjax.cli.options import (
     kwargs_from_args,
     positive_int,
 )
-from fpjax.data import image_paths, image_shape, load_image_folder
-from fpjax.data.sets import load_dataset
+from fpjax.data import image_paths, image_shape
+from fpjax.data.sets import FolderSet, Subset, open_dataset
 from fpjax.eval.figures import plot_convergence, plot_solutions
 from fpjax.experiments import command as experiment_command
 from fpjax.learn.models.unet import UNetConfig
@@ -72,18 +72,21 @@ def output_folder(path) -> pathlib.Path:
 
 
 def _load_images(args, config: FPConfig, in_memory: bool):
-    """The images the options name; a folder's are measured from their headers first (``config``: the solve's,
-    ``in_memory``: whether every trajectory is held in memory, no store)."""
+    """The image set the options name and its names, opened without reading the images (each stage reads what
+    it needs: :mod:`fpjax.data.sets`); a folder's sizes are checked from their headers first (``config``: the
+    solve's, ``in_memory``: whether every trajectory is held in memory, no store)."""
     if args.images is not None and args.data is not None:
         raise ConfigError(f"--images {args.images} and --data {args.data} both name the images: give one")
     if args.images is not None:
         if args.size is None:  # before decoding: a large image is refused with the fix (--size), not loaded
             _check_image_sizes(args, config, in_memory)
-        images, names = load_image_folder(args.images, args.size)
+        images = FolderSet(args.images, args.size)
         if args.n is not None and args.n > len(images):
             raise ValueError(f"{args.images} has {len(images)} images, fewer than --n {args.n}")
-        return images[: args.n], names[: args.n]
-    return load_dataset(args.data or "samples", args.size, args.n)
+        images = images if args.n is None else Subset(images, np.arange(args.n))
+    else:
+        images = open_dataset(args.data or "samples", args.size, args.n)
+    return images, list(images.names)
 
 
 def _check_image_sizes(args, config: FPConfig, in_memory: bool) -> None:
@@ -114,7 +117,7 @@ def precompute_command(args) -> int:
     elif pathlib.Path(args.store).is_file():
         raise FileExistsError(errno.EEXIST, "--store is a file, not a zarr store folder", args.store)
     images, names = _load_images(args, config, in_memory=args.store is None)
-    images = images.astype(args.dtype)
+    images = Subset(images, dtype=args.dtype)
     target = args.store or pathlib.Path(args.out) / "fp_solutions.npz"
     print(
         f"fpjax precompute: {len(images)} images {images.shape[1]}x{images.shape[2]} -> {target}, {config}", flush=True
@@ -127,7 +130,7 @@ def precompute_command(args) -> int:
             ids=names,
             per_channel=True if args.per_channel else None,
             progress=lambda done, total: bar.update(done - bar.n),
-            on_batch=functools.partial(_print_images, bar, names),
+            on_batch=functools.partial(_print_images, bar, names, []),
             **kwargs_from_args(PRECOMPUTE_OPTIONS, args),
         )
     _print_summary(result, len(images))
@@ -136,11 +139,23 @@ def precompute_command(args) -> int:
     return 0
 
 
-def _print_images(bar, names, indices, stats, seconds) -> None:
-    """One line of solver statistics per image of a finished batch (:func:`fpjax.precompute`'s ``on_batch``)."""
+IMAGE_LINES = 32
+"""``fpjax precompute`` prints a line of statistics for each of the first this many images, then only for images
+with unconverged steps (a set of 20,000 would otherwise print 20,000 lines); the summary covers them all."""
+
+
+def _print_images(bar, names, printed: list, indices, stats, seconds) -> None:
+    """One line of solver statistics per image of a finished batch (:func:`fpjax.precompute`'s ``on_batch``), up
+    to :data:`IMAGE_LINES` (``printed``: the images printed so far) and for every image that did not converge."""
     for row, index in enumerate(indices):
         outer, linear = stats["outer_iterations"][row], stats["linear_iterations"][row]
         converged = stats["converged"][row]
+        if len(printed) >= IMAGE_LINES and converged.all():
+            if len(printed) == IMAGE_LINES:  # said once, at the first image left out
+                bar.write(f"(after {IMAGE_LINES} images only those with unconverged steps are listed; see the summary)")
+                printed.append(None)
+            continue
+        printed.append(index)
         linear_text = f"{linear.mean() / max(outer.mean(), 1):5.1f}" if linear.min() >= 0 else "  n/a"
         bar.write(
             f"{names[index]:32s} {seconds / len(indices):7.2f} s/image  outer/step {outer.mean():5.2f} "

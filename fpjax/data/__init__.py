@@ -119,7 +119,7 @@ def load_image_folder(folder, size: int | None = None) -> tuple[np.ndarray, list
       FileNotFoundError, NotADirectoryError, ValueError: naming the folder or the file at fault
       (:func:`image_paths`, :func:`read_image`), or the differing shapes.
     """
-    _check_size(size)
+    check_size(size)
     paths = image_paths(folder)
     images = []
     for path in paths:
@@ -225,8 +225,9 @@ def _read_cifar_batches(folder: pathlib.Path, split: str) -> tuple[np.ndarray, n
     return np.concatenate(images), np.concatenate(labels)
 
 
-def load_cifar10(path, class_name=None, split: str = "test") -> tuple[np.ndarray, np.ndarray]:
-    """CIFAR-10 as NHWC float32 in ``[0, 1]`` and labels, optionally one class (the papers' trucks).
+def load_cifar10(path, class_name=None, split: str = "test", raw: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """CIFAR-10 as NHWC float32 in ``[0, 1]`` (``raw``: the file's uint8 in ``0..255``, a quarter of the memory)
+    and labels, optionally one class (the papers' trucks).
 
     ``path`` is the extracted ``cifar-10-batches-py`` folder of the python
     pickle release (``split`` = ``"test"`` reads ``test_batch``, ``"train"``
@@ -251,7 +252,15 @@ def load_cifar10(path, class_name=None, split: str = "test") -> tuple[np.ndarray
         if not keep.any():
             raise ValueError(f"{path} holds no image of class {CIFAR10_CLASSES[index]} ({index}): choose another")
         images, labels = images[keep], labels[keep]
-    return images.astype(np.float32) / 255.0, labels
+    return (images if raw else images.astype(np.float32) / 255.0), labels
+
+
+def centre_square(image: np.ndarray) -> np.ndarray:
+    """The largest centred square of an ``(H, W, C)`` image (CelebA's ``img_align_celeba`` is 178x218)."""
+    h, w, _ = image.shape
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    return image[top : top + side, left : left + side]
 
 
 def load_celeba_folder(folder, size: int = 64, n: int | None = None) -> tuple[np.ndarray, list[str]]:
@@ -262,23 +271,19 @@ def load_celeba_folder(folder, size: int = 64, n: int | None = None) -> tuple[np
     Raises:
       FileNotFoundError, NotADirectoryError, ValueError: as :func:`load_image_folder`.
     """
-    _check_size(size)
-    _check_count(n)
+    check_size(size)
+    check_count(n)
     paths = image_paths(folder)
     paths = paths[:n] if n is not None else paths
     images = []
     for path in paths:
-        image = read_image(path)
-        h, w, _ = image.shape
-        side = min(h, w)
-        top, left = (h - side) // 2, (w - side) // 2
-        images.append(resize(image[top : top + side, left : left + side], size))
+        images.append(resize(centre_square(read_image(path)), size))
     return np.stack(images), [p.name for p in paths]
 
 
 def load_dataset(spec: str, size: int | None = None, n: int | None = None) -> tuple[np.ndarray, list[str]]:
     """``"samples"``, ``"cifar10:PATH[:CLASS]"`` or ``"folder:PATH"`` -> (NHWC float32 images, ids)
-    (``"synthetic:N"``: :func:`fpjax.data.sets.load_dataset`).
+    (:func:`fpjax.data.sets.open_dataset` opens the same without reading them, and ``"synthetic:N"``).
 
     ``n``: only the first ``n`` images (a positive count, at most the number there is; ``None``: all).
 
@@ -287,8 +292,8 @@ def load_dataset(spec: str, size: int | None = None, n: int | None = None) -> tu
         no image selected;
       FileNotFoundError: the path does not exist (and the loaders' errors, which name the file).
     """
-    _check_size(size)
-    _check_count(n)
+    check_size(size)
+    check_count(n)
     kind, _, rest = spec.partition(":")
     if kind == "samples":
         images, ids = sample_images(size or 32), list(sample_names())
@@ -311,12 +316,12 @@ def load_dataset(spec: str, size: int | None = None, n: int | None = None) -> tu
     return images[:n], list(ids)[:n]
 
 
-def _check_size(size) -> None:
+def check_size(size) -> None:
     if size is not None and (isinstance(size, bool) or not isinstance(size, int | np.integer) or size <= 0):
         raise ValueError(f"size must be a positive number of pixels, got {size!r}")
 
 
-def _check_count(n) -> None:
+def check_count(n) -> None:
     if n is not None and (isinstance(n, bool) or not isinstance(n, int | np.integer) or n <= 0):
         raise ValueError(f"n must be a positive number of images (None: all), got {n!r}")
 

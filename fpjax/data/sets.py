@@ -9,6 +9,10 @@ array (or an int, or a slice) that returns float32 images in ``[0, 1]``: what th
   headers when the set is opened).
 * :class:`SyntheticSet`: a set of any size from a small one by a documented, deterministic augmentation (for
   benchmarks at scale: 20,000 images from the 1,010 of the CIFAR-10 subset).
+* :class:`Subset`: some rows of a set (the first ``n``), or a set read in another float dtype.
+
+:func:`open_dataset` opens what ``--data`` names as one of these, reading nothing but headers (a folder) or the
+compact file (CIFAR-10's uint8); :func:`is_image_set` tells a set from an array.
 """
 
 from __future__ import annotations
@@ -37,14 +41,29 @@ def _as_float(images: np.ndarray) -> np.ndarray:
     return images.astype(np.float32, copy=False)
 
 
-class ArraySet:
-    """An ``(N, H, W, C)`` array (uint8 in ``0..255`` or floats in ``[0, 1]``) as an image set."""
+def is_image_set(images) -> bool:
+    """Whether ``images`` is an image set (read by indexing, never whole) rather than an array."""
+    return hasattr(images, "names") and hasattr(images, "shape") and not hasattr(images, "__array__")
 
-    def __init__(self, images, names=None):
+
+def _resized(images: np.ndarray, size: int | None) -> np.ndarray:
+    if size is None or images.shape[1:3] == (size, size):
+        return images
+    return np.stack([data_lib.resize(image, size) for image in images]) if len(images) else images
+
+
+class ArraySet:
+    """An ``(N, H, W, C)`` array (uint8 in ``0..255`` or floats in ``[0, 1]``) as an image set; ``size``: each
+    image resized to ``size x size`` as it is read."""
+
+    def __init__(self, images, names=None, size: int | None = None):
         self.images = np.asarray(images)
         if self.images.ndim != 4:
             raise ValueError(f"an image set is (N, H, W, C), got shape {self.images.shape}")
-        self.shape = self.images.shape
+        data_lib.check_size(size)
+        self.size = size
+        height, width = (size, size) if size is not None else self.images.shape[1:3]
+        self.shape = (len(self.images), height, width, self.images.shape[3])
         self.names = list(names) if names is not None else [f"image_{i}" for i in range(len(self.images))]
 
     def __len__(self) -> int:
@@ -52,23 +71,27 @@ class ArraySet:
 
     def __getitem__(self, index) -> np.ndarray:
         rows, scalar = _rows(index, len(self))
-        out = _as_float(self.images[rows])
+        out = _resized(_as_float(self.images[rows]), self.size)
         return out[0] if scalar else out
 
 
 class FolderSet:
     """The PNG/JPEG files of ``folder`` (sorted by name), decoded as they are read; ``size``: resized to
-    ``size x size`` as read (otherwise every file must have the first one's shape, checked from the headers).
+    ``size x size`` as read (otherwise every file must have the first one's shape, checked from the headers);
+    ``crop``: each image's centred square first (:func:`fpjax.data.centre_square`, CelebA's layout).
 
     Raises:
       FileNotFoundError, NotADirectoryError, ValueError: as :func:`fpjax.data.image_paths`; or naming a file whose
       shape differs.
     """
 
-    def __init__(self, folder, size: int | None = None):
+    def __init__(self, folder, size: int | None = None, crop: bool = False):
         self.paths = data_lib.image_paths(folder)
         self.names = [p.name for p in self.paths]
-        self.size = size
+        data_lib.check_size(size)
+        self.size, self.crop = size, crop
+        if size is None and crop:
+            raise ValueError("a cropped folder set needs a size: the squares of differently shaped files differ")
         if size is None:
             first = data_lib.read_image(self.paths[0]).shape
             for path in self.paths[1:]:
@@ -88,6 +111,7 @@ class FolderSet:
 
     def _read(self, row: int) -> np.ndarray:
         image = data_lib.read_image(self.paths[row])
+        image = data_lib.centre_square(image) if self.crop else image
         if self.size is not None:
             image = data_lib.resize(image, self.size)
         if image.shape != self.shape[1:]:
@@ -137,23 +161,74 @@ class SyntheticSet:
         return out[0] if scalar else out
 
 
-def synthetic_images(count: int, size: int | None = None) -> tuple[np.ndarray, list[str]]:
-    """``count`` float32 images grown from the CIFAR-10 subset (:func:`fpjax.data.cifar_subset`; the embedded
-    samples where it is absent) by :class:`SyntheticSet`, resized to ``size``, and their names."""
+class Subset:
+    """Rows ``rows`` of the image set (or array) ``base`` (default all), read as ``dtype`` (a float dtype:
+    float64 for a float64 solve)."""
+
+    def __init__(self, base, rows=None, dtype=np.float32):
+        self.base = base
+        self.rows = np.arange(len(base)) if rows is None else _rows(rows, len(base))[0]
+        self.dtype = np.dtype(dtype)
+        if self.dtype.kind != "f":
+            raise TypeError(f"an image set is read as floats in [0, 1], not {self.dtype}")
+        names = getattr(base, "names", None) or [f"image_{i}" for i in range(len(base))]
+        self.names = [names[i] for i in self.rows]
+        self.shape = (len(self.rows),) + tuple(base.shape[1:])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index) -> np.ndarray:
+        rows, scalar = _rows(index, len(self))
+        out = np.asarray(self.base[self.rows[rows]], dtype=self.dtype)
+        return out[0] if scalar else out
+
+
+def _cifar_subset_or_samples():
+    """The uint8 CIFAR-10 subset (:func:`fpjax.data.cifar_subset`), or the embedded samples where it is absent."""
     path = data_lib.cifar_subset()
-    base = data_lib.load_cifar10(path)[0] if path is not None else data_lib.sample_images(32)
-    images = SyntheticSet(base, count)[np.arange(count)]
-    if size not in (None, images.shape[1]):
-        images = np.stack([data_lib.resize(im, size) for im in images])
-    return images, [f"synthetic_{i}" for i in range(count)]
+    return data_lib.load_cifar10(path, raw=True)[0] if path is not None else data_lib.sample_images(32)
 
 
-def load_dataset(spec: str, size: int | None = None, n: int | None = None) -> tuple[np.ndarray, list[str]]:
-    """:func:`fpjax.data.load_dataset`, and ``"synthetic:N"``: :func:`synthetic_images` (``n``: the first ``n``)."""
+def open_dataset(spec: str, size: int | None = None, n: int | None = None):
+    """The image set ``spec`` names, opened without reading its images (a folder: their headers; CIFAR-10: its
+    uint8 arrays, a quarter of float32):
+
+    * ``"samples"``: the embedded sample images (at ``size``: 32, 64 or 128);
+    * ``"cifar10:PATH[:CLASS]"``: an ``.npz`` or the python release's ``cifar-10-batches-py`` folder
+      (:func:`fpjax.data.load_cifar10`; ``cifar10_I`` names, ``I`` its index in the file or the class);
+    * ``"folder:PATH"``: PNG/JPEG files, centre-cropped to squares and resized to ``size`` (default 64) as read;
+    * ``"synthetic:N"``: :class:`SyntheticSet` of ``N`` images grown from the CIFAR-10 subset (the embedded
+      samples where it is absent).
+
+    ``size`` resizes every image as it is read; ``n``: the first ``n`` images. The images are the same as
+    :func:`fpjax.data.load_dataset`'s (which reads them all).
+
+    Raises:
+      ValueError: as :func:`fpjax.data.load_dataset` (an unknown ``spec``, ``n`` or ``size`` not positive, more
+        images asked for than there are); FileNotFoundError: the path does not exist.
+    """
+    data_lib.check_size(size)
+    data_lib.check_count(n)
     kind, _, rest = spec.partition(":")
-    if kind != "synthetic":
-        return data_lib.load_dataset(spec, size, n)
-    if not (rest.isdigit() and int(rest) > 0):
-        raise ValueError(f"synthetic data is synthetic:N with N a positive number of images, got {spec!r}")
-    images, names = synthetic_images(int(rest), size)
-    return images[:n], names[:n]
+    if kind == "samples":
+        image_set = ArraySet(data_lib.sample_images(size or 32), data_lib.sample_names())
+    elif kind == "cifar10" and rest:
+        path, _, class_name = rest.partition(":")
+        raw = data_lib.load_cifar10(path, class_name or None, raw=True)[0]
+        image_set = ArraySet(raw, [f"cifar10_{i}" for i in range(len(raw))], size)
+    elif kind == "folder" and rest:
+        image_set = FolderSet(rest, size or 64, crop=True)
+    elif kind == "synthetic":
+        if not (rest.isdigit() and int(rest) > 0):
+            raise ValueError(f"synthetic data is synthetic:N with N a positive number of images, got {spec!r}")
+        image_set = SyntheticSet(ArraySet(_cifar_subset_or_samples(), size=size), int(rest))  # resized, then moved
+    else:
+        raise ValueError(f"data must be samples, cifar10:PATH[:CLASS], folder:PATH or synthetic:N, got {spec!r}")
+    if len(image_set) == 0:
+        raise ValueError(f"{spec} selects no image")
+    if n is not None and n > len(image_set):
+        raise ValueError(
+            f"{spec} has {len(image_set)} images, fewer than the {n} asked for: ask for {len(image_set)} or fewer"
+        )
+    return image_set if n is None or n == len(image_set) else Subset(image_set, np.arange(n))

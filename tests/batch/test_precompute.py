@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 import fpjax
-from fpjax.batch.precompute import plan_batches, precompute
+from fpjax.batch.precompute import InitialFields, difficulty, plan_batches, precompute
 from fpjax.batch.seeding import seed_groups
 from fpjax.batch.store import STATS, FPStore, MemoryStore, StoreMismatchError
-from fpjax.data import sample_images
+from fpjax.data import sample_images, sets
 
 CONFIG = fpjax.FPConfig(T=6)
 
@@ -200,6 +200,39 @@ def test_bad_images_are_named_with_their_index():
         precompute(images[:2], CONFIG, projection="magic")
 
 
+class _CountingSet(sets.ArraySet):
+    """An image set that records how many images each read asks for."""
+
+    def __init__(self, images):
+        super().__init__(images)
+        self.reads = []
+
+    def __getitem__(self, index):
+        out = super().__getitem__(index)
+        self.reads.append(len(out) if np.ndim(out) == 4 else 1)
+        return out
+
+
+def test_an_image_set_is_solved_a_batch_at_a_time_into_the_same_store(tmp_path, monkeypatch):
+    """A lazy set is read in batches and chunks (never whole) and gives the array's solutions, with the same
+    projection seeds; a bad image is named before anything is solved."""
+    monkeypatch.setattr(InitialFields, "CHUNK", 3)
+    images = _images(7)
+    image_set = _CountingSet(images)
+    kwargs = dict(batch_size=2, projection="initial_guess", cycle=4, dim=4)
+    lazy = precompute(image_set, CONFIG, store=tmp_path / "lazy.zarr", **kwargs)
+    whole = precompute(images, CONFIG, **kwargs)
+    assert max(image_set.reads) <= 3 and sum(image_set.reads) < 3 * len(images)  # checked once, solved once
+    np.testing.assert_allclose(np.asarray(lazy.m[...]), whole.m[..., :1], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(lazy.seeds, whole.seeds)
+    bad = images.copy()
+    bad[5, 1, 1, 0] = np.inf
+    named = sets.ArraySet(bad, names=[f"cat_{i}.png" for i in range(7)])
+    with pytest.raises(ValueError, match="image cat_5.png: image has"):
+        precompute(named, CONFIG, store=tmp_path / "bad.zarr")
+    assert not (tmp_path / "bad.zarr").exists()  # refused before the store was created
+
+
 def test_precompute_accepts_jax_arrays(tmp_path):
     result = precompute(jnp.asarray(_images(2)), CONFIG)
     assert isinstance(result.m, np.ndarray)
@@ -255,14 +288,14 @@ def test_cluster_seeds_group_similar_images():
 
 
 def test_plan_gives_every_batch_and_seed_to_exactly_one_process():
-    m0s = jnp.asarray(np.random.default_rng(0).normal(size=(11, 1, 4, 4)))
+    work = difficulty(jnp.asarray(np.random.default_rng(0).normal(size=(11, 1, 4, 4))))
     groups = seed_groups(np.zeros((11, 4, 4, 1)), "initial_guess", cycle=5)
-    plans = [plan_batches(m0s, groups, projection="initial_guess", batch_size=2, process=(p, 2)) for p in (0, 1)]
+    plans = [plan_batches(work, groups, projection="initial_guess", batch_size=2, process=(p, 2)) for p in (0, 1)]
     batches = [b.tolist() for share in plans for plan in share for b in plan.batches]
     seeds = [plan.seed for share in plans for plan in share if plan.writes_seed]
     assert sorted(seeds) == [0, 5, 10] and sorted(i for b in batches for i in b) == [1, 2, 3, 4, 6, 7, 8, 9]
     assert all(len(b) <= 2 for b in batches) and all(plans)  # both processes have work
-    (alone,) = [plan_batches(m0s, [np.arange(11)], projection="off", batch_size=4)]
+    (alone,) = [plan_batches(work, [np.arange(11)], projection="off", batch_size=4)]
     assert alone[0].seed is None and [len(b) for b in alone[0].batches] == [4, 4, 3]
 
 
