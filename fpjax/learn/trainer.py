@@ -469,7 +469,11 @@ def train(
     checkpoints, state, record = _resume(checkpoint_dir, init_state(params, config, run_key), source, unet_config,
                                          config, mode)  # fmt: skip
     groups = count if mode == "image_by_image" else 1
-    bar = tqdm(total=groups, initial=record["image"], desc="training", unit="image", disable=not progress)
+    if mode == "mixed":  # one group: the bar counts its steps, so that it shows an ETA
+        bar = tqdm(total=config.max_steps, initial=record["image_step"], desc="training", unit="step",
+                   disable=not progress)  # fmt: skip
+    else:
+        bar = tqdm(total=groups, initial=record["image"], desc="training", unit="image", disable=not progress)
     prefetch = None if source.resident is not None else sources_lib.Prefetcher(source)
     run = _Run(graphdef, config, source, prefetch, use_labels, check_key, mode, checkpoints, precompute_seconds,
                on_evaluation, bar, time.perf_counter() - record["train_seconds"])  # fmt: skip
@@ -547,10 +551,12 @@ def _train_group(run: _Run, group_index: int, state: TrainState, record: dict) -
         if run.checkpoints is not None and (finished or record["evaluations"] % config.checkpoint_every == 0):
             run.checkpoints.save(record["evaluations"], state, record)
         run.bar.set_postfix(image=group_index, step=entry["step"], ssim=f"{quality['ssim']:.3f}", loss=f"{loss:.3g}")
+        if run.mode == "mixed":
+            run.bar.update(max(min(entry["step"], run.bar.total) - run.bar.n, 0))
         if run.on_evaluation is not None:
             run.on_evaluation(entry)
         if finished:
-            run.bar.update(1)
+            run.bar.update(1 if run.mode != "mixed" else 0)
             return state
 
 
