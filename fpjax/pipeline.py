@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from fpjax import files, memory, provenance
+from fpjax import devices, files, memory, provenance
 from fpjax.batch.precompute import precompute
 from fpjax.batch.store import listed
 from fpjax.data.sets import is_image_set
@@ -262,6 +262,7 @@ def _denoise_stage(result: training.TrainResult, clean, index, key, progress: bo
     deadline = None if seconds is None else time.perf_counter() + seconds
     labels = jnp.asarray(index, jnp.int32) if result.uses_labels else jnp.zeros(count, jnp.int32)
     noise_key, sampler_key = jax.random.split(key)
+    mesh = devices.data_mesh()
     parts = []
     for start in tqdm(range(0, count, REPORT_BATCH), desc="denoising report", unit="batch",
                       disable=not progress or count <= REPORT_BATCH):  # fmt: skip
@@ -270,8 +271,10 @@ def _denoise_stage(result: training.TrainResult, clean, index, key, progress: bo
         part = slice(start, start + REPORT_BATCH)
         keys = (noise_key, sampler_key) if start == 0 else jax.random.split(jax.random.fold_in(key, start))
         noisy = sampling.noisy_copy(keys[0], clean[part], result.config.noise_level)
-        denoised, quality = training.evaluate(result.graphdef, result.state.ema, noisy, clean[part], labels[part],
-                                              None, keys[1], result.config, result.uses_labels)  # fmt: skip
+        placed = devices.spread((noisy, clean[part], labels[part]), mesh)  # the batch over the devices
+        denoised, quality = training.evaluate(result.graphdef, result.state.ema, *placed, None, keys[1],
+                                              result.config, result.uses_labels)  # fmt: skip
+        noisy, denoised, quality = devices.to_host((noisy, denoised, quality))
         parts.append((noisy, denoised, quality))
     noisy, denoised = (jnp.concatenate([p[i] for p in parts]) for i in (0, 1))
     quality = {name: jnp.concatenate([p[2][name] for p in parts]) for name in parts[0][2]}
@@ -284,10 +287,14 @@ def _generate_stage(result: training.TrainResult, shape, count: int, key):
         return None
     labels = jnp.arange(count) % shape[0] if result.uses_labels else None
     score = result.score(labels)
+    mesh = devices.data_mesh()  # the samples split over every device where their count allows
+    sharding = devices.batch_sharding(mesh, 4) if count % mesh.devices.size == 0 else None
     sample = jax.jit(
-        lambda k: sampling.generate(score, (count,) + tuple(shape[1:]), k, result.sde, result.config.sampler)
+        lambda k: sampling.generate(
+            score, (count,) + tuple(shape[1:]), k, result.sde, result.config.sampler, sharding=sharding
+        )  # fmt: skip
     )
-    return sample(key)
+    return devices.to_host(sample(key))
 
 
 def _save_figures(out: pathlib.Path, rows, final, log, target_ssim: float, precompute_seconds: float) -> None:

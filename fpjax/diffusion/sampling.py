@@ -231,10 +231,14 @@ def prior_sample(key, shape, sde, t_start: float = 1.0, mean: float = 0.5, dtype
 
 
 def generate(score: Callable, shape, key, sde, config: SamplerConfig, *, mean: float = 0.5,
-             drift: Callable | None = None, preconditioner=None):  # fmt: skip
-    """Generate ``shape = (B, H, W, C)`` images from the prior of ``sde`` (:func:`prior_sample`, about ``mean``)."""
+             drift: Callable | None = None, preconditioner=None, sharding=None):  # fmt: skip
+    """Generate ``shape = (B, H, W, C)`` images from the prior of ``sde`` (:func:`prior_sample`, about ``mean``).
+
+    ``sharding``: where the samples live (:func:`fpjax.devices.batch_sharding`: split along ``B`` over a data
+    mesh); the same images for the same key on any number of devices (the noise is drawn whole, then split)."""
     prior_key, sample_key = jax.random.split(key)
     x = prior_sample(prior_key, shape, sde, config.t_start, mean, preconditioner=preconditioner)
+    x = x if sharding is None else jax.lax.with_sharding_constraint(x, sharding)
     return reverse_sample(score, x, sample_key, sde, config, drift=drift, preconditioner=preconditioner)
 
 

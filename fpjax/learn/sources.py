@@ -221,6 +221,8 @@ class Prefetcher:
     The trainer knows the next draw before it needs it (the draws follow from the run's key and the step
     number), except when the image being trained changes: :meth:`get` returns the fetch started for the same
     ``tag`` or, if the tag differs, fetches now. A fetch's error (a damaged chunk) is raised by :meth:`get`.
+    ``select``: what of each draw this process reads (its rows of the batch, :func:`fpjax.devices.process_rows`;
+    default all).
     A thread rather than a loader library (grain): there is one read to overlap at a time, a call's draw,
     known in advance, and zarr's decompression releases the GIL while XLA runs the step. Measured
     (``fpjax bench scale``, N = 1,010, 32x32, T = 100): the read of a call's 80 points takes about 0.2 s
@@ -228,15 +230,16 @@ class Prefetcher:
     cores, where the read also competes with XLA for the cores.
     """
 
-    def __init__(self, source):
+    def __init__(self, source, select=None):
         self.source = source
+        self._select = (lambda draw: draw) if select is None else select  # a process's rows of each draw
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="fpjax-prefetch")
         self._pending = None  # (tag, draw, future)
 
     def start(self, tag, draw: Draw) -> None:
         """Begin fetching ``draw`` (identified by ``tag``) in the background."""
         draw = jax.tree.map(np.asarray, draw)
-        self._pending = (tag, draw, self._pool.submit(self.source.fetch, draw))
+        self._pending = (tag, draw, self._pool.submit(self.source.fetch, self._select(draw)))
 
     def get(self, tag, make_draw):
         """``(draw, payload)`` for ``tag``: the background fetch started with it, or ``make_draw()`` fetched now."""
@@ -246,7 +249,7 @@ class Prefetcher:
         if pending is not None:
             pending[2].cancel()
         draw = jax.tree.map(np.asarray, make_draw())
-        return draw, self.source.fetch(draw)
+        return draw, self.source.fetch(self._select(draw))
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

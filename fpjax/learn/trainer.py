@@ -22,6 +22,7 @@ optimizer state, EMA, step counter, base key); each step's randomness is
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import time
@@ -35,7 +36,7 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
-from fpjax import files
+from fpjax import devices, files
 from fpjax.diffusion import sampling
 from fpjax.diffusion import sde as sde_lib
 from fpjax.eval import metrics
@@ -274,8 +275,16 @@ def _as_source(data):
     return data
 
 
+def local_draws(draws, mesh):
+    """This process's rows of ``(S, M)`` draws (all of them in a lone process or without a mesh): what it reads."""
+    if mesh is None or jax.process_count() == 1:
+        return draws
+    rows = devices.process_rows(np.shape(draws.index)[-1], mesh)
+    return jax.tree.map(lambda leaf: leaf[..., rows], draws)
+
+
 def train_steps(graphdef, state: TrainState, data, config: TrainConfig, num_steps: int, use_labels: bool,
-                current: int | None = None, payload=None, draws=None):  # fmt: skip
+                current: int | None = None, payload=None, draws=None, mesh=None):  # fmt: skip
     """``num_steps`` Adam steps on ``config.objective``'s loss -> (new state, ``(num_steps,)`` losses).
 
     ``data``: a data source (:mod:`fpjax.learn.sources`) or :class:`TrainData` (trajectories in memory, its
@@ -284,6 +293,11 @@ def train_steps(graphdef, state: TrainState, data, config: TrainConfig, num_step
     ``config.objective`` must be bound to its SDE (:func:`bind_sde`). Fused into one jitted ``lax.scan``
     (accelerators) or one jitted call per step (CPUs), as :func:`fuses_steps` decides (the same steps; XLA may
     round differently).
+
+    ``mesh``: a data mesh (:func:`fpjax.devices.data_mesh`) whose devices share each step's batch: the draws and
+    the payload (this process's rows, :func:`local_draws`) are split over it along the batch axis, and ``state``
+    and the source's resident data must be replicated on it (:func:`fpjax.devices.replicated`; :func:`train`
+    does both). ``None``: everything on the default device.
     """
     config = _step_config(config)
     if current is None:
@@ -291,15 +305,18 @@ def train_steps(graphdef, state: TrainState, data, config: TrainConfig, num_step
     source = _as_source(data)
     if draws is None:
         draws = step_draws(state, current, num_steps, source.count, source.T, config)
-        payload = source.fetch(draws)
+        payload = source.fetch(local_draws(draws, mesh))
     static = dict(config=config, points=source.points, T=source.T, use_labels=use_labels)
+    place = (lambda tree, axis, local: tree) if mesh is None else functools.partial(devices.shard_batch, mesh=mesh)
     if fuses_steps(config):
-        return _scanned_steps(graphdef, state, source.resident, payload, draws, **static)
+        return _scanned_steps(graphdef, state, source.resident, place(payload, axis=1, local=True),
+                              place(draws, axis=1, local=False), **static)  # fmt: skip
     step_losses = []
     for s in range(num_steps):
         at = lambda leaf, s=s: leaf[s]  # noqa: E731
-        state, loss = _single_step(graphdef, state, source.resident, jax.tree.map(at, payload),
-                                   jax.tree.map(at, draws), **static)  # fmt: skip
+        step_payload = place(jax.tree.map(at, payload), axis=0, local=True)
+        step_draw = place(jax.tree.map(at, draws), axis=0, local=False)
+        state, loss = _single_step(graphdef, state, source.resident, step_payload, step_draw, **static)
         step_losses.append(loss)
     return state, jnp.stack(step_losses)
 
@@ -374,6 +391,16 @@ class _Run(NamedTuple):
     on_evaluation: Callable[[dict], None] | None
     bar: Any
     clock: float  # perf_counter() at the (resumed) run's start
+    mesh: Any  # the devices sharing each step (fpjax.devices.data_mesh)
+
+
+def _placed(source, mesh):
+    """``source`` with its resident data (trajectories in memory) replicated on the mesh's devices."""
+    if source.resident is None:
+        return source
+    placed = copy.copy(source)
+    placed.resident = devices.replicated(source.resident, mesh)
+    return placed
 
 
 def _new_progress() -> dict:
@@ -431,6 +458,7 @@ def train(
     precompute_seconds: float = 0.0,
     progress: bool = True,
     on_evaluation: Callable[[dict], None] | None = None,
+    mesh=None,
 ) -> TrainResult:
     """Train a score U-Net on score-embedded trajectories until the denoising SSIM reaches the target.
 
@@ -454,9 +482,14 @@ def train(
       precompute_seconds: the score pre-computation's wall time, for the log's time split.
       progress: a tqdm progress bar.
       on_evaluation: called with each log record (after it is checkpointed, when it is).
+      mesh: the devices that share each step (:func:`fpjax.devices.data_mesh`; default every device of every
+        process): each step's global batch of ``config.batch_size`` (a multiple of the device count) is split
+        over them, the parameters and optimiser state replicated. One device is a mesh of one.
     Returns:
       :class:`TrainResult`.
     """
+    mesh = devices.data_mesh() if mesh is None else mesh
+    devices.check_divisible(config.batch_size, mesh, "the training batch (TrainConfig.batch_size, --batch-size)")
     source, sde = _check_inputs(images, trajectories, sde, unet_config, mode)
     config = bind_sde(config, sde)
     if config.objective.sde is None:
@@ -474,9 +507,11 @@ def train(
                    disable=not progress)  # fmt: skip
     else:
         bar = tqdm(total=groups, initial=record["image"], desc="training", unit="image", disable=not progress)
-    prefetch = None if source.resident is not None else sources_lib.Prefetcher(source)
+    state, source = devices.replicated(state, mesh), _placed(source, mesh)
+    select = functools.partial(local_draws, mesh=mesh)
+    prefetch = None if source.resident is not None else sources_lib.Prefetcher(source, select)
     run = _Run(graphdef, config, source, prefetch, use_labels, check_key, mode, checkpoints, precompute_seconds,
-               on_evaluation, bar, time.perf_counter() - record["train_seconds"])  # fmt: skip
+               on_evaluation, bar, time.perf_counter() - record["train_seconds"], mesh)  # fmt: skip
     try:
         for group_index in range(record["image"], groups):
             state = _train_group(run, group_index, state, record)
@@ -518,11 +553,12 @@ def _call_steps(run: _Run, state: TrainState, current: int):
     steps = config.steps_per_call
     draws_from = lambda state: step_draws(state, current, steps, source.count, source.T, config)  # noqa: E731
     if run.prefetch is None:
-        return train_steps(run.graphdef, state, source, config, steps, run.use_labels, current, None, draws_from(state))
+        return train_steps(run.graphdef, state, source, config, steps, run.use_labels, current, None,
+                           draws_from(state), run.mesh)  # fmt: skip
     first = int(state.step)
     draws, payload = run.prefetch.get((first, current), lambda: draws_from(state))
     run.prefetch.start((first + steps, current), draws_from(state._replace(step=state.step + steps)))
-    return train_steps(run.graphdef, state, source, config, steps, run.use_labels, current, payload, draws)
+    return train_steps(run.graphdef, state, source, config, steps, run.use_labels, current, payload, draws, run.mesh)
 
 
 def _train_group(run: _Run, group_index: int, state: TrainState, record: dict) -> TrainState:
@@ -534,6 +570,7 @@ def _train_group(run: _Run, group_index: int, state: TrainState, record: dict) -
     clean = jnp.asarray(run.source.images(members))
     labels = jnp.asarray(members, jnp.int32) if run.use_labels else jnp.zeros(len(members), jnp.int32)
     noisy = sampling.noisy_copy(noise_key, clean, config.noise_level)
+    noisy, clean, labels = devices.spread((noisy, clean, labels), run.mesh)  # the check's images over the devices
     if record["image_step"] == 0:
         record["image_started"] = record["train_seconds"]
     while True:

@@ -1,0 +1,144 @@
+"""One data-parallel mesh for 1 and many devices, across the hosts of a multi-process run.
+
+Training and sampling place their batches with these functions and let ``jax.jit`` partition the work (JAX's
+sharding, not ``pmap``): a batch axis split over the mesh's ``"data"`` axis, everything else (parameters,
+optimiser state, the resident trajectories) replicated. With one device the same code runs on a mesh of one.
+
+Every process of a multi-process run (:func:`initialize`, ``jax.distributed``) computes the same draws from the
+same keys; each contributes the rows of a batch that its own devices hold (:func:`process_rows`), and
+:func:`shard_batch` assembles the global array with ``jax.make_array_from_process_local_data``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+AXIS = "data"
+"""The name of the mesh axis a batch is split along."""
+
+COORDINATOR_VARIABLES = ("FPJAX_COORDINATOR", "FPJAX_NUM_PROCESSES", "FPJAX_PROCESS_ID")
+"""Environment variables :func:`initialize` reads where no argument is given (as ``jax.distributed`` itself also
+reads its cluster's own, e.g. SLURM's or a Cloud TPU's)."""
+
+
+def data_mesh(devices=None) -> Mesh:
+    """A 1-D mesh with axis :data:`AXIS` over ``devices`` (default: every device of every process)."""
+    devices = jax.devices() if devices is None else list(devices)
+    if not devices:
+        raise ValueError("a mesh needs at least one device")
+    return Mesh(np.array(devices), (AXIS,))
+
+
+def batch_sharding(mesh: Mesh, ndim: int, axis: int = 0) -> NamedSharding:
+    """The sharding of an ``ndim``-dimensional array whose axis ``axis`` is split over the mesh."""
+    spec = [None] * ndim
+    spec[axis] = AXIS
+    return NamedSharding(mesh, PartitionSpec(*spec))
+
+
+def replicated(tree, mesh: Mesh):
+    """Every leaf of ``tree`` on every device of the mesh (parameters, optimiser state, a resident data set)."""
+    sharding = NamedSharding(mesh, PartitionSpec())
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+    # several processes: every process holds the same values (same keys, same reads), each puts its copy
+    return jax.tree.map(lambda leaf: jax.make_array_from_process_local_data(sharding, np.asarray(leaf)), tree)
+
+
+def check_divisible(size: int, mesh: Mesh, what: str) -> None:
+    """A ``ValueError`` naming ``what`` unless ``size`` splits evenly over the mesh's devices."""
+    devices = mesh.devices.size
+    if size % devices:
+        raise ValueError(
+            f"{what} is {size}, which does not split over {devices} devices: make it a multiple of {devices} "
+            f"(e.g. {-(-size // devices) * devices})"
+        )
+
+
+def process_rows(size: int, mesh: Mesh) -> slice:
+    """The rows ``start:stop`` of a batch of ``size`` that this process's devices hold (all of them in a lone
+    process): the mesh's devices are ordered by process, each holding ``size / devices`` consecutive rows."""
+    check_divisible(size, mesh, "the batch")
+    devices = list(mesh.devices.flat)
+    per_device = size // len(devices)
+    mine = [i for i, device in enumerate(devices) if device.process_index == jax.process_index()]
+    if mine != list(range(mine[0], mine[-1] + 1)):
+        raise ValueError("this process's devices are not consecutive in the mesh: build it with data_mesh()")
+    return slice(mine[0] * per_device, (mine[-1] + 1) * per_device)
+
+
+def shard_batch(tree, mesh: Mesh, axis: int = 0, local: bool = False):
+    """Every leaf of ``tree`` with its axis ``axis`` split over the mesh.
+
+    ``local``: the leaves hold only this process's rows (:func:`process_rows`) of the global batch, which is
+    assembled across processes; otherwise each leaf is the whole batch, of which each process places its rows.
+    """
+
+    def place(leaf):
+        leaf = np.asarray(leaf) if not isinstance(leaf, jax.Array) or jax.process_count() > 1 else leaf
+        sharding = batch_sharding(mesh, leaf.ndim, axis)
+        if jax.process_count() == 1:
+            check_divisible(leaf.shape[axis], mesh, "the batch")
+            return jax.device_put(leaf, sharding)
+        if not local:
+            rows = process_rows(leaf.shape[axis], mesh)
+            leaf = np.take(leaf, np.arange(rows.start, rows.stop), axis=axis)
+        shape = list(leaf.shape)
+        shape[axis] *= jax.process_count()
+        return jax.make_array_from_process_local_data(sharding, leaf, tuple(shape))
+
+    return jax.tree.map(place, tree)
+
+
+def spread(tree, mesh: Mesh):
+    """A batch every process holds whole (a check's images, a sampler's start): split along axis 0 where its
+    length divides over the devices, replicated where it does not (a batch of one)."""
+    sizes = {np.shape(leaf)[0] for leaf in jax.tree.leaves(tree)}
+    if len(sizes) == 1 and sizes.pop() % mesh.devices.size == 0:
+        return shard_batch(tree, mesh)
+    return replicated(tree, mesh)
+
+
+def to_host(tree):
+    """Every leaf of ``tree`` as NumPy on every process (a global array gathered from the processes)."""
+    if jax.process_count() == 1:
+        return jax.tree.map(np.asarray, tree)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def initialize(coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None):
+    """``jax.distributed.initialize`` from the arguments or :data:`COORDINATOR_VARIABLES`; nothing when neither
+    names a coordinator (a lone process). Returns ``(process_index, process_count)``.
+
+    Raises:
+      ValueError: a coordinator without the process count and id (or one of those without it).
+    """
+    coordinator = coordinator or os.environ.get("FPJAX_COORDINATOR")
+    num_processes = num_processes if num_processes is not None else _int_variable("FPJAX_NUM_PROCESSES")
+    process_id = process_id if process_id is not None else _int_variable("FPJAX_PROCESS_ID")
+    given = [value is not None for value in (coordinator, num_processes, process_id)]
+    if any(given) and not all(given):
+        raise ValueError(
+            "a multi-process run needs the coordinator (host:port), the number of processes and this process's id "
+            "(--coordinator, --num-processes, --process-id or FPJAX_COORDINATOR, FPJAX_NUM_PROCESSES, FPJAX_PROCESS_ID)"
+        )
+    if all(given):
+        if not 0 <= process_id < num_processes:
+            raise ValueError(f"process id {process_id} is not in 0..{num_processes - 1}")
+        jax.distributed.initialize(coordinator, num_processes, process_id)
+    return jax.process_index(), jax.process_count()
+
+
+def _int_variable(name: str) -> int | None:
+    value = os.environ.get(name)
+    if value is None:
+        return None
+    if not value.strip().isdigit():
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    return int(value)
