@@ -10,7 +10,7 @@ import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "fpjax"
 LAYERS = (
-    ("fpjax.data", "fpjax.provenance", "fpjax.files", "fpjax.memory"),
+    ("fpjax.data", "fpjax.provenance", "fpjax.files", "fpjax.memory", "fpjax.devices"),
     ("fpjax.solver",),
     ("fpjax.batch",),
     ("fpjax.eval",),
