@@ -394,6 +394,14 @@ class _Run(NamedTuple):
     mesh: Any  # the devices sharing each step (fpjax.devices.data_mesh)
 
 
+def _progress_bar(mode: str, groups: int, config: TrainConfig, record: dict, progress: bool):
+    """Images trained (image by image) or, mixed (one group), its steps: either way the bar shows an ETA."""
+    if mode == "mixed":
+        return tqdm(total=config.max_steps, initial=record["image_step"], desc="training", unit="step",
+                    disable=not progress)  # fmt: skip
+    return tqdm(total=groups, initial=record["image"], desc="training", unit="image", disable=not progress)
+
+
 def _placed(source, mesh):
     """``source`` with its resident data (trajectories in memory) replicated on the mesh's devices."""
     if source.resident is None:
@@ -502,11 +510,7 @@ def train(
     checkpoints, state, record = _resume(checkpoint_dir, init_state(params, config, run_key), source, unet_config,
                                          config, mode)  # fmt: skip
     groups = count if mode == "image_by_image" else 1
-    if mode == "mixed":  # one group: the bar counts its steps, so that it shows an ETA
-        bar = tqdm(total=config.max_steps, initial=record["image_step"], desc="training", unit="step",
-                   disable=not progress)  # fmt: skip
-    else:
-        bar = tqdm(total=groups, initial=record["image"], desc="training", unit="image", disable=not progress)
+    bar = _progress_bar(mode, groups, config, record, progress)
     state, source = devices.replicated(state, mesh), _placed(source, mesh)
     select = functools.partial(local_draws, mesh=mesh)
     prefetch = None if source.resident is not None else sources_lib.Prefetcher(source, select)
