@@ -394,6 +394,16 @@ class _Run(NamedTuple):
     mesh: Any  # the devices sharing each step (fpjax.devices.data_mesh)
 
 
+def _bound(config: TrainConfig, sde, T: int) -> TrainConfig:
+    """``config`` with its objective bound to ``sde`` (:func:`bind_sde`), checked for ``T`` steps."""
+    config = bind_sde(config, sde)
+    if config.objective.sde is None:
+        raise ValueError(f"{config.objective} needs the SDE of the trajectories: pass their FP config as sde")
+    if hasattr(config.objective, "check_weights"):  # an objective that weights by the SDE's g: finite weights
+        config.objective.check_weights(T)
+    return config
+
+
 def _progress_bar(mode: str, groups: int, config: TrainConfig, record: dict, progress: bool):
     """Images trained (image by image) or, mixed (one group), its steps: either way the bar shows an ETA."""
     if mode == "mixed":
@@ -499,11 +509,7 @@ def train(
     mesh = devices.data_mesh() if mesh is None else mesh
     devices.check_divisible(config.batch_size, mesh, "the training batch (TrainConfig.batch_size, --batch-size)")
     source, sde = _check_inputs(images, trajectories, sde, unet_config, mode)
-    config = bind_sde(config, sde)
-    if config.objective.sde is None:
-        raise ValueError(f"{config.objective} needs the SDE of the trajectories: pass their FP config as sde")
-    if hasattr(config.objective, "check_weights"):  # an objective that weights by the SDE's g: finite weights
-        config.objective.check_weights(source.T)
+    config = _bound(config, sde, source.T)
     count, use_labels = source.count, unet_config.num_images > 0
     model_key, run_key, check_key = jax.random.split(jax.random.key(0) if key is None else _typed(key), 3)
     graphdef, params = create_model(unet_config, source.shape[-1], source.shape[0], model_key)
@@ -512,8 +518,11 @@ def train(
     groups = count if mode == "image_by_image" else 1
     bar = _progress_bar(mode, groups, config, record, progress)
     state, source = devices.replicated(state, mesh), _placed(source, mesh)
-    select = functools.partial(local_draws, mesh=mesh)
-    prefetch = None if source.resident is not None else sources_lib.Prefetcher(source, select)
+    prefetch = (
+        None
+        if source.resident is not None
+        else sources_lib.Prefetcher(source, functools.partial(local_draws, mesh=mesh))
+    )
     run = _Run(graphdef, config, source, prefetch, use_labels, check_key, mode, checkpoints, precompute_seconds,
                on_evaluation, bar, time.perf_counter() - record["train_seconds"], mesh)  # fmt: skip
     try:
