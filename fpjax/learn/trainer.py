@@ -518,23 +518,27 @@ def train(
     groups = count if mode == "image_by_image" else 1
     bar = _progress_bar(mode, groups, config, record, progress)
     state, source = devices.replicated(state, mesh), _placed(source, mesh)
-    prefetch = (
-        None
-        if source.resident is not None
-        else sources_lib.Prefetcher(source, functools.partial(local_draws, mesh=mesh))
-    )
+    select = functools.partial(local_draws, mesh=mesh)  # what this process reads of each draw
+    prefetch = None if source.resident is not None else sources_lib.Prefetcher(source, select)
     run = _Run(graphdef, config, source, prefetch, use_labels, check_key, mode, checkpoints, precompute_seconds,
                on_evaluation, bar, time.perf_counter() - record["train_seconds"], mesh)  # fmt: skip
+    state = _train_groups(run, groups, state, record)
+    return TrainResult(graphdef, state, record["log"], record["images"], config)
+
+
+def _train_groups(run: _Run, groups: int, state: TrainState, record: dict) -> TrainState:
+    """Every group from the record's on (image by image: each image; mixed: the one), then the bar and the
+    prefetch thread closed, whatever stopped the run."""
     try:
         for group_index in range(record["image"], groups):
             state = _train_group(run, group_index, state, record)
             if record.get("out_of_time"):
                 break
     finally:
-        bar.close()
-        if prefetch is not None:
-            prefetch.close()
-    return TrainResult(graphdef, state, record["log"], record["images"], config)
+        run.bar.close()
+        if run.prefetch is not None:
+            run.prefetch.close()
+    return state
 
 
 def _resume(checkpoint_dir, state: TrainState, source, unet_config, config, mode):
