@@ -108,7 +108,15 @@ def to_host(tree):
     """Every leaf of ``tree`` as NumPy on every process (a global array gathered from the processes)."""
     if jax.process_count() == 1:
         return jax.tree.map(np.asarray, tree)
-    return multihost_utils.process_allgather(tree, tiled=True)
+
+    def gather(leaf):
+        if not isinstance(leaf, jax.Array) or leaf.is_fully_addressable:
+            return np.asarray(leaf)
+        if leaf.is_fully_replicated:  # every process holds all of it
+            return np.asarray(leaf.addressable_data(0))
+        return np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
+
+    return jax.tree.map(gather, tree)
 
 
 def initialize(coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None):
