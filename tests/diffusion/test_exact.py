@@ -133,6 +133,7 @@ def test_a_traced_step_count_is_the_shorter_sampler():
             np.testing.assert_allclose(got.mean, short.mean, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.run_bound
 def test_reverse_diffusion_sampler_recovers_a_gaussian():
     """Started from the exact marginal at t = 1, 400 steps of the released sampler (no preconditioner) give the
     data's per-mode mean (within its Monte Carlo error) and variance (within 8%: the predictor is first order,

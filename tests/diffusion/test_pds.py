@@ -93,6 +93,7 @@ def test_a_preconditioner_file_with_other_arrays_is_refused_not_read_as_the_iden
         pds.Preconditioner.load(tmp_path / "p.npz")
 
 
+@pytest.mark.run_bound
 @pytest.mark.parametrize("omega", [0.0, 5.0])
 def test_preconditioned_langevin_keeps_a_gaussian_target(omega):
     """Theorems 2-3: M M^T and a skew-symmetric S leave the stationary distribution unchanged."""
@@ -157,6 +158,7 @@ def test_paper_form_converges_to_its_biased_floor_and_the_marginal_form_to_the_d
     assert kls[1] < 0.35 * kls[0] and kls[1] < 0.01
 
 
+@pytest.mark.run_bound
 def test_the_default_pds_form_is_the_unbiased_one():
     """The real sampler code with the default ``SamplerConfig`` and a preconditioner, started from the exact
     marginal at t = 1 with the exact score, against two facts independent of the sampler: the data Gaussian's

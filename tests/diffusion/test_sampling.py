@@ -126,6 +126,7 @@ def test_sampler_is_differentiable_in_its_start():
     np.testing.assert_allclose(float(grad[2, 0]), float(fd), rtol=1e-6)
 
 
+@pytest.mark.run_bound
 def test_preconditioned_corrector_keeps_a_gaussian_target():
     """PDS (theorems 2-3): Langevin steps x + eps M M^T s + sqrt(2 eps) M z keep N(mean, var) stationary.
 
