@@ -48,7 +48,7 @@ cells = [
     ),
     nbf.v4.new_code_cell(
         "train_config = training.TrainConfig(target_ssim=0.9, max_steps=100, replay=0.5)\n"
-        "unet = UNetConfig(channels=32, num_images=len(images))\n"
+        "unet = UNetConfig(channels=16, num_images=len(images))  # small, for a CPU: the default is 32\n"
         "# The FP config defines the SDE dx = g dW the loss, the check and the sampler use (run.sde).\n"
         "run = training.train(images, trajectories, config, unet_config=unet, config=train_config,\n"
         "                     precompute_seconds=precompute_seconds, progress=False)\n"

@@ -17,9 +17,9 @@ cells = [
         "import matplotlib.pyplot as plt\n"
         "from fpjax.experiments import common, papers as experiments\n"
         "out = pathlib.Path(tempfile.mkdtemp())\n"
-        "# The settings of `fpjax experiment all --quick` with 5 s budgets, small for CI; raise the targets and\n"
+        "# The settings of `fpjax experiment all --quick` with 3 s budgets, small for CI; raise the targets and\n"
         "# budgets for real numbers.\n"
-        "settings = dataclasses.replace(common.QUICK, max_seconds=5.0, budget=5.0,\n"
+        "settings = dataclasses.replace(common.QUICK, max_seconds=3.0, budget=3.0,\n"
         "                               cifar='../../shared/data/cifar10_subset.npz')\n"
         "settings"
     ),
