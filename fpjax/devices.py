@@ -11,12 +11,14 @@ same keys; each contributes the rows of a batch that its own devices hold (:func
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from orbax.checkpoint import multihost
 
 AXIS = "data"
 """The name of the mesh axis a batch is split along."""
@@ -24,6 +26,17 @@ AXIS = "data"
 COORDINATOR_VARIABLES = ("FPJAX_COORDINATOR", "FPJAX_NUM_PROCESSES", "FPJAX_PROCESS_ID")
 """Environment variables :func:`initialize` reads where no argument is given (as ``jax.distributed`` itself also
 reads its cluster's own, e.g. SLURM's or a Cloud TPU's)."""
+
+
+WAIT_SECONDS = 600.0
+"""How long a process waits at a :func:`barrier` for the others (a dead one is noticed sooner: see
+:func:`initialize`'s ``peer_timeout``)."""
+PEER_TIMEOUT = 100
+"""Seconds without a heartbeat after which JAX's runtime declares a process dead (``jax.distributed``'s default)."""
+
+
+class PeerLostError(RuntimeError):
+    """Another process of a multi-process run died or did not reach a barrier in time (the message says where)."""
 
 
 def data_mesh(devices=None) -> Mesh:
@@ -46,8 +59,14 @@ def replicated(tree, mesh: Mesh):
     sharding = NamedSharding(mesh, PartitionSpec())
     if jax.process_count() == 1:
         return jax.device_put(tree, sharding)
+
+    def place(leaf):
+        if isinstance(leaf, jax.Array) and leaf.sharding == sharding:  # already there (a restored checkpoint)
+            return leaf
+        return jax.make_array_from_process_local_data(sharding, np.asarray(leaf))
+
     # several processes: every process holds the same values (same keys, same reads), each puts its copy
-    return jax.tree.map(lambda leaf: jax.make_array_from_process_local_data(sharding, np.asarray(leaf)), tree)
+    return jax.tree.map(place, tree)
 
 
 def check_divisible(size: int, mesh: Mesh, what: str) -> None:
@@ -119,9 +138,59 @@ def to_host(tree):
     return jax.tree.map(gather, tree)
 
 
-def initialize(coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None):
+def is_writer() -> bool:
+    """Whether this process writes a run's shared outputs (reports, figures, logs): process 0 (a lone one)."""
+    return jax.process_index() == 0
+
+
+def agreed(value: float) -> float:
+    """``value`` as process 0 has it: a clock's reading that decides a branch (a time budget) must be the same on
+    every process, or they would part ways and wait for each other forever."""
+    if jax.process_count() == 1:
+        return value
+    return float(multihost_utils.broadcast_one_to_all(np.asarray(value, np.float32)))
+
+
+_BARRIERS = itertools.count()  # every process passes the same barriers in the same order: the ids agree
+
+
+def barrier(name: str, timeout: float = WAIT_SECONDS) -> None:
+    """Wait until every process of the run reaches this barrier (at most ``timeout`` seconds; nothing in a lone
+    process). JAX's coordination service does the waiting, not a poll of files.
+
+    Raises:
+      PeerLostError: a process died (noticed after :data:`PEER_TIMEOUT` s without its heartbeat) or did not
+        arrive within ``timeout``.
+    """
+    if jax.process_count() == 1:
+        return
+    key = f"fpjax-{next(_BARRIERS)}-{name}"
+    try:
+        multihost.get_barrier_sync_fn()(key=key, timeout_ms=int(timeout * 1000))
+    except Exception as error:  # noqa: BLE001 - JAX's runtime errors have one type whatever the cause
+        raise PeerLostError(
+            f"process {jax.process_index()} of {jax.process_count()} waited at {name!r} for the others, and one "
+            f"of them died or did not arrive within {timeout:g} s ({_first_line(error)}): see the other "
+            "processes' output, then run the same commands again to resume"
+        ) from error
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0][:200] if lines else type(error).__name__
+
+
+def initialize(
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    peer_timeout: int = PEER_TIMEOUT,
+):
     """``jax.distributed.initialize`` from the arguments or :data:`COORDINATOR_VARIABLES`; nothing when neither
     names a coordinator (a lone process). Returns ``(process_index, process_count)``.
+
+    ``peer_timeout``: seconds without a heartbeat after which a process counts as dead; the others then fail
+    at their next barrier or collective rather than wait for it.
 
     Raises:
       ValueError: a coordinator without the process count and id (or one of those without it).
@@ -138,7 +207,9 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     if all(given):
         if not 0 <= process_id < num_processes:
             raise ValueError(f"process id {process_id} is not in 0..{num_processes - 1}")
-        jax.distributed.initialize(coordinator, num_processes, process_id)
+        if jax.distributed.is_initialized():
+            raise ValueError("jax.distributed is already initialized in this process: initialize it once")
+        jax.distributed.initialize(coordinator, num_processes, process_id, heartbeat_timeout_seconds=peer_timeout)
     return jax.process_index(), jax.process_count()
 
 

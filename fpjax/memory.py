@@ -36,8 +36,8 @@ def available_host_bytes() -> int:
 
 
 def available_device_bytes(device=None) -> int:
-    """Free bytes of ``device`` (default: JAX's first) where it reports them, else the host's (a CPU device)."""
-    device = jax.devices()[0] if device is None else device
+    """Free bytes of ``device`` (default: this process's first) where it reports them, else the host's (CPU)."""
+    device = jax.local_devices()[0] if device is None else device  # another host's has no stats here
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None
     if stats and "bytes_limit" in stats:
         return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
@@ -66,7 +66,7 @@ def require(nbytes: int, what: str, fix: str, *, device: bool = True) -> None:
     """
     available = available_device_bytes() if device else available_host_bytes()
     if nbytes > USABLE_FRACTION * available:
-        where = f"{jax.devices()[0].platform} device" if device and jax.default_backend() != "cpu" else "host"
+        where = f"{jax.local_devices()[0].platform} device" if device and jax.default_backend() != "cpu" else "host"
         raise InsufficientMemoryError(
             f"{what} needs {describe_bytes(nbytes)}, more than the {describe_bytes(available)} of {where} memory "
             f"available: {fix}"

@@ -162,7 +162,6 @@ def run(
         progress=progress,
         mode=run_config.mode,
     )
-    training.save_log(result, out / "training_log.json")
     shown = training.evenly_spaced(len(images), run_config.report_images)
     clean = jnp.asarray(images[shown])
     spent = precompute_seconds + (result.log[-1]["train_seconds"] if result.log else 0.0)
@@ -171,12 +170,14 @@ def run(
     shown, clean = shown[: len(denoised)], clean[: len(denoised)]
     generated = _generate_stage(result, images.shape, run_config.generate, generate_key)
     rows = [a[:FIGURE_IMAGES] if a is not None else None for a in (noisy, denoised, clean, generated)]
-    _save_figures(out, rows, final, result.log, train_config.target_ssim, precompute_seconds)
     settings = {"fp": fp_config, "unet": unet_config, "train": train_config, "run": run_config}
     report = _report(names, stats, precompute_seconds, result, dict(final, index=shown), clean, settings)
     if generated is not None:
         report["generated"] = _generated_report(generated, clean, [names[i] for i in shown])
-    files.write_json(out / "metrics.json", report)
+    if devices.is_writer():  # one output folder, written by process 0 (every process computed the same)
+        training.save_log(result, out / "training_log.json")
+        _save_figures(out, rows, final, result.log, train_config.target_ssim, precompute_seconds)
+        files.write_json(out / "metrics.json", report)
     return report
 
 
@@ -227,7 +228,9 @@ def _precompute_stage(images, names, fp_config: FPConfig, out: pathlib.Path, pro
     previous = json.loads(timing_path.read_text())["seconds"] if timing_path.exists() else 0.0
     # A resumed run adds the time of the images it solved now, not the store look-up of finished ones.
     seconds = previous + (result.seconds if result.skipped < len(images) else 0.0)
-    files.write_json(timing_path, {"seconds": seconds, "images": len(images)})
+    seconds = devices.agreed(seconds)  # process 0's figure, read before it rewrites the file
+    if devices.is_writer():
+        files.write_json(timing_path, {"seconds": seconds, "images": len(images)})
     if stream:
         return sources.FromStore(images, result.store, fp_config), seconds, result.stats
     start = time.perf_counter()

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
-from fpjax import memory
+from fpjax import devices, memory
 from fpjax.batch.seeding import SEED_RULES, seed_groups
 from fpjax.batch.store import STATS, FPStore, MemoryStore, StoreDamagedError, listed
 from fpjax.data.sets import is_image_set
@@ -39,6 +39,9 @@ from fpjax.solver.solve import channels_last
 
 STAT_NAMES = tuple(STATS)
 ON_FAILURE = ("raise", "warn", "ignore")
+FINISH_WAIT_SECONDS = 24 * 3600.0
+"""How long a process of a ``jax.distributed`` run that has written its share waits for the others' (their shares
+may take longer: a dead process is noticed sooner, through JAX's heartbeats)."""
 """What :func:`precompute` does about images with unconverged steps."""
 
 
@@ -124,10 +127,10 @@ def _sharded_solver(config, mode, n_devices: int):
 
 def _solve_on_devices(m0s, bases, config, mode):
     """Dispatch one batch (its length a multiple of the local device count); returns device arrays at once."""
-    devices = jax.local_devices()  # each process shards its own batches (multi-host: its share of the images)
-    if len(devices) == 1:
+    local = jax.local_devices()  # each process shards its own batches (multi-host: its share of the images)
+    if len(local) == 1:
         return _solve_batch(m0s, bases, config, mode)
-    return _sharded_solver(config, mode if bases is not None else "off", len(devices))(m0s, bases)
+    return _sharded_solver(config, mode if bases is not None else "off", len(local))(m0s, bases)
 
 
 def difficulty(m0s) -> np.ndarray:
@@ -240,7 +243,7 @@ def precompute(
         sink.forget(sorted(set(damaged) & _owned(plans)))  # cleared first: a repair cut short is redone next time
         solve = functools.partial(_solve_plan, m0s=m0s, sink=sink, done=done, config=config, projection=projection,
                                   dim=dim, batch_size=batch_size, progress=progress, on_batch=on_batch)  # fmt: skip
-        batch_seconds = [seconds for plan in plans for seconds in solve(plan)]
+        batch_seconds = _solve_share(plans, solve, process)
     m = _all_channels(sink.m, images.shape[-1]) if store is None else sink.m
     seconds, seed_of = time.perf_counter() - start, _seed_of(groups, len(images), projection)
     result = PrecomputeResult(m, sink.all_stats(done), seed_of, batch_seconds, seconds, skipped,
@@ -253,23 +256,38 @@ def _open_sink(store, config: FPConfig, m0s, ids, settings: dict, process):
     """A :class:`MemoryStore` (``store=None``) or the :class:`FPStore` at ``store``, for ``(N, K, H, W)`` ``m0s``.
 
     Process 0 creates the store; the processes of a multi-process run share its writer lock, a lone
-    process holds it alone.
+    process holds it alone. Under ``jax.distributed`` the others wait for it at a barrier, else they poll for it.
     """
     n, channels, height, width = m0s.shape
     if store is None:
         return MemoryStore(n, config.T, (height, width), channels, m0s.dtype)
     metadata = _metadata(config, ids=ids, shape=(height, width), dtype=m0s.dtype, **settings)
-    return FPStore.open(
-        store,
-        metadata=metadata,
-        n=n,
-        T=config.T,
-        shape=(height, width),
-        channels=channels,
-        dtype=str(m0s.dtype),
-        create=process[0] == 0,
-        lock="shared" if process[1] > 1 else "exclusive",
-    )
+    open_store = functools.partial(FPStore.open, store, metadata=metadata, n=n, T=config.T, shape=(height, width),
+                                   channels=channels, dtype=str(m0s.dtype),
+                                   lock="shared" if process[1] > 1 else "exclusive")  # fmt: skip
+    if not _synchronized(process):  # a lone process, or processes started by hand: the others poll for the store
+        return open_store(create=process[0] == 0)
+    if process[0] == 0:
+        sink = open_store(create=True)
+        devices.barrier("store created")
+        return sink
+    devices.barrier("store created")  # process 0 has created it (or failed, and this barrier says so)
+    return open_store(create=False, wait_seconds=0.0)
+
+
+def _solve_share(plans, solve, process) -> list[float]:
+    """Each batch's seconds of this process's ``plans``; under ``jax.distributed``, once every process's share is
+    written (no process reads the whole store before)."""
+    batch_seconds = [seconds for plan in plans for seconds in solve(plan)]
+    if _synchronized(process):
+        devices.barrier("precompute finished", timeout=FINISH_WAIT_SECONDS)
+    return batch_seconds
+
+
+def _synchronized(process) -> bool:
+    """Whether ``process`` is this process of a ``jax.distributed`` run: its processes wait for each other through
+    JAX's runtime (:func:`fpjax.devices.barrier`)."""
+    return process[1] > 1 and tuple(process) == (jax.process_index(), jax.process_count())
 
 
 def _verified_done(sink, ids, repair: bool = True):

@@ -33,7 +33,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import fpjax
-from fpjax import files
+from fpjax import devices, files
 from fpjax.batch.precompute import precompute
 from fpjax.batch.store import FPStore, digest
 from fpjax.data import cifar_subset, load_cifar10, sample_images
@@ -48,6 +48,10 @@ SOURCES = ("memory", "store", "on_the_fly")
 
 
 def add_arguments(parser):
+    parser.add_argument("--devices", type=int, nargs="+",
+                        help="instead: training steps/s on a mesh of each many (simulated CPU) devices")  # fmt: skip
+    parser.add_argument("--repeats", type=int, default=5, help="with --devices: timed calls per setting")
+    parser.add_argument("--fusion", action="store_true", help="with --devices: also fused against unfused steps")
     parser.add_argument("--counts", type=int, nargs="+", default=[16, 1010, 20000], help="data set sizes N")
     parser.add_argument("--T", type=int, default=100, help="time steps of the trajectories")
     parser.add_argument("--steps", type=int, default=50, help="training steps per run")
@@ -138,7 +142,7 @@ def child(source_name: str, count: int, T: int, steps: int, store: str | None) -
     times = []
     training.train(None, data, config, unet_config=UNetConfig(), config=train, mode="mixed", progress=False,
                    on_evaluation=lambda r: times.append(r["train_seconds"]))  # fmt: skip
-    device = jax.devices()[0].memory_stats() or {}
+    device = jax.local_devices()[0].memory_stats() or {}
     return dict(source=source_name, images=count, steps=steps,
                 steps_per_second=steps / (times[-1] - times[0]),  # after the first call: compiled
                 peak_rss_mb=peak_resident_mb(),
@@ -165,7 +169,105 @@ def _run_child(source_name: str, count: int, args, store) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+MESH_BATCH = 8
+"""The global batch of the mesh measurements (split over the devices)."""
+
+
+def mesh_child(device_count: int, steps: int, repeats: int, fusion: int = 0) -> dict:
+    """Steps per second of :func:`fpjax.learn.trainer.train_steps` on a mesh of ``device_count`` devices (in a
+    process started with that many) and, in the same process, unplaced (``mesh=None``: the single-device path
+    before meshes); with ``fusion``, also unplaced with the steps fused into one ``lax.scan`` and unfused (one
+    call per step). Each the median of ``repeats`` calls of ``steps`` steps after a compiling call, the settings'
+    calls taking turns (the machine's noise falls on each alike)."""
+    config = fpjax.FPConfig(T=20, scheme="spectral")
+    images = images_of(16)[np.arange(16)]
+    trajectories = jax.jit(lambda x, m: embed(x, m, config))(images, precompute(images, config).m)
+    graphdef, params = training.create_model(UNetConfig(), 3, 32, jax.random.key(0))
+    if len(jax.devices()) < device_count:
+        raise ValueError(f"a mesh of {device_count} devices needs that many; this machine has {len(jax.devices())}")
+    mesh = devices.data_mesh(jax.devices()[:device_count])
+    settings = {"unplaced": (None, None), "mesh": (mesh, None)}
+    if fusion:
+        settings.update(fused=(None, True), unfused=(None, False))
+    calls = {name: _steps_call(graphdef, params, trajectories, config, mesh, fuse, steps)
+             for name, (mesh, fuse) in settings.items()}  # fmt: skip
+    seconds = {name: [] for name in calls}
+    for _ in range(repeats + 1):
+        for name, call in calls.items():
+            seconds[name].append(call())
+    rate = {name: steps / float(np.median(times[1:])) for name, times in seconds.items()}  # the first compiles
+    row = dict(devices=device_count, batch=MESH_BATCH, steps=steps, repeats=repeats,
+               fused=training.fuses_steps(training.TrainConfig()), ratio=rate["mesh"] / rate["unplaced"],
+               **{f"{name}_steps_per_second": value for name, value in rate.items()})  # fmt: skip
+    return row
+
+
+def _steps_call(graphdef, params, trajectories, config, mesh, fuse, steps: int):
+    """A function that runs ``steps`` mixed steps from where its last call stopped and returns their seconds."""
+    train = training.bind_sde(training.TrainConfig(batch_size=MESH_BATCH, steps_per_call=steps, fuse_steps=fuse),
+                              config)  # fmt: skip
+    data = sources.InMemory(None, trajectories)
+    state = training.init_state(params, train, jax.random.key(1))
+    if mesh is not None:
+        state, data.resident = devices.replicated(state, mesh), devices.replicated(data.resident, mesh)
+    held = [state]
+
+    def call() -> float:
+        start = time.perf_counter()
+        held[0], losses = training.train_steps(graphdef, held[0], data, train, steps, False, -1, mesh=mesh)
+        losses.block_until_ready()
+        return time.perf_counter() - start
+
+    return call
+
+
+def _run_mesh_child(device_count: int, args) -> dict:
+    flags = os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={device_count}"
+    command = [sys.executable, "-m", "fpjax.bench.scale", "--mesh-child", str(device_count), str(args.steps),
+               str(args.repeats), str(int(args.fusion))]  # fmt: skip
+    env = dict(os.environ, XLA_FLAGS=flags.strip())  # simulated devices where the platform is the CPU
+    out = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
+    if out.returncode != 0:
+        raise RuntimeError(f"the mesh of {device_count} devices failed: {out.stderr.strip()[-600:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_meshes(args) -> int:
+    """``--devices``: steps per second on meshes of each size beside the unplaced path (see :func:`mesh_child`)."""
+    rows = []
+    for count in args.devices:
+        rows.append(_run_mesh_child(count, args))
+        r = rows[-1]
+        print(f"mesh of {count}: {r['mesh_steps_per_second']:.2f} steps/s, unplaced "
+              f"{r['unplaced_steps_per_second']:.2f} steps/s, ratio {r['ratio']:.3f}", flush=True)  # fmt: skip
+    command = f"fpjax bench scale --devices {' '.join(map(str, args.devices))} --steps {args.steps} "
+    command += f"--repeats {args.repeats}"
+    result = dict(meshes=rows, machine=machine(), command=command, note=MESH_NOTE)
+    files.write_json(args.out, result, indent=2)
+    print(mesh_markdown(result))
+    print(f"wrote {args.out}")
+    return 0
+
+
+MESH_NOTE = (
+    "simulated devices share the host's cores (--xla_force_host_platform_device_count): on a 2-core CPU this "
+    "measures the mesh's overhead, not a speed-up"
+)
+
+
+def mesh_markdown(result: dict) -> str:
+    lines = ["| devices | global batch | mesh steps/s | unplaced steps/s | mesh / unplaced | fused | unfused |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in result["meshes"]:
+        fusion = [f"{r[k]:.2f}" if k in r else "-" for k in ("fused_steps_per_second", "unfused_steps_per_second")]
+        lines.append(f"| {r['devices']} | {r['batch']} | {r['mesh_steps_per_second']:.2f} | "
+                     f"{r['unplaced_steps_per_second']:.2f} | {r['ratio']:.3f} | {' | '.join(fusion)} |")  # fmt: skip
+    return "\n".join(lines + ["", f"({result['note']})"])
+
+
 def run(args) -> int:
+    if args.devices:
+        return run_meshes(args)
     work = pathlib.Path(args.work or tempfile.mkdtemp(prefix="fpjax-bench-scale-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
@@ -253,6 +355,8 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "--mesh-child":
+    print(json.dumps(mesh_child(*map(int, sys.argv[2:6]))))
 if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "--child":
     name, count, T, steps, store = sys.argv[2:7]
     print(json.dumps(child(name, int(count), int(T), int(steps), store or None)))

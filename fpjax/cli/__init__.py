@@ -3,6 +3,7 @@
 fpjax run [--data samples] [--size 32] [--target-ssim 0.9] ... --out DIR
 fpjax experiment exp1|exp2|exp3|all [--quick] --out DIR
 fpjax precompute [--images DIR] [--size 32] [--T 100] ... --out DIR
+  (run and precompute, one command per host: --coordinator HOST:PORT --num-processes N --process-id I)
 fpjax bench solver [--sizes 32 64 128 256] ... --out FILE.json
 
 The options of the library's settings are generated from its configuration
@@ -23,8 +24,12 @@ bug in fpjax: it prints its traceback; please report it.
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import traceback
 import warnings
+
+import jax
 
 from fpjax.cli.commands import PRECOMPUTE_OPTIONS, build_parser, output_folder, precompute_command, run_command
 from fpjax.cli.errors import INPUT_ERROR, USAGE_ERROR, explain
@@ -93,9 +98,14 @@ def main(argv=None) -> int:
     except Exception as error:
         report = None if args.debug else explain(error, args.command)
         if report is None:
+            if jax.process_count() > 1:
+                traceback.print_exc()
+                _leave(1)
             raise  # a bug (or --debug): the traceback
         status, message, hint = report
         print(f"fpjax {args.command}: error: {message}" + (f"\n  {hint}" if hint else ""), file=sys.stderr)
+        if jax.process_count() > 1:
+            _leave(status)
         raise SystemExit(status) from None
     except KeyboardInterrupt:
         if args.debug:
@@ -107,3 +117,11 @@ def main(argv=None) -> int:
         warnings.formatwarning = formatwarning
         absl.setLevel(absl_level)
         sys.unraisablehook = unraisablehook
+
+
+def _leave(status: int):
+    """Exit a process of a multi-process run at once: JAX's shutdown would wait for the other processes (minutes)
+    and then abort; leaving, the others notice its missing heartbeat and stop with a message naming it."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)

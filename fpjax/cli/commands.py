@@ -16,7 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 import fpjax
-from fpjax import files, pipeline, provenance
+from fpjax import devices, files, pipeline, provenance
 from fpjax.batch.precompute import ON_FAILURE, check_memory, precompute
 from fpjax.batch.seeding import SEED_RULES
 from fpjax.bench import accuracy as accuracy_bench
@@ -109,6 +109,7 @@ def _check_image_sizes(args, config: FPConfig, in_memory: bool) -> None:
 
 def precompute_command(args) -> int:
     """Solve the FP equation for each image with :func:`fpjax.precompute`, into ``--store`` or ``fp_solutions.npz``."""
+    start_processes(args)
     if args.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
     config = dataclass_from_args(FPConfig, args)
@@ -234,6 +235,7 @@ def _figure(value, digits: int) -> str:
 def run_command(args) -> int:
     """The main job (:func:`fpjax.pipeline.run`): pre-compute, embed, train to the target SSIM, denoise, generate."""
     configs = {cls: dataclass_from_args(cls, args) for cls in (FPConfig, UNetConfig, TrainConfig, pipeline.RunConfig)}
+    start_processes(args)
     out = output_folder(args.out)
     in_memory = configs[pipeline.RunConfig].train_from == "memory"  # embed then holds every trajectory
     images, names = _load_images(args, configs[FPConfig], in_memory=in_memory)
@@ -288,6 +290,28 @@ def _add_input_options(parser, size_help: str, size_default=None) -> None:
     parser.add_argument("--out", default="fpjax_out", help="output folder (created if missing)")
 
 
+def _add_process_options(parser) -> None:
+    """A multi-process run (:func:`fpjax.devices.initialize`): one command per host, the same but for its id."""
+    parser.add_argument("--coordinator", help="HOST:PORT of process 0, for a multi-process run (jax.distributed); "
+                        "or FPJAX_COORDINATOR")  # fmt: skip
+    parser.add_argument("--num-processes", type=positive_int, help="processes of a multi-process run; or "
+                        "FPJAX_NUM_PROCESSES")  # fmt: skip
+    parser.add_argument("--process-id", type=int, help="this process's id, 0..N-1 (0 writes the outputs); or "
+                        "FPJAX_PROCESS_ID")  # fmt: skip
+
+
+def start_processes(args) -> None:
+    """Join the multi-process run the options (or the environment) name; nothing for a lone process.
+
+    Raises:
+      ConfigError: a coordinator without the process count and id, or an id out of range.
+    """
+    try:
+        devices.initialize(args.coordinator, args.num_processes, args.process_id)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
 def _add_run_parser(sub) -> None:
     job = sub.add_parser("run", help="the main job: pre-compute, embed, train to the target SSIM, denoise, generate")
     _add_input_options(job, "image size (sample images: 32, 64 or 128)", 32)
@@ -295,6 +319,7 @@ def _add_run_parser(sub) -> None:
     add_dataclass_options(job, TrainConfig, overrides=pipeline.TRAIN_OVERRIDES)
     add_dataclass_options(job, UNetConfig)
     add_dataclass_options(job, pipeline.RunConfig)
+    _add_process_options(job)
     job.set_defaults(func=run_command)
 
 
@@ -308,6 +333,7 @@ def _add_precompute_parser(sub) -> None:
     pre.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="precision of the solves")
     add_options(pre, PRECOMPUTE_OPTIONS, "fpjax.precompute")
     add_dataclass_options(pre, FPConfig)
+    _add_process_options(pre)
     pre.set_defaults(func=precompute_command)
 
 

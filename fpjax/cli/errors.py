@@ -9,6 +9,7 @@ import pathlib
 import re
 
 from fpjax.cli.options import ConfigError
+from fpjax.devices import PeerLostError
 from fpjax.memory import InsufficientMemoryError
 from fpjax.solver.problem import ConvergenceError
 
@@ -31,6 +32,7 @@ _FIXES = {
     errno.EISDIR: "it is a folder: give a file",
     errno.EEXIST: "give the path of a folder, or a new path",
 }
+_RESTART = "see the other processes' output, then run the same commands again to resume"
 _PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, FileExistsError)
 _PACKAGE = pathlib.Path(__file__).resolve().parent.parent  # fpjax/
 
@@ -52,6 +54,10 @@ def explain(error: BaseException, command: str) -> tuple[int, str, str | None] |
         return INPUT_ERROR, f"{error.strerror}" + (f": {path}" if path else ""), _FIXES[error.errno]
     if isinstance(error, _PATH_ERRORS + (TimeoutError, ConvergenceError)) and error.args:
         return INPUT_ERROR, _one_line(error), None
+    if isinstance(error, PeerLostError):
+        return INPUT_ERROR, _one_line(error), None
+    if isinstance(error, ValueError) and "Gloo" in str(error):  # a collective whose peer went away
+        return INPUT_ERROR, f"another process of this run stopped ({_one_line(error)[:200]})", _RESTART
     full = _full_disk(error)
     if full is not None:  # tensorstore (orbax's checkpoints) says so in words, not with an errno
         return INPUT_ERROR, f"{os.strerror(errno.ENOSPC)}" + (f": {full}" if full else ""), _FIXES[errno.ENOSPC]

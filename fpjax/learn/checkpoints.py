@@ -24,7 +24,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from fpjax import files
+from fpjax import devices, files
 
 DIGEST_FILE = "fpjax_digest.json"
 """The digest of a checkpoint, in its step's folder (``CHECKPOINT_DIR/<step>/``)."""
@@ -56,7 +56,9 @@ class Checkpoints:
         self.manager.save(evaluations, args=args, force=True)
         self.manager.wait_until_finished()
         digest = {"state": state_digest(state), "progress": progress_digest(progress)}
-        files.write_text(self._step_dir(evaluations) / DIGEST_FILE, json.dumps(digest))
+        if devices.is_writer():  # one checkpoint directory for all processes (orbax writes it as one)
+            files.write_text(self._step_dir(evaluations) / DIGEST_FILE, json.dumps(digest))
+        devices.barrier(f"checkpoint {evaluations} verified")  # on disk before any process goes on
 
     def _step_dir(self, step: int) -> pathlib.Path:
         return pathlib.Path(self.manager.directory) / str(step)
@@ -122,7 +124,7 @@ class Checkpoints:
                 f"({progress.get('fingerprint')} != {self.fingerprint}); use a new directory"
             )
         progress.pop("fingerprint")
-        abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), template)
+        abstract = jax.tree.map(_abstract, template)
         try:
             state = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
             state = state["state"]
@@ -131,6 +133,12 @@ class Checkpoints:
         if state_digest(state) != recorded.get("state"):
             raise CheckpointDamagedError("its state does not match its digest (bytes altered)")
         return state, progress
+
+
+def _abstract(leaf) -> jax.ShapeDtypeStruct:
+    """What orbax restores ``leaf`` as: its shape, dtype and, for a placed array, its sharding (several processes
+    each restore their devices' part)."""
+    return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=getattr(leaf, "sharding", None))
 
 
 class CheckpointDamagedError(ValueError):
@@ -144,7 +152,7 @@ def state_digest(state) -> str:
     for leaf in jax.tree.leaves(state):
         if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
             leaf = jax.random.key_data(leaf)
-        array = np.ascontiguousarray(np.asarray(leaf))
+        array = np.ascontiguousarray(devices.to_host(leaf))  # a global array of several processes: gathered
         digest.update(f"{array.shape}{array.dtype.str}".encode())
         digest.update(array.tobytes())
     return digest.hexdigest()

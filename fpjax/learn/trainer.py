@@ -507,14 +507,15 @@ def train(
       :class:`TrainResult`.
     """
     mesh = devices.data_mesh() if mesh is None else mesh
+    precompute_seconds = devices.agreed(precompute_seconds)  # process 0's: the budgets decide alike everywhere
     devices.check_divisible(config.batch_size, mesh, "the training batch (TrainConfig.batch_size, --batch-size)")
     source, sde = _check_inputs(images, trajectories, sde, unet_config, mode)
     config = _bound(config, sde, source.T)
     count, use_labels = source.count, unet_config.num_images > 0
     model_key, run_key, check_key = jax.random.split(jax.random.key(0) if key is None else _typed(key), 3)
     graphdef, params = create_model(unet_config, source.shape[-1], source.shape[0], model_key)
-    checkpoints, state, record = _resume(checkpoint_dir, init_state(params, config, run_key), source, unet_config,
-                                         config, mode)  # fmt: skip
+    state = devices.replicated(init_state(params, config, run_key), mesh)  # placed first: a restore follows it
+    checkpoints, state, record = _resume(checkpoint_dir, state, source, unet_config, config, mode)
     groups = count if mode == "image_by_image" else 1
     bar = _progress_bar(mode, groups, config, record, progress)
     state, source = devices.replicated(state, mesh), _placed(source, mesh)
@@ -620,7 +621,7 @@ def _account(
     """Log one evaluation in ``progress_record``; close the image when it reached the target or a budget."""
     progress_record["image_step"] += config.steps_per_call
     progress_record["evaluations"] += 1
-    progress_record["train_seconds"] = time.perf_counter() - clock
+    progress_record["train_seconds"] = devices.agreed(time.perf_counter() - clock)  # the budgets' decisions agree
     record = {
         "image": group_index,
         "step": progress_record["image_step"],
