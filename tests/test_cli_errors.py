@@ -16,7 +16,7 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 
-from fpjax import cli
+from fpjax import cli, devices
 from fpjax.cli import main
 from fpjax.data import sample_images
 from fpjax.learn.trainer import TrainConfig
@@ -196,6 +196,15 @@ def test_option_values_are_checked_where_they_are_parsed(argv, words, capsys):
     assert_one_line_error(capsys.readouterr().err, *words)
 
 
+def test_a_multi_process_run_missing_a_setting_is_one_line(monkeypatch, capsys):
+    for name in devices.COORDINATOR_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(SystemExit) as exit_:
+        main(["precompute", "--n", "1", "--T", "2", "--coordinator", "localhost:1234"])
+    assert exit_.value.code == 2
+    assert_one_line_error(capsys.readouterr().err, "--num-processes", "--process-id")
+
+
 def test_more_images_than_there_are_is_one_line(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["precompute", "--n", "1000", "--T", "2"])
@@ -272,6 +281,8 @@ def _numpy_value_error():
         (lambda: _raise(TimeoutError("no process created the store")), 1, ["no process"]),
         (lambda: _raise(FloatingPointError("training loss is nan; lower the learning rate")), 1, ["learning rate"]),
         (lambda: _raise(RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 8 GiB\nmore")), 1, ["--batch-size"]),
+        (lambda: _raise(devices.PeerLostError("process 0 of 2 waited at 'store created'")), 1, ["store created"]),
+        (lambda: _raise(ValueError("Gloo AllGather failed: Connection reset by peer")), 1, ["another process"]),
         (lambda: _raise(KeyError("images")), None, []),
         (lambda: _raise(OSError(errno.EIO, "Input/output error")), None, []),
     ],

@@ -28,6 +28,7 @@ FOUR_DEVICES = textwrap.dedent(
     from fpjax.diffusion import sampling
     from fpjax.learn import sources, trainer as training
     from fpjax.learn.models import UNetConfig
+    TINY = UNetConfig(channels=8, channel_mult=(1, 2), attention_resolutions=())  # equality needs no depth
 
     assert len(jax.devices()) == 4, jax.devices()
     images = sample_images(32)[:6, :16, :16]
@@ -37,7 +38,7 @@ FOUR_DEVICES = textwrap.dedent(
     out = {}
     for n in (4, 1):
         mesh = devices.data_mesh(jax.devices()[:n])
-        run = training.train(None, sources.OnTheFly(images, fp), fp, unet_config=UNetConfig(channels=8),
+        run = training.train(None, sources.OnTheFly(images, fp), fp, unet_config=TINY,
                              config=config, mode="mixed", progress=False, mesh=mesh)
         kernel = jax.tree.leaves(run.state.params)[0]
         score = run.score(ema=False)
@@ -118,6 +119,7 @@ TWO_PROCESSES = textwrap.dedent(
     from fpjax.data import sample_images
     from fpjax.learn import sources, trainer as training
     from fpjax.learn.models import UNetConfig
+    TINY = UNetConfig(channels=8, channel_mult=(1, 2), attention_resolutions=())  # equality needs no depth
     from fpjax.solver.problem import FPConfig
 
     out = sys.argv[1]
@@ -126,7 +128,7 @@ TWO_PROCESSES = textwrap.dedent(
     fp = FPConfig(T=10, scheme="spectral")
     result = precompute(images, fp, store=os.path.join(out, "store.zarr"), batch_size=2, cycle=3)
     config = training.TrainConfig(max_steps=20, steps_per_call=20, target_ssim=0.999, batch_size=8, check_images=2)
-    run = training.train(None, sources.FromStore(images, result.store, fp), fp, unet_config=UNetConfig(channels=8),
+    run = training.train(None, sources.FromStore(images, result.store, fp), fp, unet_config=TINY,
                          config=config, mode="mixed", progress=False, checkpoint_dir=os.path.join(out, "checkpoint"))
     score = jax.jit(run.score(ema=False))
     probe = jax.random.uniform(jax.random.key(5), (2, 16, 16, 3))
