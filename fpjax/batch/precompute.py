@@ -39,10 +39,10 @@ from fpjax.solver.solve import channels_last
 
 STAT_NAMES = tuple(STATS)
 ON_FAILURE = ("raise", "warn", "ignore")
+"""What :func:`precompute` does about images with unconverged steps."""
 FINISH_WAIT_SECONDS = 24 * 3600.0
 """How long a process of a ``jax.distributed`` run that has written its share waits for the others' (their shares
 may take longer: a dead process is noticed sooner, through JAX's heartbeats)."""
-"""What :func:`precompute` does about images with unconverged steps."""
 
 
 @dataclasses.dataclass

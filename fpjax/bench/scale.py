@@ -161,11 +161,16 @@ def peak_resident_mb() -> float:
 
 
 def _run_child(source_name: str, count: int, args, store) -> dict:
-    command = [sys.executable, "-m", "fpjax.bench.scale", "--child", source_name, str(count), str(args.T),
-               str(args.steps), str(store or "")]  # fmt: skip
-    out = subprocess.run(command, capture_output=True, text=True, check=False)
+    return _child_row(["--child", source_name, str(count), str(args.T), str(args.steps), str(store or "")],
+                      f"the {source_name} run at N = {count}")  # fmt: skip
+
+
+def _child_row(arguments: list[str], what: str, env=None) -> dict:
+    """The JSON row a fresh ``python -m fpjax.bench.scale ARGUMENTS`` prints last (``what`` names it on failure)."""
+    command = [sys.executable, "-m", "fpjax.bench.scale", *arguments]
+    out = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
     if out.returncode != 0:
-        raise RuntimeError(f"the {source_name} run at N = {count} failed: {out.stderr.strip()[-600:]}")
+        raise RuntimeError(f"{what} failed: {out.stderr.strip()[-600:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -189,8 +194,8 @@ def mesh_child(device_count: int, steps: int, repeats: int, fusion: int = 0) -> 
     settings = {"unplaced": (None, None), "mesh": (mesh, None)}
     if fusion:
         settings.update(fused=(None, True), unfused=(None, False))
-    calls = {name: _steps_call(graphdef, params, trajectories, config, mesh, fuse, steps)
-             for name, (mesh, fuse) in settings.items()}  # fmt: skip
+    calls = {name: _steps_call(graphdef, params, trajectories, config, placement, fuse, steps)
+             for name, (placement, fuse) in settings.items()}  # fmt: skip
     seconds = {name: [] for name in calls}
     for _ in range(repeats + 1):
         for name, call in calls.items():
@@ -223,13 +228,9 @@ def _steps_call(graphdef, params, trajectories, config, mesh, fuse, steps: int):
 
 def _run_mesh_child(device_count: int, args) -> dict:
     flags = os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={device_count}"
-    command = [sys.executable, "-m", "fpjax.bench.scale", "--mesh-child", str(device_count), str(args.steps),
-               str(args.repeats), str(int(args.fusion))]  # fmt: skip
     env = dict(os.environ, XLA_FLAGS=flags.strip())  # simulated devices where the platform is the CPU
-    out = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
-    if out.returncode != 0:
-        raise RuntimeError(f"the mesh of {device_count} devices failed: {out.stderr.strip()[-600:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return _child_row(["--mesh-child", str(device_count), str(args.steps), str(args.repeats), str(int(args.fusion))],
+                      f"the mesh of {device_count} devices", env)  # fmt: skip
 
 
 def run_meshes(args) -> int:

@@ -109,7 +109,7 @@ def _check_image_sizes(args, config: FPConfig, in_memory: bool) -> None:
 
 def precompute_command(args) -> int:
     """Solve the FP equation for each image with :func:`fpjax.precompute`, into ``--store`` or ``fp_solutions.npz``."""
-    start_processes(args)
+    _start_processes(args)
     if args.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
     config = dataclass_from_args(FPConfig, args)
@@ -235,7 +235,7 @@ def _figure(value, digits: int) -> str:
 def run_command(args) -> int:
     """The main job (:func:`fpjax.pipeline.run`): pre-compute, embed, train to the target SSIM, denoise, generate."""
     configs = {cls: dataclass_from_args(cls, args) for cls in (FPConfig, UNetConfig, TrainConfig, pipeline.RunConfig)}
-    start_processes(args)
+    _start_processes(args)
     out = output_folder(args.out)
     in_memory = configs[pipeline.RunConfig].train_from == "memory"  # embed then holds every trajectory
     images, names = _load_images(args, configs[FPConfig], in_memory=in_memory)
@@ -300,7 +300,7 @@ def _add_process_options(parser) -> None:
                         "FPJAX_PROCESS_ID")  # fmt: skip
 
 
-def start_processes(args) -> None:
+def _start_processes(args) -> None:
     """Join the multi-process run the options (or the environment) name; nothing for a lone process.
 
     Raises:

@@ -518,7 +518,7 @@ def train(
     checkpoints, state, record = _resume(checkpoint_dir, state, source, unet_config, config, mode)
     groups = count if mode == "image_by_image" else 1
     bar = _progress_bar(mode, groups, config, record, progress)
-    state, source = devices.replicated(state, mesh), _placed(source, mesh)
+    source = _placed(source, mesh)  # the state is placed already (a restored one as its template)
     select = functools.partial(local_draws, mesh=mesh)  # what this process reads of each draw
     prefetch = None if source.resident is not None else sources_lib.Prefetcher(source, select)
     run = _Run(graphdef, config, source, prefetch, use_labels, check_key, mode, checkpoints, precompute_seconds,
